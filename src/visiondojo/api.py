@@ -1,0 +1,235 @@
+"""The public surface: ``fit`` = ``find_params`` + ``train``; ``evaluate`` and ``load`` for finished runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model
+from torch import nn
+
+from .choose import choose_optimization
+from .data.batches import Normalizer, make_batches
+from .data.sources import DataOptions, as_source
+from .data.inspect import check_geometry, check_targets
+from .durations import parse_duration
+from .engine.checkpoint import save_weights
+from .engine.evaluate import Evaluation, evaluate as evaluate_batches
+from .engine.loop import run_training
+from .engine.progress import TrainingProgress
+from .engine.runtime import Runtime, resolve_runtime
+from .errors import VisionDojoError
+from .models import adapt_model, build_model
+from .plan import Plan
+from .prepare import Prepared, options_from_plan, prepare
+from .report import ReportData, read_history, write_history, write_json, write_report
+from .run import Run
+from .rundir import CHECKPOINTS, HISTORY, METRICS, PLAN, REPORT, WEIGHTS, claim_run_dir, default_run_dir
+from .tasks import make_task
+
+GALLERY_SIZE = 16
+
+
+def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data: Any = None, *,
+        task: str | None = None, budget: str | float | None = None, out: str | Path | None = None,
+        overwrite: bool = False, seed: int = 0, adapt: bool = False, num_classes: int | None = None,
+        class_names: list[str] | None = None, resize: tuple[int, int] | None = None, strict: bool = True,
+        val_fraction: float = 0.1, data_dir: str | None = None, device: str = "auto", precision: str = "auto",
+        channels_last: bool | str = "auto", epochs: int | None = None, batch_size: int | None = None,
+        lr: float | None = None, pin: dict[str, Any] | None = None, model_kwargs: dict | None = None,
+        progress: bool | None = None) -> Run:
+    """Train ``model`` on ``train_data`` with hyperparameters chosen for it, and write a run folder.
+
+    Data: ``(images, labels)`` arrays or tensors, a Dataset or DataLoader, an image folder, a CSV
+    manifest, or a built-in name (``fashion-mnist``, ``digits``; their test split is used as
+    ``test_data`` unless given). Without ``val_data`` a stratified ``val_fraction`` is held out.
+    ``budget`` ('5m', 300) bounds the whole call: the schedule is planned to end on time.
+    ``epochs``, ``batch_size``, ``lr`` and ``pin`` ({'optimization.weight_decay': 0.01, ...}) pin
+    plan fields that the meta-learners then leave alone. The run folder (default
+    ``runs/<timestamp>``) is never overwritten unless ``overwrite=True``.
+    """
+    start = time.perf_counter()
+    budget_s = parse_duration(budget)
+    options = DataOptions(task=task, num_classes=num_classes, class_names=class_names, resize=resize,
+                          strict=strict, val_fraction=val_fraction, data_dir=data_dir)
+    prep = prepare(model, train_data, val_data, test_data, options=options, adapt=adapt, seed=seed,
+                   model_kwargs=model_kwargs)
+    pins = {**(pin or {}), **{k: v for k, v in (("optimization.epochs", epochs),
+                                                  ("optimization.batch_size", batch_size),
+                                                  ("optimization.lr", lr)) if v is not None}}
+    plan = _find_params(prep, budget_s=budget_s, start=start, seed=seed, device=device, precision=precision,
+                        channels_last=channels_last, pins=pins)
+    deadline = start + budget_s if budget_s is not None else None
+    return _train(prep, plan, out=out, overwrite=overwrite, resume=False, deadline=deadline, progress=progress)
+
+
+def find_params(model: nn.Module | str, train_data: Any, val_data: Any = None, *, task: str | None = None,
+                budget: str | float | None = None, seed: int = 0, adapt: bool = False,
+                device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
+                pin: dict[str, Any] | None = None, **data_options: Any) -> Plan:
+    """Inspect the data and model and return the Plan that ``train`` would follow (nothing is trained)."""
+    start = time.perf_counter()
+    options = DataOptions(task=task, **data_options)
+    prep = prepare(model, train_data, val_data, None, options=options, adapt=adapt, seed=seed)
+    return _find_params(prep, budget_s=parse_duration(budget), start=start, seed=seed, device=device,
+                        precision=precision, channels_last=channels_last, pins=pin or {})
+
+
+def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, test_data: Any = None, *,
+          plan: Plan | str | Path, out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
+          budget: str | float | None = None, progress: bool | None = None, **data_options: Any) -> Run:
+    """Train exactly as ``plan`` says (a Plan or a plan.yaml path). ``model`` None builds ``plan.model.spec``.
+
+    ``resume=True`` continues the run in ``out`` from its last checkpoint.
+    """
+    start = time.perf_counter()
+    if not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    options = options_from_plan(plan.data, DataOptions(**data_options))
+    prep = prepare(model, train_data, val_data, test_data, options=options, adapt=plan.model.adapt, seed=plan.seed,
+                   model_kwargs=plan.model.kwargs, known=plan.data, spec=plan.model.spec)
+    budget_s = parse_duration(budget) if budget is not None else plan.optimization.budget_s
+    deadline = start + budget_s if budget_s is not None else None
+    return _train(prep, plan, out=out, overwrite=overwrite, resume=resume, deadline=deadline, progress=progress)
+
+
+def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: int, device: str, precision: str,
+                 channels_last: bool | str, pins: dict[str, Any]) -> Plan:
+    runtime_params, runtime_evidence = resolve_runtime(prep.model, device, precision, channels_last)
+    plan = Plan(data=prep.data, model=prep.model_params, runtime=runtime_params, seed=seed,
+                monitor=prep.task.monitor, evidence=dict(runtime_evidence))
+    plan.optimization.budget_s = budget_s
+    if prep.model_params.changes:
+        plan.evidence["model.changes"] = "; ".join(prep.model_params.changes)
+    for dotted, value in pins.items():
+        plan.set(dotted, value)
+        plan.evidence[dotted] = "pinned by the user"
+    deadline = start + budget_s if budget_s is not None else None
+    choose_optimization(plan, prep, Runtime(runtime_params), deadline=deadline)
+    return plan
+
+
+def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: bool, resume: bool,
+           deadline: float | None, progress: bool | None) -> Run:
+    run_dir = claim_run_dir(Path(out) if out is not None else default_run_dir(), overwrite=overwrite, resume=resume)
+    if resume:
+        plan = Plan.load(run_dir / PLAN)
+    else:
+        plan.save(run_dir / PLAN)
+    runtime = Runtime(plan.runtime)
+    bar = TrainingProgress(progress)
+    bar.log(f"visiondojo: run folder {run_dir}")
+    for change in plan.model.changes:
+        bar.log(f"adapt: {change}")
+    model = runtime.prepare_model(prep.model)
+    normalizer = Normalizer(plan.data, runtime.device, plan.runtime.channels_last)
+    opt = plan.optimization
+    workers = plan.runtime.num_workers or None
+    train_batches = make_batches(prep.train, opt.batch_size, runtime.device, train=True, seed=plan.seed,
+                                 num_workers=workers)
+    eval_batch = max(opt.batch_size, 256)
+    val_batches = make_batches(prep.val, eval_batch, runtime.device, train=False, num_workers=workers)
+    test_size = len(prep.test) if prep.test is not None else 0
+    result = run_training(model, prep.task, plan, train_batches, val_batches, runtime, normalizer,
+                          run_dir / CHECKPOINTS, deadline=deadline, final_eval_ratio=1 + test_size / len(prep.val),
+                          resume=resume, progress=bar)
+    save_weights(model, run_dir / WEIGHTS)
+    evaluations = {"val": evaluate_batches(model, prep.task, val_batches, normalizer, runtime, collect=True)}
+    if prep.test is not None:
+        test_batches = make_batches(prep.test, eval_batch, runtime.device, train=False, num_workers=workers)
+        evaluations["test"] = evaluate_batches(model, prep.task, test_batches, normalizer, runtime, collect=True)
+    metrics = {split: e.metrics for split, e in evaluations.items()}
+    write_json(run_dir / METRICS, {**metrics, "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
+                                   "notes": result.notes})
+    write_history(run_dir / HISTORY, result.history)
+    summary = [f"stopped: {result.stop_reason}; best epoch {result.best_epoch} "
+               f"(val {plan.monitor} {result.best_metric:.4f})", *result.notes,
+               *[f"adapt: {c}" for c in plan.model.changes]]
+    write_report(run_dir / REPORT, _report_data(plan, prep, result.history, evaluations, summary))
+    bar.log(f"visiondojo: done; " + ", ".join(f"{s} {plan.monitor} {m[plan.monitor]:.4f}" for s, m in metrics.items())
+            + f"; report: {run_dir / REPORT}")
+    return Run(model=model, plan=plan, metrics=metrics, history=result.history, dir=run_dir)
+
+
+def _report_data(plan: Plan, prep: Prepared, history: list[dict], evaluations: dict[str, Evaluation],
+                 summary: list[str]) -> ReportData:
+    split = "test" if "test" in evaluations else "val"
+    evaluation = evaluations[split]
+    source = prep.test if split == "test" else prep.val
+    assert evaluation.scores is not None and evaluation.targets is not None and evaluation.losses is not None
+    data = ReportData(plan=plan, history=history, metrics={s: e.metrics for s, e in evaluations.items()},
+                      summary=summary, confusion_split=split, mistakes_split=split)
+    task = make_task(plan.data)
+    if plan.data.task == "multilabel":
+        predicted = (evaluation.scores > 0.5).long()
+        wrong = (predicted != evaluation.targets.long()).any(dim=1)
+    else:
+        predicted = evaluation.scores.argmax(dim=1)
+        wrong = predicted != evaluation.targets
+        k = plan.data.num_classes
+        data.confusion = np.bincount((evaluation.targets * k + predicted).numpy(), minlength=k * k).reshape(k, k)
+    del task
+    losses = torch.where(wrong, evaluation.losses, torch.full_like(evaluation.losses, -1.0))
+    order = losses.argsort(descending=True)[: min(GALLERY_SIZE, int(wrong.sum()))]
+    if len(order):
+        raw = source.images_at(order).float() * plan.data.pixel_scale
+        low = raw.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
+        high = raw.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
+        shown = ((raw - low) / (high - low).clamp_min(1e-6)) if plan.data.pixel_scale == 1.0 else raw.clamp(0, 1)
+        names = plan.data.class_names
+        data.mistakes = [(img, _caption(evaluation.targets[i], predicted[i], names)) for img, i in zip(shown, order)]
+    return data
+
+
+def _caption(target: torch.Tensor, predicted: torch.Tensor, names: list[str]) -> str:
+    def label(t: torch.Tensor) -> str:
+        if t.ndim == 1:
+            return "+".join(names[k] for k in t.nonzero()[:, 0].tolist()) or "none"
+        return names[int(t)]
+    return f"{label(target)} -> {label(predicted)}"
+
+
+def evaluate(run: Run | str | Path, data: Any, *, model: nn.Module | None = None, **data_options: Any) -> dict[str, Any]:
+    """Metrics of a finished run (a Run or a run folder) on labeled ``data``."""
+    if not isinstance(run, Run):
+        run = load(run, model=model)
+    plan = run.plan
+    options = options_from_plan(plan.data, DataOptions(**data_options))
+    source = as_source(data, options, role="data", default_split="test")
+    check_targets(source, plan.data.task, plan.data.num_classes)
+    check_geometry(source, plan.data)
+    runtime = run._runtime()
+    model_on_device = runtime.prepare_model(run.model)
+    batches = make_batches(source, 256, runtime.device, train=False)
+    normalizer = Normalizer(plan.data, runtime.device, plan.runtime.channels_last)
+    return evaluate_batches(model_on_device, make_task(plan.data), batches, normalizer, runtime).metrics
+
+
+def load(run_dir: str | Path, *, model: nn.Module | None = None) -> Run:
+    """Load a finished run. Runs made with a module passed from Python need that ``model`` (same architecture)."""
+    run_dir = Path(run_dir)
+    plan = Plan.load(run_dir / PLAN)
+    weights = run_dir / WEIGHTS
+    if not weights.is_file():
+        raise VisionDojoError(f"{run_dir}: no {WEIGHTS}; the run did not finish (continue it with --resume)")
+    if model is None:
+        if plan.model.spec.startswith("python:"):
+            raise VisionDojoError(
+                f"{run_dir}: the run trained a model passed from Python ({plan.model.spec[7:]}); "
+                "pass an instance of it: load(run_dir, model=MyModel())"
+            )
+        model = build_model(plan.model.spec, plan.data.num_outputs, plan.data.channels, plan.model.kwargs)
+    if plan.model.adapt:
+        adapt_model(model, plan.data.channels, plan.data.num_outputs)
+    load_model(model, str(weights))
+    metrics_path = run_dir / METRICS
+    metrics = {}
+    if metrics_path.is_file():
+        import json
+
+        saved = json.loads(metrics_path.read_text())
+        metrics = {k: v for k, v in saved.items() if isinstance(v, dict)}
+    return Run(model=model.eval(), plan=plan, metrics=metrics, history=read_history(run_dir / HISTORY), dir=run_dir)

@@ -1,0 +1,119 @@
+"""Batching: in-memory data on the training device, disk data through DataLoader workers.
+
+Both give the same thing: an iterable of (raw images, targets) batches on the device, a fresh
+seeded permutation per epoch (epoch ``e`` always sees the same order, so a resumed run replays
+it exactly). ``Normalizer`` then turns raw pixels into the model's float input on the device.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+from ..plan import DataParams
+from .sources import InMemory, Source, Streamed
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator that orders epoch ``epoch``: a pure function of (seed, epoch)."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+class DeviceBatches:
+    """Slices of one device-resident tensor: a randperm per epoch, no per-sample Python."""
+
+    def __init__(self, source: InMemory, batch_size: int, device: torch.device, *,
+                 shuffle: bool, drop_last: bool, seed: int = 0):
+        self.images = source.images.to(device, non_blocking=True)
+        self.targets = source.targets.to(device, non_blocking=True)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last and len(self.targets) > batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.targets)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.targets)
+        if self.shuffle:
+            order = torch.randperm(n, generator=epoch_generator(self.seed, self.epoch)).to(self.images.device)
+        else:
+            order = None
+        for step in range(len(self)):
+            start = step * self.batch_size
+            if order is None:
+                yield self.images[start:start + self.batch_size], self.targets[start:start + self.batch_size]
+            else:
+                index = order[start:start + self.batch_size]
+                yield self.images[index], self.targets[index]
+
+
+class LoaderBatches:
+    """A DataLoader with persistent workers; the sampler is reseeded per epoch."""
+
+    def __init__(self, source: Streamed, batch_size: int, device: torch.device, *,
+                 shuffle: bool, drop_last: bool, seed: int = 0, num_workers: int | None = None):
+        self.device = device
+        self.seed = seed
+        self.epoch = 0
+        self.generator = torch.Generator()
+        sampler = RandomSampler(source.dataset, generator=self.generator) if shuffle else SequentialSampler(source.dataset)
+        workers = default_num_workers() if num_workers is None else num_workers
+        self.loader = DataLoader(
+            source.dataset, batch_size=batch_size, sampler=sampler,
+            drop_last=drop_last and len(source) > batch_size, num_workers=workers,
+            persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.generator.manual_seed(epoch_generator(self.seed, self.epoch).initial_seed())
+        for images, targets in self.loader:
+            yield images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+
+def default_num_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def make_batches(source: Source, batch_size: int, device: torch.device, *, train: bool, seed: int = 0,
+                 num_workers: int | None = None) -> DeviceBatches | LoaderBatches:
+    """Training batches shuffle and drop a ragged last batch; evaluation batches keep order and every sample."""
+    if isinstance(source, InMemory):
+        return DeviceBatches(source, batch_size, device, shuffle=train, drop_last=train, seed=seed)
+    return LoaderBatches(source, batch_size, device, shuffle=train, drop_last=train, seed=seed,
+                         num_workers=num_workers)
+
+
+class Normalizer:
+    """Raw pixels (uint8 or float) -> normalized float32 on the device, optionally channels_last.
+
+    One fused multiply-add per pixel: x * (scale / std) - mean / std.
+    """
+
+    def __init__(self, params: DataParams, device: torch.device, channels_last: bool = False):
+        std = torch.tensor(params.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        mean = torch.tensor(params.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.gain = params.pixel_scale / std
+        self.bias = -mean / std
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = torch.addcmul(self.bias, images.to(torch.float32), self.gain)
+        return out.contiguous(memory_format=self.memory_format)

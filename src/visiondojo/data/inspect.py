@@ -1,0 +1,154 @@
+"""Inspection: infer the task, classes, image geometry and pixel statistics from the training data.
+
+Every inferred value can be overridden through ``DataOptions``; overrides are checked against
+the data (a label beyond ``num_classes`` is an error, not a silent crash in the loss).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..errors import DataError
+from ..plan import TASKS, DataParams
+from .sources import DataOptions, InMemory, Source
+
+IMBALANCE_WARNING_RATIO = 10.0
+_STATS_SAMPLES_IN_MEMORY = 20_000
+_STATS_SAMPLES_STREAMED = 512
+
+
+def infer_task(targets: torch.Tensor) -> str:
+    if targets.ndim == 2:
+        return "multilabel"
+    return "binary" if int(targets.max()) <= 1 else "multiclass"
+
+
+def inspect_data(train: Source, options: DataOptions) -> DataParams:
+    """DataParams for ``train``; raises DataError for empty data or labels that do not fit."""
+    if len(train) == 0:
+        raise DataError(f"{train.origin}: the training data is empty")
+    task = options.task or infer_task(train.targets)
+    if task not in TASKS:
+        raise DataError(f"task: unknown task {task!r}; allowed: {', '.join(TASKS)}")
+    num_classes = _num_classes(train, task, options)
+    check_targets(train, task, num_classes)
+    channels, height, width = image_geometry(train)
+    images = _stats_sample(train)
+    pixel_scale = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
+    mean, std = channel_stats(images, pixel_scale)
+    counts = class_counts(train.targets, task, num_classes)
+    _warn_imbalance(counts, train.origin)
+    class_names = list(options.class_names or train.class_names or [str(i) for i in range(num_classes)])
+    if len(class_names) != num_classes:
+        raise DataError(
+            f"class_names: {len(class_names)} names given for {num_classes} classes; give one name per class"
+        )
+    return DataParams(
+        task=task, num_classes=num_classes, channels=channels, height=height, width=width,
+        mean=mean, std=std, pixel_scale=pixel_scale, class_names=[str(n) for n in class_names],
+        class_counts=counts, train_size=len(train),
+        resize=list(options.resize) if options.resize is not None else None,
+    )
+
+
+def _num_classes(train: Source, task: str, options: DataOptions) -> int:
+    targets = train.targets
+    if task == "multilabel":
+        if targets.ndim != 2:
+            raise DataError(f"{train.origin}: task multilabel needs (N, K) multi-hot labels, got shape {tuple(targets.shape)}")
+        return targets.shape[1]
+    if targets.ndim != 1:
+        raise DataError(
+            f"{train.origin}: task {task} needs (N,) class-index labels, got shape {tuple(targets.shape)}; "
+            "(N, K) multi-hot labels mean task: multilabel"
+        )
+    if task == "binary":
+        return 2
+    if options.num_classes is not None:
+        return options.num_classes
+    if train.class_names:
+        return len(train.class_names)
+    return int(targets.max()) + 1
+
+
+def check_targets(source: Source, task: str, num_classes: int) -> None:
+    """Raise DataError naming the first label that does not fit the task."""
+    if len(source) == 0:
+        raise DataError(f"{source.origin}: the dataset is empty")
+    targets = source.targets
+    if task == "multilabel":
+        if targets.ndim != 2 or targets.shape[1] != num_classes:
+            raise DataError(
+                f"{source.origin}: labels have shape {tuple(targets.shape)}; expected (N, {num_classes}) multi-hot"
+            )
+        return
+    if targets.ndim != 1:
+        raise DataError(f"{source.origin}: labels have shape {tuple(targets.shape)}; expected (N,) class indices")
+    bad = (targets < 0) | (targets >= num_classes)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise DataError(
+            f"{source.origin}: label {int(targets[first])} at index {first} is outside 0..{num_classes - 1} "
+            f"({int(bad.sum())} labels out of range); fix the labels or set num_classes"
+        )
+
+
+def image_geometry(source: Source) -> tuple[int, int, int]:
+    if isinstance(source, InMemory):
+        _, c, h, w = source.images.shape
+        return c, h, w
+    return source.channels, source.size[0], source.size[1]
+
+
+def check_geometry(source: Source, params: DataParams) -> None:
+    """Validation and test data must match the training images' channels and size."""
+    geometry = image_geometry(source)
+    expected = (params.channels, params.height, params.width)
+    if geometry != expected:
+        raise DataError(
+            f"{source.origin}: images are {geometry[0]}x{geometry[1]}x{geometry[2]} (C x H x W) but the training "
+            f"images are {expected[0]}x{expected[1]}x{expected[2]}; set resize: [HEIGHT, WIDTH] to match them"
+        )
+
+
+def _stats_sample(source: Source) -> torch.Tensor:
+    limit = _STATS_SAMPLES_IN_MEMORY if isinstance(source, InMemory) else _STATS_SAMPLES_STREAMED
+    if len(source) <= limit:
+        indices = torch.arange(len(source))
+    else:
+        indices = torch.randperm(len(source), generator=torch.Generator().manual_seed(0))[:limit]
+    return source.images_at(indices)
+
+
+def channel_stats(images: torch.Tensor, pixel_scale: float) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in scaled units, accumulated in float64 in chunks."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    count = 0
+    for chunk in images.split(4096):
+        values = chunk.to(torch.float64).mul_(pixel_scale).transpose(0, 1).reshape(channels, -1)
+        total += values.sum(dim=1)
+        total_sq += values.square().sum(dim=1)
+        count += values.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
+    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+
+
+def class_counts(targets: torch.Tensor, task: str, num_classes: int) -> list[int]:
+    if task == "multilabel":
+        return [int(c) for c in targets.sum(dim=0)]
+    return [int(c) for c in torch.bincount(targets, minlength=num_classes)]
+
+
+def _warn_imbalance(counts: list[int], origin: str) -> None:
+    smallest, largest = min(counts), max(counts)
+    if smallest == 0 or largest / smallest >= IMBALANCE_WARNING_RATIO:
+        warnings.warn(
+            f"{origin}: strong class imbalance (largest class {largest} samples, smallest {smallest}); "
+            "accuracy can look good while rare classes are missed: check per-class recall in the report",
+            stacklevel=3,
+        )

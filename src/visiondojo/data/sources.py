@@ -1,0 +1,253 @@
+"""Adapters: every accepted form of data becomes an ``InMemory`` or a ``Streamed`` source.
+
+- ``InMemory``: one (N, C, H, W) tensor plus targets. Arrays and tensors, the built-in datasets,
+  and any ``Dataset`` / ``DataLoader`` whose images fit ``DataOptions.memory_limit_gb`` land here;
+  training batches them on the device with no per-sample Python.
+- ``Streamed``: a ``Dataset`` read by DataLoader workers. Image folders, CSV manifests and datasets
+  too large for memory land here. Targets are always known up front (inspection and stratified
+  splits need them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+
+from ..errors import DataError
+from . import builtin
+from .files import ImageFileDataset, scan_image_folder, scan_manifest
+from .images import batch_to_nchw, check_finite, image_to_chw, resize_batch, to_tensor
+
+
+@dataclass
+class DataOptions:
+    """How to read the user's data; each field overrides what inspection would infer."""
+
+    task: str | None = None
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    resize: tuple[int, int] | None = None
+    strict: bool = True
+    """False skips unreadable image files (and says how many) instead of failing."""
+    val_fraction: float = 0.1
+    data_dir: str | None = None
+    """Folder with the files of a built-in dataset, when not in its default place."""
+    memory_limit_gb: float = 4.0
+    """Datasets whose decoded images fit under this are held in memory and batched on the device."""
+
+
+@dataclass
+class InMemory:
+    images: torch.Tensor
+    targets: torch.Tensor
+    class_names: list[str] | None
+    origin: str
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, indices: torch.Tensor) -> "InMemory":
+        return InMemory(self.images[indices], self.targets[indices], self.class_names, self.origin)
+
+    def images_at(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.images[indices]
+
+
+@dataclass
+class Streamed:
+    dataset: Dataset
+    targets: torch.Tensor
+    class_names: list[str] | None
+    origin: str
+    channels: int
+    size: tuple[int, int]
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, indices: torch.Tensor) -> "Streamed":
+        return Streamed(Subset(self.dataset, indices.tolist()), self.targets[indices], self.class_names,
+                        self.origin, self.channels, self.size)
+
+    def images_at(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.dataset[int(i)][0] for i in indices])
+
+
+Source = Union[InMemory, Streamed]
+
+
+def as_source(data: Any, options: DataOptions, *, role: str = "train", default_split: str = "train") -> Source:
+    """Adapt ``data`` (given as the ``role`` argument, for error messages) into a Source."""
+    if isinstance(data, (InMemory, Streamed)):
+        return data
+    if isinstance(data, (str, Path)):
+        return _from_path(data, options, role, default_split)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (str, Path)):
+        return _from_arrays(data[0], data[1], options, role)
+    if isinstance(data, DataLoader):
+        if isinstance(data.dataset, IterableDataset):
+            raise DataError(f"{role}: IterableDataset loaders are not supported; pass a map-style Dataset")
+        return _from_dataset(data.dataset, options, f"{role} (DataLoader.dataset)", data.num_workers)
+    if isinstance(data, Dataset):
+        if isinstance(data, IterableDataset):
+            raise DataError(f"{role}: an IterableDataset has no length to split and shuffle; pass a map-style Dataset")
+        return _from_dataset(data, options, role, 0)
+    raise DataError(
+        f"{role}: cannot use a {type(data).__name__} as data. Pass (images, labels) arrays or tensors, "
+        "a torch Dataset or DataLoader, an image folder, a CSV manifest, or a built-in name "
+        f"({', '.join(builtin.NAMES)})"
+    )
+
+
+def _from_path(data: str | Path, options: DataOptions, role: str, default_split: str) -> Source:
+    text = str(data)
+    name, _, split = text.partition(":")
+    if name in builtin.NAMES:
+        images, targets, class_names = builtin.load(name, split or default_split, options.data_dir)
+        return _from_arrays(images, targets, options, f"{role} ({text})", class_names)
+    path = Path(text)
+    if not path.exists():
+        raise DataError(
+            f"{role}: {text!r} is neither an existing file or folder nor a built-in dataset "
+            f"({', '.join(builtin.NAMES)})"
+        )
+    if path.is_dir():
+        files = scan_image_folder(path, resize=options.resize, strict=options.strict)
+    elif path.suffix.lower() == ".csv":
+        files = scan_manifest(path, resize=options.resize, strict=options.strict,
+                              multi_hot=options.task == "multilabel")
+    else:
+        raise DataError(f"{role}: {path} is a file but not a CSV manifest; pass a class folder or a .csv")
+    dataset = ImageFileDataset(files.paths, files.targets, files.channels, files.size)
+    return Streamed(dataset, files.targets, options.class_names or files.class_names, str(path),
+                    files.channels, files.size, skipped=len(files.skipped))
+
+
+def _from_arrays(images: Any, targets: Any, options: DataOptions, origin: str,
+                 class_names: list[str] | None = None) -> InMemory:
+    images = batch_to_nchw(to_tensor(images, f"{origin} images"), f"{origin} images")
+    targets, names = targets_to_tensor(targets, f"{origin} labels")
+    if len(images) != len(targets):
+        raise DataError(f"{origin}: {len(images)} images but {len(targets)} labels; they must match one to one")
+    check_finite(images, origin)
+    if options.resize is not None:
+        images = resize_batch(images, tuple(options.resize))
+    return InMemory(images, targets, options.class_names or class_names or names, origin)
+
+
+def targets_to_tensor(targets: Any, origin: str) -> tuple[torch.Tensor, list[str] | None]:
+    """Labels -> int64 (N,) class indices or float (N, K) multi-hot; string labels get sorted names."""
+    if isinstance(targets, (list, tuple)):
+        targets = np.asarray(targets)
+    if isinstance(targets, np.ndarray) and targets.dtype.kind in "USO":
+        names, indices = np.unique(targets.astype(str), return_inverse=True)
+        return torch.from_numpy(indices.astype(np.int64)), [str(n) for n in names]
+    tensor = to_tensor(targets, origin)
+    if tensor.ndim == 2 and tensor.shape[1] == 1:
+        tensor = tensor[:, 0]
+    if tensor.ndim == 1:
+        if tensor.dtype.is_floating_point:
+            if not torch.isfinite(tensor).all() or not (tensor == tensor.round()).all():
+                first = int((~torch.isfinite(tensor) | (tensor != tensor.round())).nonzero()[0, 0])
+                raise DataError(f"{origin}: label {first} is {tensor[first].item()!r}; class labels must be whole numbers")
+        if tensor.dtype == torch.bool:
+            tensor = tensor.to(torch.int64)
+        return tensor.to(torch.int64), None
+    if tensor.ndim == 2:
+        valid = (tensor == 0) | (tensor == 1)
+        if not valid.all():
+            row = int((~valid).any(dim=1).nonzero()[0, 0])
+            raise DataError(
+                f"{origin}: row {row} of the (N, K) labels holds values other than 0 and 1; "
+                "multi-label targets must be multi-hot"
+            )
+        return tensor.to(torch.float32), None
+    raise DataError(
+        f"{origin}: labels must be shaped (N,) class indices or (N, K) multi-hot, got shape {tuple(tensor.shape)}"
+    )
+
+
+def _from_dataset(dataset: Dataset, options: DataOptions, origin: str, num_workers: int) -> Source:
+    """One pass over the dataset: targets always, images too while they fit the memory limit."""
+    try:
+        length = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise DataError(f"{origin}: the Dataset has no __len__; visiondojo needs map-style datasets") from None
+    if length == 0:
+        raise DataError(f"{origin}: the dataset is empty")
+    converted = _ConvertedDataset(dataset, origin, options.resize)
+    loader = DataLoader(converted, batch_size=64, num_workers=num_workers, collate_fn=list)
+    limit = options.memory_limit_gb * 2**30
+    images: list[torch.Tensor] | None = []
+    targets: list[Any] = []
+    used = 0
+    first_shape: tuple[int, ...] | None = None
+    index = -1
+    for chunk in loader:
+        for image, target in chunk:
+            index += 1
+            if first_shape is None:
+                first_shape = tuple(image.shape)
+            elif tuple(image.shape) != first_shape:
+                raise DataError(
+                    f"{origin}: sample {index} has shape {tuple(image.shape)} but sample 0 has {first_shape}; "
+                    "set resize: [HEIGHT, WIDTH] (Python: resize=(H, W)) to bring all images to one size"
+                )
+            targets.append(target)
+            if images is not None:
+                images.append(image)
+                used += image.numel() * image.element_size()
+                if used > limit:
+                    images = None
+    target_tensor, names = targets_to_tensor(_stack_targets(targets, origin), f"{origin} labels")
+    class_names = options.class_names or getattr(dataset, "classes", None) or names
+    converted.targets = target_tensor
+    if images is not None:
+        stacked = torch.stack(images)
+        check_finite(stacked, origin)
+        return InMemory(stacked, target_tensor, class_names, origin)
+    assert first_shape is not None
+    return Streamed(converted, target_tensor, class_names, origin, first_shape[0], first_shape[1:])  # type: ignore[arg-type]
+
+
+def _stack_targets(targets: list[Any], origin: str) -> Any:
+    first = targets[0]
+    if isinstance(first, str):
+        return np.asarray(targets)
+    try:
+        return torch.stack([torch.as_tensor(t) for t in targets])
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DataError(f"{origin}: labels have inconsistent shapes or types ({exc})") from None
+
+
+class _ConvertedDataset(Dataset):
+    """Wraps a user Dataset so each item becomes ((C,H,W) tensor, target).
+
+    Once the first pass has read every target, ``targets`` holds them as a tensor and items
+    yield those (so string or int labels collate like everything else).
+    """
+
+    def __init__(self, dataset: Dataset, origin: str, resize: tuple[int, int] | None):
+        self.dataset = dataset
+        self.origin = origin
+        self.resize = resize
+        self.targets: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        item = self.dataset[index]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise DataError(f"{self.origin}: item {index} is a {type(item).__name__}; the Dataset must yield (image, target)")
+        image = image_to_chw(item[0], f"{self.origin} item {index}")
+        if self.resize is not None:
+            image = resize_batch(image.unsqueeze(0), tuple(self.resize))[0]
+        return image, (item[1] if self.targets is None else self.targets[index])

@@ -1,0 +1,1 @@
+"""The engine: one training loop, evaluation, device/precision choices, checkpoints."""

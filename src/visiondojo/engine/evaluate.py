@@ -1,0 +1,62 @@
+"""Evaluation: metrics over a whole split, and optionally every score for the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..data.batches import Normalizer
+from ..tasks import Task
+from .runtime import Runtime
+
+Metrics = dict[str, "float | list[float]"]
+
+
+@dataclass
+class Evaluation:
+    metrics: Metrics
+    """Scalar metrics as floats, per-class metrics as lists; includes ``loss``."""
+    scores: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    losses: torch.Tensor | None = None
+    """Per-sample losses, in data order (for the worst-mistakes gallery)."""
+
+
+def metrics_to_python(values: dict[str, torch.Tensor]) -> Metrics:
+    out: Metrics = {}
+    for name, value in values.items():
+        value = value.detach().float().cpu()
+        out[name] = round(float(value), 6) if value.ndim == 0 else [round(float(v), 6) for v in value]
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, batches: Iterable, normalizer: Normalizer, runtime: Runtime,
+             *, collect: bool = False) -> Evaluation:
+    was_training = model.training
+    model.eval()
+    metrics = task.metrics().to(runtime.device)
+    total_loss = torch.zeros((), device=runtime.device, dtype=torch.float64)
+    count = 0
+    scores, targets_all, losses = [], [], []
+    for images, targets in batches:
+        with runtime.autocast():
+            outputs = model(normalizer(images))
+        sample_loss = task.per_sample_loss(outputs, targets)
+        total_loss += sample_loss.double().sum()
+        count += len(sample_loss)
+        batch_scores = task.scores(outputs)
+        metrics.update(batch_scores, targets.long() if targets.dtype.is_floating_point else targets)
+        if collect:
+            scores.append(batch_scores.cpu())
+            targets_all.append(targets.cpu())
+            losses.append(sample_loss.cpu())
+    model.train(was_training)
+    result = metrics_to_python(metrics.compute())
+    result["loss"] = round(float(total_loss) / max(count, 1), 6)
+    if not collect:
+        return Evaluation(result)
+    return Evaluation(result, torch.cat(scores), torch.cat(targets_all), torch.cat(losses))

@@ -1,0 +1,220 @@
+"""The training loop: read it top to bottom and you see the whole run.
+
+Per epoch: train steps (normalize on device -> autocast forward -> task loss -> backward ->
+clip -> step -> schedule), validation, history row, checkpoints (last every epoch, best on
+improvement), early stopping, and the budget guard that shortens the schedule when the run
+falls behind its wall-clock plan so it still anneals and ends on time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.batches import Normalizer
+from ..errors import VisionDojoError
+from ..plan import Plan
+from ..tasks import Task
+from . import checkpoint
+from .evaluate import evaluate
+from .progress import TrainingProgress
+from .runtime import Runtime
+from ..optimize.optimizers import build_optimizer
+from ..optimize.schedules import build_scheduler, schedule_factor
+
+LAST = "last.safetensors"
+BEST = "best.safetensors"
+REPORT_S = 3.0
+"""Seconds kept at the end of a budget for writing the report and weights."""
+
+
+class TrainingDiverged(VisionDojoError):
+    """The loss became NaN or infinite."""
+
+
+def train_step(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, runtime: Runtime,
+               normalizer: Normalizer, images: torch.Tensor, targets: Any,
+               grad_clip_norm: float | None = None) -> torch.Tensor:
+    """One optimizer step; returns the detached loss (no host sync)."""
+    with runtime.autocast():
+        outputs = model(normalizer(images))
+        loss = task.loss(outputs, targets)
+    optimizer.zero_grad(set_to_none=True)
+    if runtime.scaler is not None:
+        runtime.scaler.scale(loss).backward()
+        if grad_clip_norm:
+            runtime.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+        runtime.scaler.step(optimizer)
+        runtime.scaler.update()
+    else:
+        loss.backward()
+        if grad_clip_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+        optimizer.step()
+    return loss.detach()
+
+
+@dataclass
+class LoopState:
+    """Everything besides model/optimizer/scheduler that an exact resume needs."""
+
+    epoch: int = 0
+    """Next epoch to run."""
+    step: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    epochs_since_best: int = 0
+    elapsed_s: float = 0.0
+    planned_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoopResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_metric: float
+    stop_reason: str
+    notes: list[str]
+
+
+def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, val_batches: Any,
+                 runtime: Runtime, normalizer: Normalizer, checkpoint_dir: Path, *,
+                 deadline: float | None = None, final_eval_ratio: float = 1.0, resume: bool = False,
+                 progress: TrainingProgress | None = None) -> LoopResult:
+    """Train ``model`` in place per ``plan``; on return it holds the best validation weights.
+
+    With a ``deadline`` (a ``time.perf_counter()`` value), the loop keeps back the time the final
+    evaluation needs: the last validation pass times ``final_eval_ratio`` (the final evaluation
+    covers validation and test data) plus ``REPORT_S``.
+    """
+    progress = progress or TrainingProgress(False)
+    opt = plan.optimization
+    steps_per_epoch = len(train_batches)
+    optimizer = build_optimizer(model, opt)
+    scheduler = build_scheduler(optimizer, opt, steps_per_epoch)
+    state = LoopState(planned_epochs=opt.epochs)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        state = _restore(checkpoint_dir / LAST, model, optimizer, scheduler)
+    else:
+        torch.manual_seed(plan.seed)
+    clock_start = time.perf_counter() - state.elapsed_s
+    stop_reason = "completed the planned epochs"
+    reserve_s = REPORT_S
+
+    while state.epoch < state.planned_epochs:
+        epoch = state.epoch
+        epoch_start = time.perf_counter()
+        model.train()
+        train_batches.set_epoch(epoch)
+        progress.start_epoch(epoch, state.planned_epochs, steps_per_epoch)
+        loss_sum = torch.zeros((), device=runtime.device)
+        seen = 0
+        cut_off = False
+        for i, (images, targets) in enumerate(train_batches):
+            loss = train_step(model, task, optimizer, runtime, normalizer, images, targets, opt.grad_clip_norm)
+            scheduler.step()
+            state.step += 1
+            loss_sum += loss * len(images)
+            seen += len(images)
+            if i % 20 == 19 or i == steps_per_epoch - 1:
+                mean_loss = float(loss_sum) / seen
+                if not math.isfinite(mean_loss):
+                    raise TrainingDiverged(
+                        f"training diverged in epoch {epoch + 1}, step {i + 1}: the loss is {mean_loss}. "
+                        f"Lower optimization.lr (now {opt.lr:g}) or check the data for extreme values."
+                    )
+                progress.update(i + 1, mean_loss, seen / (time.perf_counter() - epoch_start))
+            if deadline is not None and time.perf_counter() > deadline - reserve_s:
+                cut_off = True
+                break
+        train_s = time.perf_counter() - epoch_start
+        train_loss = float(loss_sum) / max(seen, 1)
+        val_start = time.perf_counter()
+        val = evaluate(model, task, val_batches, normalizer, runtime).metrics
+        reserve_s = (time.perf_counter() - val_start) * final_eval_ratio + REPORT_S
+        epoch_s = time.perf_counter() - epoch_start
+        monitored = float(val[plan.monitor])  # type: ignore[arg-type]
+        improved = monitored > state.best_metric
+        if improved:
+            state.best_metric, state.best_epoch, state.epochs_since_best = monitored, epoch, 0
+            checkpoint.save_weights(model, checkpoint_dir / BEST)
+        else:
+            state.epochs_since_best += 1
+        state.history.append({
+            "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": round(train_loss, 6),
+            **{f"val_{k}": v for k, v in val.items() if not isinstance(v, list)},
+            "epoch_s": round(epoch_s, 3), "train_images_per_s": round(seen / train_s, 1),
+        })
+        state.epoch += 1
+        state.elapsed_s = time.perf_counter() - clock_start
+        progress.end_epoch(
+            f"epoch {epoch + 1}/{state.planned_epochs}  train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
+            f"val_{plan.monitor} {monitored:.4f}{'  *' if improved else ''}  {seen / train_s:,.0f} img/s  {epoch_s:.1f}s"
+        )
+        if cut_off:
+            stop_reason = "the time budget ran out mid-epoch"
+            state.notes.append(f"epoch {epoch + 1} was cut short by the time budget")
+            _save_last(checkpoint_dir, model, optimizer, scheduler, state)
+            break
+        if opt.early_stopping_patience is not None and state.epochs_since_best >= opt.early_stopping_patience:
+            stop_reason = f"early stopping: no val_{plan.monitor} gain in {opt.early_stopping_patience} epochs"
+            _save_last(checkpoint_dir, model, optimizer, scheduler, state)
+            break
+        if deadline is not None:
+            _budget_guard(state, scheduler, steps_per_epoch, epoch_s, deadline - reserve_s - time.perf_counter())
+        _save_last(checkpoint_dir, model, optimizer, scheduler, state)
+        if state.epoch >= state.planned_epochs and state.planned_epochs < opt.epochs:
+            stop_reason = "the time budget: the schedule was shortened to end on time"
+
+    best = checkpoint_dir / BEST
+    if best.exists():
+        from safetensors.torch import load_model
+
+        load_model(model, str(best), device=str(runtime.device))
+    return LoopResult(state.history, state.best_epoch + 1, state.best_metric, stop_reason, state.notes)
+
+
+def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: int,
+                  epoch_s: float, remaining_s: float) -> None:
+    """If the remaining epochs no longer fit the time left, shorten the schedule so it still anneals."""
+    epochs_left = state.planned_epochs - state.epoch
+    if epochs_left <= 0 or epochs_left * epoch_s <= remaining_s:
+        return
+    fit = max(0, int(remaining_s // epoch_s))
+    new_total = state.epoch + fit
+    state.notes.append(
+        f"after epoch {state.epoch} the run was behind its time plan ({epoch_s:.1f}s per epoch, "
+        f"{remaining_s:.0f}s left): planned epochs {state.planned_epochs} -> {new_total}"
+    )
+    state.planned_epochs = new_total
+    schedule_factor(scheduler).resize(new_total * steps_per_epoch)
+
+
+def _save_last(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LambdaLR, state: LoopState) -> None:
+    checkpoint.save_state(directory / LAST, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "rng": checkpoint.rng_state(), "loop": state.__dict__,
+    })
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LambdaLR) -> LoopState:
+    if not path.exists():
+        raise VisionDojoError(f"{path}: no checkpoint to resume from; start the run without --resume")
+    saved = checkpoint.load_state(path)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    checkpoint.set_rng_state(saved["rng"])
+    return LoopState(**saved["loop"])

@@ -1,0 +1,86 @@
+"""Fit a model to the data: input channels of the first conv, output size of the classifier head.
+
+The first layer is the first ``Conv2d`` in module order; the head is the last ``Linear`` (or a
+1x1 ``Conv2d`` classifier, as in SqueezeNet) in module order. After any change a dry forward
+pass checks the result, so a wrong guess is an error, never a silently broken model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+
+def _set_module(model: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def adapt_model(model: nn.Module, in_channels: int, num_outputs: int) -> list[str]:
+    """Change ``model`` in place; return a sentence per change."""
+    changes: list[str] = []
+    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first[1].in_channels != in_channels:
+        name, conv = first
+        if conv.groups != 1:
+            raise ModelError(f"cannot adapt input channels of grouped conv {name!r}")
+        new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                        conv.dilation, 1, conv.bias is not None, conv.padding_mode)
+        with torch.no_grad():
+            # Keep what the filters respond to: average over the old input channels, repeated.
+            mean = conv.weight.mean(dim=1, keepdim=True)
+            new.weight.copy_(mean.repeat(1, in_channels, 1, 1) * (conv.in_channels / in_channels))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        _set_module(model, name, new)
+        changes.append(f"input layer {name}: {conv.in_channels} -> {in_channels} input channels")
+    head = _find_head(model)
+    if head is None:
+        raise ModelError("cannot find the classifier head (no nn.Linear in the model); build the model "
+                         f"with {num_outputs} outputs yourself")
+    name, layer = head
+    if isinstance(layer, nn.Linear) and layer.out_features != num_outputs:
+        _set_module(model, name, nn.Linear(layer.in_features, num_outputs, bias=layer.bias is not None))
+        changes.append(f"classifier head {name}: {layer.out_features} -> {num_outputs} outputs")
+    elif isinstance(layer, nn.Conv2d) and layer.out_channels != num_outputs:
+        _set_module(model, name, nn.Conv2d(layer.in_channels, num_outputs, layer.kernel_size, layer.stride,
+                                           layer.padding, bias=layer.bias is not None))
+        changes.append(f"classifier head {name}: {layer.out_channels} -> {num_outputs} outputs")
+    return changes
+
+
+def _find_head(model: nn.Module) -> tuple[str, nn.Module] | None:
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[-1]
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    return convs[-1] if convs else None
+
+
+def check_output(model: nn.Module, channels: int, height: int, width: int, num_outputs: int) -> None:
+    """Dry forward of two blank images on the CPU copy; raise ModelError unless the output is (2, num_outputs)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, channels, height, width, device=device))
+    except RuntimeError as exc:
+        raise ModelError(
+            f"the model fails on {channels}x{height}x{width} inputs ({str(exc).splitlines()[0]}); "
+            "set adapt: true to fit its input channels, or resize: [H, W] for a larger input size"
+        ) from None
+    finally:
+        model.train(was_training)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_outputs:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"the model outputs {shape} for a batch of 2 but the data needs (2, {num_outputs}) "
+            f"({num_outputs} logit{'s' if num_outputs != 1 else ''}); set adapt: true (Python: adapt=True) "
+            "to replace the classifier head"
+        )

@@ -1,0 +1,61 @@
+"""Build a model from a spec string: a built-in name, ``torchvision:NAME``, ``timm:NAME`` or ``module:factory``.
+
+No weights are ever downloaded: torchvision and timm models are built with random weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import ModelError
+from .fmnist_resnet import FMNISTResNet
+
+BUILTIN: dict[str, Callable[..., nn.Module]] = {"fmnist-resnet": FMNISTResNet}
+
+
+def build_model(spec: str, num_outputs: int, in_channels: int, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Instantiate ``spec``. Built-ins and timm models are built for the data's outputs and channels;
+    torchvision and factory models get ``kwargs`` only (use ``adapt`` to fit them)."""
+    kwargs = dict(kwargs or {})
+    if spec in BUILTIN:
+        kwargs.setdefault("num_classes", num_outputs)
+        kwargs.setdefault("in_channels", in_channels)
+        return BUILTIN[spec](**kwargs)
+    prefix, sep, name = spec.partition(":")
+    if not sep or not name:
+        raise ModelError(
+            f"model spec {spec!r}: use a built-in name ({', '.join(BUILTIN)}), torchvision:NAME, "
+            "timm:NAME or package.module:factory"
+        )
+    if prefix == "torchvision":
+        import torchvision
+
+        try:
+            return torchvision.models.get_model(name, weights=None, **kwargs)
+        except ValueError:
+            raise ModelError(f"model spec {spec!r}: torchvision has no model {name!r} "
+                             "(see torchvision.models.list_models())") from None
+    if prefix == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise ModelError(f"model spec {spec!r} needs timm: pip install 'visiondojo[timm]'") from None
+        if not timm.is_model(name):
+            raise ModelError(f"model spec {spec!r}: timm has no model {name!r} (see timm.list_models())")
+        kwargs.setdefault("num_classes", num_outputs)
+        kwargs.setdefault("in_chans", in_channels)
+        return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        module = importlib.import_module(prefix)
+    except ImportError as exc:
+        raise ModelError(f"model spec {spec!r}: cannot import {prefix!r} ({exc})") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ModelError(f"model spec {spec!r}: {prefix} has no callable {name!r}")
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model spec {spec!r}: the factory returned a {type(model).__name__}, not an nn.Module")
+    return model

@@ -1,0 +1,1 @@
+"""Optimization: optimizers, schedules, and the run length planned from measured throughput."""

@@ -1,0 +1,52 @@
+"""Learning-rate schedules as LambdaLR factors, resizable mid-run.
+
+``WarmupCosine`` is a picklable callable (LambdaLR saves its ``__dict__`` in ``state_dict``),
+so a resumed run continues the exact curve; ``resize`` lets the budget guard shorten the run
+and still anneal to the end instead of being cut off at a high learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError
+from ..plan import OptimizationParams
+
+SCHEDULES = ("cosine", "constant")
+
+
+class WarmupCosine:
+    """Linear warmup from ~0 to 1 over ``warmup_steps``, then cosine down to ``min_ratio``."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.0, cosine: bool = True):
+        self.warmup_steps = warmup_steps
+        self.total_steps = max(total_steps, 1)
+        self.min_ratio = min_ratio
+        self.cosine = cosine
+
+    def resize(self, total_steps: int) -> None:
+        self.total_steps = max(total_steps, self.warmup_steps + 1)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if not self.cosine:
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, params: OptimizationParams,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    if params.schedule not in SCHEDULES:
+        raise ConfigError(f"schedule: {params.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    total = params.epochs * steps_per_epoch
+    warmup = min(int(round(params.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
+    factor = WarmupCosine(warmup, total, params.min_lr_ratio, cosine=params.schedule == "cosine")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def schedule_factor(scheduler: torch.optim.lr_scheduler.LambdaLR) -> WarmupCosine:
+    return scheduler.lr_lambdas[0]  # type: ignore[return-value]

@@ -1,0 +1,187 @@
+"""The Plan: every hyperparameter a run uses, as a plain serializable value.
+
+``find_params`` fills a Plan; ``train`` does exactly what the Plan says (plus the seed), so a
+plan saved as YAML can be read, edited by hand and replayed. Each choice may carry a line of
+evidence in ``Plan.evidence`` (keyed by the dotted field name) so the report can say why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+TASKS = ("binary", "multiclass", "multilabel")
+
+
+@dataclass
+class DataParams:
+    """What inspection learned about the data (every field can be overridden)."""
+
+    task: str = "multiclass"
+    num_classes: int = 2
+    channels: int = 1
+    height: int = 28
+    width: int = 28
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.5])
+    pixel_scale: float = 1.0 / 255.0
+    """Factor that maps stored pixel values to [0, 1]-like units before mean/std (1 for floats)."""
+    class_names: list[str] = field(default_factory=list)
+    class_counts: list[int] = field(default_factory=list)
+    train_size: int = 0
+    val_size: int = 0
+    resize: list[int] | None = None
+    """[height, width] every image is resized to, or None to keep the stored size."""
+    val_fraction: float = 0.1
+    """Share of the training data held out for validation when no validation data is given."""
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits the model must produce: one for binary, one per class otherwise."""
+        return 1 if self.task == "binary" else self.num_classes
+
+
+@dataclass
+class ModelParams:
+    spec: str = "fmnist-resnet"
+    """Built-in name, ``torchvision:NAME``, ``timm:NAME``, ``package.module:factory``, or ``python:CLASS`` for a module passed from Python."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    adapt: bool = False
+    changes: list[str] = field(default_factory=list)
+    num_parameters: int = 0
+
+
+@dataclass
+class OptimizationParams:
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9
+    batch_size: int = 256
+    epochs: int = 30
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"
+    """``cosine`` (linear warmup, then cosine to ``min_lr_ratio * lr``) or ``constant``."""
+    min_lr_ratio: float = 0.0
+    grad_clip_norm: float | None = None
+    early_stopping_patience: int | None = 10
+    budget_s: float | None = None
+
+
+@dataclass
+class RuntimeParams:
+    device: str = "cpu"
+    precision: str = "fp32"
+    """``bf16`` or ``fp16`` autocast, or ``fp32``."""
+    channels_last: bool = False
+    num_workers: int = 0
+
+
+@dataclass
+class Plan:
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    optimization: OptimizationParams = field(default_factory=OptimizationParams)
+    runtime: RuntimeParams = field(default_factory=RuntimeParams)
+    seed: int = 0
+    monitor: str = "acc"
+    """Validation metric that picks the best checkpoint and drives early stopping (higher is better)."""
+    evidence: dict[str, str] = field(default_factory=dict)
+    pinned: list[str] = field(default_factory=list)
+    """Dotted fields the user set; meta-learners must leave them alone."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "plan") -> "Plan":
+        return _build(cls, data, where)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: plan file not found")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a plan is a YAML mapping, got {type(data).__name__}")
+        return cls.from_dict(data, where=str(path))
+
+    def set(self, dotted: str, value: Any, *, pin: bool = True) -> None:
+        """Set ``section.field`` (e.g. ``optimization.lr``) and, by default, pin it."""
+        section_name, _, name = dotted.partition(".")
+        section = getattr(self, section_name, None)
+        if section is None or not dataclasses.is_dataclass(section) or name not in _field_names(section):
+            raise ConfigError(f"plan has no field {dotted!r}")
+        setattr(section, name, value)
+        if pin and dotted not in self.pinned:
+            self.pinned.append(dotted)
+
+    def is_pinned(self, dotted: str) -> bool:
+        return dotted in self.pinned
+
+    def choose(self, dotted: str, value: Any, why: str) -> None:
+        """Record a meta-learner's choice and its evidence, unless the user pinned the field."""
+        if self.is_pinned(dotted):
+            self.evidence.setdefault(dotted, "pinned by the user")
+            return
+        self.set(dotted, value, pin=False)
+        self.evidence[dotted] = why
+
+
+def _field_names(obj_or_cls: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(obj_or_cls)]
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, naming any unknown key and its allowed keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    allowed = _field_names(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            value = _build(hint, value, f"{where}.{key}")
+        else:
+            value = _coerce(hint, value, f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Light type check for scalar fields: ints may stand for floats, None only where allowed."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not (type(value) is hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    if origin is list and not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if origin is dict and not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    return value

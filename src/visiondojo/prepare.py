@@ -1,0 +1,99 @@
+"""Bring the user's model and data into shape once: sources, split, inspection, task, fitted model."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .data import builtin
+from .data.inspect import check_geometry, check_targets, inspect_data
+from .data.sources import DataOptions, Source, as_source
+from .data.split import validation_split
+from .errors import DataError, ModelError
+from .models import adapt_model, build_model, check_output
+from .plan import DataParams, ModelParams
+from .tasks import Task, make_task
+
+
+@dataclass
+class Prepared:
+    train: Source
+    val: Source
+    test: Source | None
+    data: DataParams
+    task: Task
+    model: nn.Module
+    model_params: ModelParams
+    options: DataOptions
+
+
+def model_spec(model: Any) -> str:
+    if isinstance(model, str):
+        return model
+    return f"python:{type(model).__module__}.{type(model).__qualname__}"
+
+
+def prepare(model: nn.Module | str | None, train_data: Any, val_data: Any = None, test_data: Any = None, *,
+            options: DataOptions, adapt: bool = False, seed: int = 0, model_kwargs: dict | None = None,
+            known: DataParams | None = None, spec: str | None = None) -> Prepared:
+    """Adapt, split and inspect the data, then build/fit the model to it.
+
+    ``known`` (from a saved plan) replaces inspection so a replay uses the very same statistics.
+    """
+    if train_data is None:
+        raise DataError("train_data: no training data given")
+    train = as_source(train_data, options, role="train_data")
+    if test_data is None and isinstance(train_data, str) and train_data.partition(":")[0] in builtin.NAMES \
+            and not train_data.endswith(":test"):
+        test_data = f"{train_data.partition(':')[0]}:test"
+    if val_data is None:
+        if len(train) < 2:
+            raise DataError(f"{train.origin}: {len(train)} sample(s) is too few to hold out validation data")
+        train, val = validation_split(train, options.val_fraction, seed)
+    else:
+        val = as_source(val_data, options, role="val_data")
+    test = as_source(test_data, options, role="test_data", default_split="test") if test_data is not None else None
+
+    data = copy.deepcopy(known) if known is not None else inspect_data(train, options)
+    data.train_size, data.val_size = len(train), len(val)
+    data.val_fraction = options.val_fraction
+    for source in (train, val, test):
+        if source is not None:
+            check_targets(source, data.task, data.num_classes)
+            check_geometry(source, data)
+    task = make_task(data)
+
+    if model is None:
+        if spec is None:
+            raise ModelError("model: no model given; pass an nn.Module or a spec such as 'fmnist-resnet'")
+        model = spec
+    if isinstance(model, str):
+        if model.startswith("python:"):
+            raise ModelError(f"this plan was made with a model passed from Python ({model}); pass that model again")
+        built = build_model(model, data.num_outputs, data.channels, model_kwargs)
+    elif isinstance(model, nn.Module):
+        built = model
+    else:
+        raise ModelError(f"model: expected an nn.Module or a spec string, got {type(model).__name__}")
+    changes = adapt_model(built, data.channels, data.num_outputs) if adapt else []
+    for change in changes:
+        warnings.warn(f"adapt: {change}", stacklevel=3)
+    check_output(built, data.channels, data.height, data.width, data.num_outputs)
+    params = ModelParams(spec=model_spec(model), kwargs=dict(model_kwargs or {}), adapt=adapt, changes=changes,
+                         num_parameters=sum(p.numel() for p in built.parameters()))
+    return Prepared(train, val, test, data, task, built, params, options)
+
+
+def options_from_plan(data: DataParams, base: DataOptions | None = None) -> DataOptions:
+    """DataOptions that reproduce a plan's view of the data (task, classes, resize, split)."""
+    options = copy.copy(base) if base is not None else DataOptions()
+    options.task = data.task
+    options.num_classes = data.num_classes
+    options.class_names = list(data.class_names) or None
+    options.resize = tuple(data.resize) if data.resize else None  # type: ignore[assignment]
+    options.val_fraction = data.val_fraction
+    return options

@@ -1,0 +1,98 @@
+"""report.html: one self-contained file (figures inlined as base64 PNG) that renders offline."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..plan import Plan
+from . import plots
+from .files import write_text_atomic
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:.85em}img{max-width:100%}
+.muted{color:#777}
+"""
+
+
+@dataclass
+class ReportData:
+    plan: Plan
+    history: list[dict[str, Any]]
+    metrics: dict[str, dict[str, Any]]
+    """Split name ('val', 'test') -> metrics."""
+    confusion: np.ndarray | None = None
+    confusion_split: str = ""
+    mistakes: list[tuple[torch.Tensor, str]] = field(default_factory=list)
+    """(image in [0, 1] as (C, H, W), caption) of the highest-loss errors."""
+    mistakes_split: str = ""
+    summary: list[str] = field(default_factory=list)
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def render(data: ReportData) -> str:
+    plan = data.plan
+    names = plan.data.class_names
+    parts = [f"<h1>visiondojo run report</h1><p class=muted>{html.escape(plan.data.task)} classification, "
+             f"{plan.data.num_classes} classes, model {html.escape(plan.model.spec)}</p>"]
+    if data.summary:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in data.summary) + "</ul>")
+    scalar_names = sorted({k for m in data.metrics.values() for k, v in m.items() if not isinstance(v, list)})
+    parts.append("<h2>Metrics</h2>" + _table(
+        ["split", *scalar_names], [[split, *[m.get(k, "") for k in scalar_names]] for split, m in data.metrics.items()]
+    ))
+    for split, metrics in data.metrics.items():
+        if isinstance(metrics.get("precision"), list):
+            label = "label" if plan.data.task == "multilabel" else "class"
+            rows = [[name, metrics["precision"][i], metrics["recall"][i],
+                     plan.data.class_counts[i] if i < len(plan.data.class_counts) else ""]
+                    for i, name in enumerate(names)]
+            parts.append(f"<h2>Per-{label} precision and recall ({split})</h2>"
+                         + _table([label, "precision", "recall", "train count"], rows))
+            break
+    if data.history:
+        parts.append("<h2>Learning curves</h2>" + _img(plots.learning_curves(data.history, plan.monitor), "learning curves"))
+    if data.confusion is not None:
+        parts.append(f"<h2>Confusion matrix ({data.confusion_split})</h2>"
+                     + _img(plots.confusion_matrix(data.confusion, names), "confusion matrix"))
+    if data.mistakes:
+        images = torch.stack([m[0] for m in data.mistakes])
+        parts.append(f"<h2>Worst mistakes ({data.mistakes_split})</h2><p class=muted>highest-loss misclassified "
+                     "images: true label, then prediction</p>"
+                     + _img(plots.gallery(images, [m[1] for m in data.mistakes]), "worst mistakes"))
+    if plan.evidence:
+        parts.append("<h2>Why these choices</h2>" + _table(
+            ["setting", "evidence"], [[k, v] for k, v in plan.evidence.items()]
+        ))
+    parts.append("<h2>Plan</h2><pre>" + html.escape(plan.to_yaml()) + "</pre>")
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>visiondojo report</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def write_report(path: Path, data: ReportData) -> None:
+    write_text_atomic(path, render(data))

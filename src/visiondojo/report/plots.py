@@ -1,0 +1,69 @@
+"""Report figures, rendered with matplotlib's Agg backend to PNG bytes (no display needed)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def learning_curves(history: list[dict[str, Any]], monitor: str) -> bytes:
+    epochs = [row["epoch"] for row in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    left.plot(epochs, [row["train_loss"] for row in history], label="train loss")
+    left.plot(epochs, [row["val_loss"] for row in history], label="val loss")
+    left.set_xlabel("epoch")
+    left.set_yscale("log")
+    left.legend()
+    right.plot(epochs, [row[f"val_{monitor}"] for row in history], color="tab:green", label=f"val {monitor}")
+    right.set_xlabel("epoch")
+    right.legend(loc="lower right")
+    lr_axis = right.twinx()
+    lr_axis.plot(epochs, [row["lr"] for row in history], color="tab:gray", linestyle=":", label="lr")
+    lr_axis.set_ylabel("learning rate", color="tab:gray")
+    return _png(fig)
+
+
+def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str]) -> bytes:
+    size = max(4.0, 0.45 * len(class_names) + 2)
+    fig, axis = plt.subplots(figsize=(size, size))
+    rows = matrix.sum(axis=1, keepdims=True).clip(min=1)
+    axis.imshow(matrix / rows, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=60, ha="right")
+    axis.set_yticks(ticks, class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    if len(class_names) <= 20:
+        for i in range(matrix.shape[0]):
+            for j in range(matrix.shape[1]):
+                if matrix[i, j]:
+                    axis.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                              color="white" if matrix[i, j] / rows[i, 0] > 0.5 else "black")
+    return _png(fig)
+
+
+def gallery(images: torch.Tensor, captions: Sequence[str], columns: int = 8) -> bytes:
+    """Images (N, C, H, W) in [0, 1] with a caption each."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.8), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, caption in zip(axes.flat, images, captions):
+        array = image.permute(1, 2, 0).numpy()
+        axis.imshow(array[:, :, 0] if array.shape[2] == 1 else array[:, :, :3], cmap="gray", vmin=0, vmax=1)
+        axis.set_title(caption, fontsize=7)
+    return _png(fig)

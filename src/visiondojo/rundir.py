@@ -1,0 +1,56 @@
+"""Run folders: what a run writes, and the rule that an existing run is never overwritten silently."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from .errors import RunExistsError
+
+PLAN = "plan.yaml"
+WEIGHTS = "model.safetensors"
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+REPORT = "report.html"
+CHECKPOINTS = "checkpoints"
+RUN_FILES = (PLAN, WEIGHTS, METRICS, HISTORY, REPORT, CHECKPOINTS)
+
+
+def default_run_dir(root: Path = Path("runs")) -> Path:
+    """A fresh ``runs/YYYYmmdd-HHMMSS[-N]`` folder name that does not exist yet."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate = root / stamp
+    n = 1
+    while candidate.exists():
+        n += 1
+        candidate = root / f"{stamp}-{n}"
+    return candidate
+
+
+def claim_run_dir(path: Path, *, overwrite: bool, resume: bool) -> Path:
+    """Create ``path`` for a new run, refusing a folder that holds anything unless told otherwise.
+
+    ``overwrite`` removes only the files a run writes (listed in RUN_FILES); anything else the
+    user keeps there stays. ``resume`` needs the folder to hold a run.
+    """
+    if resume:
+        if not (path / PLAN).is_file():
+            raise RunExistsError(f"{path}: no run to resume (no {PLAN}); drop --resume to start a new run")
+        return path
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            holds_run = any((path / name).exists() for name in RUN_FILES)
+            what = "already holds a run" if holds_run else "is not empty"
+            raise RunExistsError(
+                f"{path}: the output folder {what}. Choose another --out, continue it with --resume, "
+                "or pass --overwrite (Python: overwrite=True) to replace the run's files"
+            )
+        for name in RUN_FILES:
+            target = path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,113 @@
+"""Binary (one sigmoid logit), multi-class (softmax) and multi-label (per-class sigmoid) classification.
+
+Losses are computed in float32 even under bf16 autocast: logits are few, and a low-precision
+log-sum-exp costs accuracy for nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    AUROC,
+    Accuracy,
+    ExactMatch,
+    F1Score,
+    Precision,
+    Recall,
+)
+
+from ..plan import DataParams
+from .base import Task
+
+
+class MultiClassTask(Task):
+    name = "multiclass"
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs.float(), targets)
+
+    def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs.float(), targets, reduction="none")
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.float().softmax(dim=1)
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.argmax(dim=1)
+
+    def metrics(self) -> MetricCollection:
+        k = self.num_classes
+        return MetricCollection({
+            "acc": Accuracy(task="multiclass", num_classes=k),
+            "f1_macro": F1Score(task="multiclass", num_classes=k, average="macro"),
+            "precision": Precision(task="multiclass", num_classes=k, average="none"),
+            "recall": Recall(task="multiclass", num_classes=k, average="none"),
+            "auroc": AUROC(task="multiclass", num_classes=k),
+        })
+
+
+class BinaryTask(MultiClassTask):
+    """One logit, sigmoid + BCE. Metrics reuse the two-class view [1 - p, p], which gives
+    per-class precision/recall for both classes and an AUROC equal to the binary one."""
+
+    name = "binary"
+
+    def __init__(self) -> None:
+        super().__init__(num_classes=2)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(outputs.float()[:, 0], targets.float())
+
+    def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(outputs.float()[:, 0], targets.float(), reduction="none")
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        p = outputs.float()[:, 0].sigmoid()
+        return torch.stack([1 - p, p], dim=1)
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        return (outputs[:, 0] > 0).long()
+
+
+class MultiLabelTask(Task):
+    name = "multilabel"
+
+    def __init__(self, num_labels: int, threshold: float = 0.5):
+        self.num_labels = num_labels
+        self.threshold = threshold
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(outputs.float(), targets.float())
+
+    def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(outputs.float(), targets.float(), reduction="none").mean(dim=1)
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.float().sigmoid()
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        return (self.scores(outputs) > self.threshold).long()
+
+    def metrics(self) -> MetricCollection:
+        k, t = self.num_labels, self.threshold
+        return MetricCollection({
+            "acc": Accuracy(task="multilabel", num_labels=k, threshold=t),
+            "exact_match": ExactMatch(task="multilabel", num_labels=k, threshold=t),
+            "f1_macro": F1Score(task="multilabel", num_labels=k, threshold=t, average="macro"),
+            "precision": Precision(task="multilabel", num_labels=k, threshold=t, average="none"),
+            "recall": Recall(task="multilabel", num_labels=k, threshold=t, average="none"),
+            "auroc": AUROC(task="multilabel", num_labels=k),
+        })
+
+
+def make_task(params: DataParams) -> Task:
+    if params.task == "binary":
+        return BinaryTask()
+    if params.task == "multilabel":
+        return MultiLabelTask(params.num_classes)
+    return MultiClassTask(params.num_classes)
