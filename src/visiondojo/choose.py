@@ -15,13 +15,17 @@ from .plan import Plan
 from .prepare import Prepared
 
 DEFAULT_BATCH = 256
+MIN_BATCH = 8
+MIN_STEPS_PER_EPOCH = 4
 
 
 def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadline: float | None) -> None:
     """Fill ``plan.optimization`` (leaving pinned fields alone); ``deadline`` is a perf_counter() time."""
     train_size = len(prep.train)
-    plan.choose("optimization.batch_size", min(DEFAULT_BATCH, train_size),
-                f"default {DEFAULT_BATCH}, capped by the {train_size} training images")
+    batch = min(DEFAULT_BATCH, max(MIN_BATCH, train_size // MIN_STEPS_PER_EPOCH))
+    plan.choose("optimization.batch_size", batch,
+                f"default {DEFAULT_BATCH}, capped so the {train_size} training images make at least "
+                f"{MIN_STEPS_PER_EPOCH} steps per epoch")
     plan.choose("optimization.optimizer", "adamw", "default: AdamW with decoupled weight decay")
     plan.choose("optimization.schedule", "cosine", "default: linear warmup, then cosine decay to zero")
     if deadline is None:

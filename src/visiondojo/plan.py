@@ -42,6 +42,9 @@ class DataParams:
     """[height, width] every image is resized to, or None to keep the stored size."""
     val_fraction: float = 0.1
     """Share of the training data held out for validation when no validation data is given."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Where the data came from (role -> folder, CSV or built-in name) when given by name, so
+    ``visiondojo train --plan plan.yaml`` can replay a run without its config."""
 
     @property
     def num_outputs(self) -> int:

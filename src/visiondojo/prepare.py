@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .data import builtin
@@ -61,6 +63,8 @@ def prepare(model: nn.Module | str | None, train_data: Any, val_data: Any = None
     data = copy.deepcopy(known) if known is not None else inspect_data(train, options)
     data.train_size, data.val_size = len(train), len(val)
     data.val_fraction = options.val_fraction
+    data.sources = {role: str(value) for role, value in
+                    (("train", train_data), ("val", val_data), ("test", test_data)) if isinstance(value, (str, Path))}
     for source in (train, val, test):
         if source is not None:
             check_targets(source, data.task, data.num_classes)
@@ -72,6 +76,7 @@ def prepare(model: nn.Module | str | None, train_data: Any, val_data: Any = None
             raise ModelError("model: no model given; pass an nn.Module or a spec such as 'fmnist-resnet'")
         model = spec
     if isinstance(model, str):
+        torch.manual_seed(seed)  # the initial weights are part of what a plan + seed reproduce
         if model.startswith("python:"):
             raise ModelError(f"this plan was made with a model passed from Python ({model}); pass that model again")
         built = build_model(model, data.num_outputs, data.channels, model_kwargs)

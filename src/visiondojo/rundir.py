@@ -17,9 +17,9 @@ CHECKPOINTS = "checkpoints"
 RUN_FILES = (PLAN, WEIGHTS, METRICS, HISTORY, REPORT, CHECKPOINTS)
 
 
-def default_run_dir(root: Path = Path("runs")) -> Path:
-    """A fresh ``runs/YYYYmmdd-HHMMSS[-N]`` folder name that does not exist yet."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+def default_run_dir(root: Path = Path("runs"), prefix: str = "") -> Path:
+    """A fresh ``runs/[prefix]YYYYmmdd-HHMMSS[-N]`` folder name that does not exist yet."""
+    stamp = prefix + time.strftime("%Y%m%d-%H%M%S")
     candidate = root / stamp
     n = 1
     while candidate.exists():

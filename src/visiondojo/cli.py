@@ -1,0 +1,171 @@
+"""``visiondojo`` command line: argument parsing only; the work is done by the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from . import api
+from .config import Config, load_config
+from .errors import ConfigError, VisionDojoError
+from .plan import Plan
+from .rundir import PLAN, default_run_dir
+
+DEMO_BUDGET = "100s"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visiondojo", description="Train computer-vision models automatically.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train from a YAML config (or replay a plan.yaml)")
+    train.add_argument("config", nargs="?", help="YAML config with sections data, model, training, output")
+    train.add_argument("--plan", help="replay this plan.yaml instead of choosing hyperparameters")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set training.lr=0.003 (repeatable)")
+    train.add_argument("--budget", help="wall-clock budget for the whole run, e.g. 90s, 5m, 1h")
+    train.add_argument("--out", help="run folder (default: output.dir, else runs/<timestamp>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace the run files in an existing --out")
+    train.add_argument("--data-dir", help="folder holding a built-in dataset's files")
+    _quiet(train)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a finished run on labeled data")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--data", required=True, help="image folder, CSV manifest or built-in name")
+    evaluate.add_argument("--data-dir", help="folder holding a built-in dataset's files")
+
+    predict = commands.add_parser("predict", help="predict labels for image files")
+    predict.add_argument("run_dir")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--out", help="write predictions to this CSV instead of printing them")
+
+    demo = commands.add_parser("demo", help=f"train on the bundled digits data (about 2 minutes)")
+    demo.add_argument("--budget", default=DEMO_BUDGET)
+    demo.add_argument("--out", help="run folder (default: runs/demo-<timestamp>)")
+    _quiet(demo)
+    return parser
+
+
+def _quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    try:
+        return {"train": _train, "evaluate": _evaluate, "predict": _predict, "demo": _demo}[args.command](args)
+    except VisionDojoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last finished epoch is checkpointed; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.quiet
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = _config(args)
+    out = args.out or (config.output.dir if config else None)
+    overwrite = args.overwrite or (config.output.overwrite if config else False)
+    if args.resume or args.plan:
+        if args.resume and not out:
+            raise ConfigError("--resume needs the run folder: pass --out DIR (or output.dir in the config)")
+        plan_path = Path(args.plan) if args.plan else Path(out) / PLAN
+        plan = Plan.load(plan_path)
+        sources = _sources(config, plan, plan_path)
+        run = api.train(config.model.spec if config else None, sources.get("train"), sources.get("val"),
+                        sources.get("test"), plan=plan_path, out=out, overwrite=overwrite, resume=args.resume,
+                        budget=args.budget, progress=_progress(args), data_dir=args.data_dir)
+    else:
+        if config is None:
+            raise ConfigError("train needs a CONFIG.yaml (or --plan plan.yaml to replay a run)")
+        data, model, training = config.data, config.model, config.training
+        run = api.fit(
+            model.spec, data.train, data.val, data.test, task=data.task, budget=args.budget or training.budget,
+            out=out, overwrite=overwrite, seed=training.seed, adapt=model.adapt, num_classes=data.num_classes,
+            class_names=data.class_names, resize=data.resize, strict=data.strict, val_fraction=data.val_fraction,
+            data_dir=args.data_dir or data.data_dir, device=training.device, precision=training.precision,
+            channels_last=training.channels_last, pin=training.pins(), model_kwargs=model.kwargs,
+            progress=_progress(args),
+        )
+    _print_result(run)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> Config | None:
+    if args.config is None:
+        if args.overrides:
+            raise ConfigError("--set needs a CONFIG.yaml to override")
+        return None
+    return load_config(args.config, args.overrides)
+
+
+def _sources(config: Config | None, plan: Plan, plan_path: Path) -> dict[str, Any]:
+    if config is not None:
+        return {"train": config.data.train, "val": config.data.val, "test": config.data.test}
+    if "train" not in plan.data.sources:
+        raise ConfigError(
+            f"{plan_path}: the plan does not say where its data came from (it was trained on data passed "
+            "from Python); pass the CONFIG.yaml too"
+        )
+    return dict(plan.data.sources)
+
+
+def _print_result(run: api.Run) -> None:
+    for split, metrics in run.metrics.items():
+        scalars = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not isinstance(v, list))
+        print(f"{split}: {scalars}")
+    print(f"run folder: {run.dir}")
+    print(f"report: {run.report}")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    metrics = api.evaluate(args.run_dir, args.data, data_dir=args.data_dir)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    run = api.load(args.run_dir)
+    predictions = run.predict(args.images)
+    names = predictions.names()
+    rows = []
+    for path, name, scores, label in zip(args.images, names, predictions.scores, predictions.labels):
+        if label.ndim == 0:
+            rows.append((str(path), name, f"{float(scores[label]):.4f}"))
+        else:  # multi-label: every predicted label with its probability
+            chosen = label.nonzero()[:, 0].tolist()
+            rows.append((str(path), ";".join(name), ";".join(f"{float(scores[k]):.4f}" for k in chosen)))
+    if args.out:
+        with open(args.out, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "prediction", "probability"])
+            writer.writerows(rows)
+        print(f"wrote {len(rows)} predictions to {args.out}")
+    else:
+        for row in rows:
+            print("\t".join(row))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    out = args.out or default_run_dir(Path("runs"), prefix="demo-")
+    print(f"visiondojo demo: FMNIST-ResNet on the bundled digits data, budget {args.budget}", flush=True)
+    run = api.fit("fmnist-resnet", "digits", budget=args.budget, out=out, progress=_progress(args))
+    _print_result(run)
+    print(f"open {run.report} in a browser to see what the run did and why")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
