@@ -17,6 +17,9 @@ from .prepare import Prepared
 DEFAULT_BATCH = 256
 MIN_BATCH = 8
 MIN_STEPS_PER_EPOCH = 4
+PROBE_SECONDS = 3.0
+PROBE_SHARE = 0.02
+"""The throughput probe times at most this share of the budget (and at most PROBE_SECONDS)."""
 
 
 def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadline: float | None) -> None:
@@ -32,7 +35,8 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
         plan.evidence.setdefault("optimization.epochs", "no time budget: planned epochs with early stopping")
         return
     normalizer = Normalizer(prep.data, runtime.device, plan.runtime.channels_last)
-    speed = measure_throughput(prep.model, prep.task, plan, prep.train, runtime, normalizer)
+    probe_s = min(PROBE_SECONDS, PROBE_SHARE * (deadline - time.perf_counter()))
+    speed = measure_throughput(prep.model, prep.task, plan, prep.train, runtime, normalizer, max_seconds=probe_s)
     test_size = len(prep.test) if prep.test is not None else 0
     final_s = (len(prep.val) + test_size) / speed.eval_images_per_s + REPORT_S
     remaining = deadline - time.perf_counter() - final_s

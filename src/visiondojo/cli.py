@@ -14,7 +14,7 @@ from . import api
 from .config import Config, load_config
 from .errors import ConfigError, VisionDojoError
 from .plan import Plan
-from .rundir import PLAN, default_run_dir
+from .rundir import PLAN, default_run_dir, require_run
 
 DEMO_BUDGET = "100s"
 
@@ -80,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume or args.plan:
         if args.resume and not out:
             raise ConfigError("--resume needs the run folder: pass --out DIR (or output.dir in the config)")
-        plan_path = Path(args.plan) if args.plan else Path(out) / PLAN
+        plan_path = Path(args.plan) if args.plan else require_run(Path(out)) / PLAN
         plan = Plan.load(plan_path)
         sources = _sources(config, plan, plan_path)
         run = api.train(config.model.spec if config else None, sources.get("train"), sources.get("val"),

@@ -34,8 +34,8 @@ def parse_duration(value: str | float | int | None, *, field: str = "budget") ->
 
 
 def format_duration(seconds: float) -> str:
-    """Short human form: 75 -> '1m15s'."""
-    seconds = int(round(seconds))
+    """Short human form: 75 -> '1m15s' (negative times show as 0s)."""
+    seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:

@@ -28,6 +28,13 @@ def default_run_dir(root: Path = Path("runs"), prefix: str = "") -> Path:
     return candidate
 
 
+def require_run(path: Path) -> Path:
+    """``path`` must hold a run (its plan.yaml) to be resumed."""
+    if not (path / PLAN).is_file():
+        raise RunExistsError(f"{path}: no run to resume (no {PLAN}); drop --resume to start a new run")
+    return path
+
+
 def claim_run_dir(path: Path, *, overwrite: bool, resume: bool) -> Path:
     """Create ``path`` for a new run, refusing a folder that holds anything unless told otherwise.
 
@@ -35,9 +42,7 @@ def claim_run_dir(path: Path, *, overwrite: bool, resume: bool) -> Path:
     user keeps there stays. ``resume`` needs the folder to hold a run.
     """
     if resume:
-        if not (path / PLAN).is_file():
-            raise RunExistsError(f"{path}: no run to resume (no {PLAN}); drop --resume to start a new run")
-        return path
+        return require_run(path)
     if path.exists() and any(path.iterdir()):
         if not overwrite:
             holds_run = any((path / name).exists() for name in RUN_FILES)

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..plan import OptimizationParams
 
 SCHEDULES = ("cosine", "constant")
+MAX_WARMUP_SHARE = 0.2
 
 
 class WarmupCosine:
@@ -43,7 +44,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, params: OptimizationParams
     if params.schedule not in SCHEDULES:
         raise ConfigError(f"schedule: {params.schedule!r} is not one of {', '.join(SCHEDULES)}")
     total = params.epochs * steps_per_epoch
-    warmup = min(int(round(params.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
+    # Warmup never takes more than a fifth of a short run: it exists to tame the first steps.
+    warmup = min(int(round(params.warmup_epochs * steps_per_epoch)), int(MAX_WARMUP_SHARE * total))
     factor = WarmupCosine(warmup, total, params.min_lr_ratio, cosine=params.schedule == "cosine")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
