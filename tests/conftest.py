@@ -18,6 +18,10 @@ from torch import nn
 
 import visiondojo
 
+# The models here are tiny: a second intra-op thread buys nothing, and when another process holds
+# the other core, OpenMP's spin-waiting makes each step up to a hundred times slower.
+torch.set_num_threads(1)
+
 
 def stripe_images(labels: np.ndarray, *, size: int = 8, stripes: int, channels: int | None = None,
                   seed: int = 0, noise: float = 0.15, dtype: str = "float32") -> np.ndarray:

@@ -56,7 +56,7 @@ def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file: magic (0, 0, dtype code, ndim), big-endian dims, then the data."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
-        raw = handle.read()
+        raw = bytearray(handle.read())  # writable, so the tensor can share it without another copy
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path}: not an unsigned-byte IDX file")
     ndim = raw[3]

@@ -27,7 +27,11 @@ def to_tensor(array: Any, origin: str) -> torch.Tensor:
     if isinstance(array, np.ndarray):
         if array.dtype.kind in "US O".replace(" ", ""):
             raise DataError(f"{origin}: images must be numeric arrays, got dtype {array.dtype}")
-        return torch.from_numpy(np.ascontiguousarray(array))
+        array = np.ascontiguousarray(array)
+        if not array.flags.writeable:
+            # torch cannot share a read-only buffer (it warns, and a write would be undefined): copy it.
+            array = array.copy()
+        return torch.from_numpy(array)
     raise DataError(f"{origin}: expected a numpy array or a torch tensor, got {type(array).__name__}")
 
 

@@ -69,7 +69,14 @@ def _num_classes(train: Source, task: str, options: DataOptions) -> int:
     if options.num_classes is not None:
         return options.num_classes
     if train.class_names:
-        return len(train.class_names)
+        count = len(train.class_names)
+        highest = int(targets.max())
+        if options.class_names and highest >= count:
+            # Name the list the user gave, not a label: the labels are fine, the list is short.
+            raise DataError(
+                f"class_names: {count} names given but the labels go up to {highest}; give one name per class"
+            )
+        return count
     return int(targets.max()) + 1
 
 
@@ -90,7 +97,8 @@ def check_targets(source: Source, task: str, num_classes: int) -> None:
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
         raise DataError(
-            f"{source.origin}: label {int(targets[first])} at index {first} is outside 0..{num_classes - 1} "
+            f"{source.origin}: label {int(targets[first])} at index {source.position(first)} is outside "
+            f"0..{num_classes - 1} "
             f"({int(bad.sum())} labels out of range); fix the labels or set num_classes"
         )
 

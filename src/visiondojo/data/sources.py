@@ -48,12 +48,20 @@ class InMemory:
     class_names: list[str] | None
     origin: str
     skipped: int = 0
+    positions: torch.Tensor | None = None
+    """Index of each sample in the data as the user gave it (None: the same as here). A split
+    keeps it, so an error found after the split names the user's index, not the subset's."""
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def subset(self, indices: torch.Tensor) -> "InMemory":
-        return InMemory(self.images[indices], self.targets[indices], self.class_names, self.origin)
+        return InMemory(self.images[indices], self.targets[indices], self.class_names, self.origin,
+                        positions=_positions(self, indices))
+
+    def position(self, index: int) -> int:
+        """The user's index of sample ``index``."""
+        return int(self.positions[index]) if self.positions is not None else index
 
     def images_at(self, indices: torch.Tensor) -> torch.Tensor:
         return self.images[indices]
@@ -68,19 +76,30 @@ class Streamed:
     channels: int
     size: tuple[int, int]
     skipped: int = 0
+    positions: torch.Tensor | None = None
+    """As ``InMemory.positions``."""
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def subset(self, indices: torch.Tensor) -> "Streamed":
         return Streamed(Subset(self.dataset, indices.tolist()), self.targets[indices], self.class_names,
-                        self.origin, self.channels, self.size)
+                        self.origin, self.channels, self.size, positions=_positions(self, indices))
+
+    def position(self, index: int) -> int:
+        """The user's index of sample ``index``."""
+        return int(self.positions[index]) if self.positions is not None else index
 
     def images_at(self, indices: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.dataset[int(i)][0] for i in indices])
 
 
 Source = Union[InMemory, Streamed]
+
+
+def _positions(source: InMemory | Streamed, indices: torch.Tensor) -> torch.Tensor:
+    indices = torch.as_tensor(indices, dtype=torch.int64)
+    return source.positions[indices] if source.positions is not None else indices.clone()
 
 
 def as_source(data: Any, options: DataOptions, *, role: str = "train", default_split: str = "train") -> Source:
@@ -159,7 +178,17 @@ def targets_to_tensor(targets: Any, origin: str) -> tuple[torch.Tensor, list[str
                 raise DataError(f"{origin}: label {first} is {tensor[first].item()!r}; class labels must be whole numbers")
         if tensor.dtype == torch.bool:
             tensor = tensor.to(torch.int64)
-        return tensor.to(torch.int64), None
+        tensor = tensor.to(torch.int64)
+        # Checked here, before any split reorders the data, and because a negative index is never
+        # a class (it would otherwise surface as a bincount crash in the stratified split).
+        negative = tensor < 0
+        if bool(negative.any()):
+            first = int(negative.nonzero()[0, 0])
+            raise DataError(
+                f"{origin}: label {int(tensor[first])} at index {first} is negative ({int(negative.sum())} "
+                "negative labels); class labels must be 0..K-1 (string labels are mapped to indices for you)"
+            )
+        return tensor, None
     if tensor.ndim == 2:
         valid = (tensor == 0) | (tensor == 1)
         if not valid.all():

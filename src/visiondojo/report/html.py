@@ -66,7 +66,11 @@ def render(data: ReportData) -> str:
     parts.append("<h2>Metrics</h2>" + _table(
         ["split", *scalar_names], [[split, *[m.get(k, "") for k in scalar_names]] for split, m in data.metrics.items()]
     ))
-    for split, metrics in data.metrics.items():
+    # Per-class numbers come from the split the confusion matrix and gallery show (test when there
+    # is test data), so the report's per-class views agree with each other.
+    shown_first = data.confusion_split or data.mistakes_split
+    ordered = sorted(data.metrics.items(), key=lambda item: item[0] != shown_first)
+    for split, metrics in ordered:
         if isinstance(metrics.get("precision"), list):
             label = "label" if plan.data.task == "multilabel" else "class"
             rows = [[name, metrics["precision"][i], metrics["recall"][i],
