@@ -75,6 +75,12 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def overall_throughput(history: list[dict[str, Any]]) -> float:
     """Training images/s over the whole run from per-epoch figures.
 
@@ -90,7 +96,7 @@ def overall_throughput(history: list[dict[str, Any]]) -> float:
 def baseline_tensors(split: str, plan: BaselinePlan) -> TensorDataset:
     """Images scaled to [0, 1] and normalized once up front, as (N, 1, 28, 28) float32."""
     images, labels = load_fashion_mnist(split)
-    x = torch.from_numpy(images).float().div_(255.0).sub_(plan.mean).div_(plan.std).unsqueeze(1)
+    x = torch.tensor(images, dtype=torch.float32).div_(255.0).sub_(plan.mean).div_(plan.std).unsqueeze(1)
     return TensorDataset(x, torch.from_numpy(labels))
 
 
@@ -148,8 +154,8 @@ def run_baseline(budget_s: float, seed: int) -> Result:
         log(f"baseline epoch {len(history)}  train_loss {train_loss:.4f}  {seen / epoch_s:,.0f} img/s  "
             f"{epoch_s:.1f}s  ({time.perf_counter() - start:.0f}/{budget_s:.0f}s)")
     test_acc = accuracy(model, baseline_tensors("test", plan))
-    return {"test_acc": test_acc, "epochs": len(history), "wall_s": round(time.perf_counter() - start, 1),
-            "train_images_per_s": overall_throughput(history), "plan": asdict(plan), "history": history}
+    return {"test_acc": test_acc, "epochs": len(history), "train_images_per_s": overall_throughput(history),
+            "plan": asdict(plan), "history": history}
 
 
 # --- visiondojo --------------------------------------------------------------------------------
@@ -157,13 +163,11 @@ def run_baseline(budget_s: float, seed: int) -> Result:
 
 def run_visiondojo(budget_s: float, seed: int) -> Result:
     """``fit`` on the built-in dataset name: it holds out validation from the 60k and tests on the 10k."""
-    start = time.perf_counter()
     torch.manual_seed(seed)
     run = visiondojo.fit(visiondojo.FMNISTResNet(), "fashion-mnist", budget=budget_s, seed=seed,
                          out=VISIONDOJO_RUN_DIR, overwrite=True, progress=True)
     return {"test_acc": run.metrics["test"]["acc"], "epochs": len(run.history),
-            "wall_s": round(time.perf_counter() - start, 1), "train_images_per_s": overall_throughput(run.history),
-            "plan": run.plan.to_dict(), "history": run.history,
+            "train_images_per_s": overall_throughput(run.history), "plan": run.plan.to_dict(), "history": run.history,
             "run_dir": os.path.relpath(run.dir, BENCH_DIR.parent) if run.dir is not None else None}
 
 
@@ -174,15 +178,25 @@ RUNNERS: dict[str, Callable[[float, int], Result]] = {"baseline": run_baseline, 
 
 
 def run_contender_here(name: str, budget_s: float, seed: int, out: Path) -> None:
-    """Child-process side: train one contender and write its figures, including this process's peak RSS."""
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    log(f"{name}: start (budget {budget_s:g}s, seed {seed}, {torch.get_num_threads()} torch threads)")
+    """Child-process side: train one contender and write its figures, including this process's peak RSS.
+
+    ``cpu_utilization`` (CPU seconds / (wall seconds x threads)) shows whether the contender had the
+    cores to itself: well below 1 means other load on the machine skewed its timings.
+    """
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    log(f"{name}: start (budget {budget_s:g}s, seed {seed}, {threads} torch threads)")
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     result = RUNNERS[name](budget_s, seed)
+    wall_s = time.perf_counter() - start
+    result["wall_s"] = round(wall_s, 1)
     result["peak_rss_mb"] = peak_rss_mb()
-    result["torch_threads"] = torch.get_num_threads()
+    result["torch_threads"] = threads
+    result["cpu_utilization"] = round((cpu_seconds() - cpu_start) / (wall_s * threads), 3)
     out.write_text(json.dumps(result, indent=2))
     log(f"{name}: test_acc {result['test_acc']:.4f}, {result['epochs']} epochs, {result['wall_s']}s, "
-        f"{result['train_images_per_s']:,.0f} img/s, peak RSS {result['peak_rss_mb']:.0f} MB")
+        f"{result['train_images_per_s']:,.0f} img/s, peak RSS {result['peak_rss_mb']:.0f} MB, "
+        f"CPU utilization {result['cpu_utilization']:.2f}")
 
 
 def run_contender_in_child(name: str, budget_s: float, seed: int) -> Result:
@@ -209,10 +223,11 @@ def comparison(results: dict[str, Result]) -> dict[str, Any]:
 
 
 def parse_contenders(text: str) -> list[str]:
+    """``--contenders baseline,visiondojo``: reject unknown names up front, not after a 5-minute baseline."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = sorted(set(names) - set(CONTENDERS))
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown contender(s) {unknown or text!r}; choose from {', '.join(CONTENDERS)}")
+        raise argparse.ArgumentTypeError(f"{text!r}: choose a comma-separated subset of {','.join(CONTENDERS)}")
     return names
 
 
@@ -228,6 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parent: run each contender in a child and write the figures. Child (``--contender``): run one."""
     args = parse_args(argv)
     if args.contender is not None:
         run_contender_here(args.contender, args.budget, args.seed, args.out)

@@ -9,6 +9,7 @@ falls behind its wall-clock plan so it still anneals and ends on time.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,9 @@ from ..optimize.schedules import build_scheduler, schedule_factor
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
+GUARD_WINDOW = 5
+GROW_BELOW = 0.8
+FILL = 0.95
 REPORT_S = 3.0
 """Seconds kept at the end of a budget for writing the report and weights."""
 
@@ -75,6 +79,9 @@ class LoopState:
     planned_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    cycle_s: list[float] = field(default_factory=list)
+    """Seconds of the last few full epochs, for the budget guard."""
+    replans: int = 0
 
 
 @dataclass
@@ -111,7 +118,13 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     stop_reason = "completed the planned epochs"
     reserve_s = REPORT_S
 
-    while state.epoch < state.planned_epochs:
+    cycle_start = time.perf_counter()
+    while True:
+        if deadline is not None and state.cycle_s:
+            _budget_guard(state, scheduler, steps_per_epoch, deadline - reserve_s - time.perf_counter(),
+                          ceiling=opt.epochs)
+        if state.epoch >= state.planned_epochs:
+            break
         epoch = state.epoch
         epoch_start = time.perf_counter()
         model.train()
@@ -141,7 +154,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         train_loss = float(loss_sum) / max(seen, 1)
         val_start = time.perf_counter()
         val = evaluate(model, task, val_batches, normalizer, runtime).metrics
-        reserve_s = (time.perf_counter() - val_start) * final_eval_ratio + REPORT_S
+        # The slowest validation so far: a steady reserve keeps the budget guard from chasing noise.
+        reserve_s = max(reserve_s, (time.perf_counter() - val_start) * final_eval_ratio + REPORT_S)
         epoch_s = time.perf_counter() - epoch_start
         monitored = float(val[plan.monitor])  # type: ignore[arg-type]
         improved = monitored > state.best_metric
@@ -170,11 +184,15 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             stop_reason = f"early stopping: no val_{plan.monitor} gain in {opt.early_stopping_patience} epochs"
             _save_last(checkpoint_dir, model, optimizer, scheduler, state)
             break
-        if deadline is not None:
-            _budget_guard(state, scheduler, steps_per_epoch, epoch_s, deadline - reserve_s - time.perf_counter())
         _save_last(checkpoint_dir, model, optimizer, scheduler, state)
-        if state.epoch >= state.planned_epochs and state.planned_epochs < opt.epochs:
-            stop_reason = "the time budget: the schedule was shortened to end on time"
+        now = time.perf_counter()
+        state.cycle_s = [*state.cycle_s[-(GUARD_WINDOW - 1):], now - cycle_start]
+        cycle_start = now
+    if stop_reason.startswith("completed") and state.planned_epochs < opt.epochs:
+        stop_reason = "the time budget: the schedule was shortened to end on time"
+    if state.replans:
+        state.notes.append(f"the budget guard re-planned the schedule {state.replans} time(s) from the measured "
+                           f"epoch times: {opt.epochs} -> {state.planned_epochs} epochs")
 
     best = checkpoint_dir / BEST
     if best.exists():
@@ -185,19 +203,26 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
 
 
 def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: int,
-                  epoch_s: float, remaining_s: float) -> None:
-    """If the remaining epochs no longer fit the time left, shorten the schedule so it still anneals."""
-    epochs_left = state.planned_epochs - state.epoch
-    if epochs_left <= 0 or epochs_left * epoch_s <= remaining_s:
+                  remaining_s: float, *, ceiling: int) -> None:
+    """Re-plan the epochs that fit the time left and resize the schedule so it still anneals on time.
+
+    The epoch time is the median of the last few full epochs (training, validation, checkpoint),
+    so one epoch slowed by other load on the machine neither cuts the run short for good nor
+    stretches it: the plan shrinks when the run falls behind and grows back, up to the epochs
+    first planned (``ceiling``), when it catches up.
+    """
+    epoch_s = statistics.median(state.cycle_s)
+    needed_s = (state.planned_epochs - state.epoch) * epoch_s
+    # Hysteresis: act when the plan overruns the time left, or would use under GROW_BELOW of it;
+    # then re-plan into FILL of it, so noise in epoch times does not re-plan every epoch.
+    if needed_s <= remaining_s and (needed_s >= GROW_BELOW * remaining_s or state.planned_epochs >= ceiling):
         return
-    fit = max(0, int(remaining_s // epoch_s))
-    new_total = state.epoch + fit
-    state.notes.append(
-        f"after epoch {state.epoch} the run was behind its time plan ({epoch_s:.1f}s per epoch, "
-        f"{remaining_s:.0f}s left): planned epochs {state.planned_epochs} -> {new_total}"
-    )
+    new_total = min(ceiling, state.epoch + max(0, int(FILL * remaining_s // epoch_s)))
+    if new_total == state.planned_epochs:
+        return
+    state.replans += 1
     state.planned_epochs = new_total
-    schedule_factor(scheduler).resize(new_total * steps_per_epoch)
+    schedule_factor(scheduler).resize(max(new_total, state.epoch + 1) * steps_per_epoch)
 
 
 def _save_last(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
