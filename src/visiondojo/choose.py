@@ -1,50 +1,175 @@
-"""find_params' choices for the plan. Until the meta-learners land, sensible defaults:
-AdamW, linear warmup + cosine, batch 256 capped by the dataset, and, under a budget, as
-many epochs as the measured throughput allows."""
+"""find_params' optimization choices: the meta-learners run in order, each within its share of time.
+
+1. memory ceiling: the largest batch that runs (optimize/memory.py);
+2. throughput at a few candidate batches: the smallest batch the hardware runs efficiently;
+3. gradient noise scale B_noise (optimize/noise_scale.py); the batch is B_noise clamped to
+   [efficient minimum, ceiling] and rounded to a measured candidate;
+4. epochs: planned from the measured throughput to fill the budget (cosine schedule); without a
+   budget, a plateau schedule and early stopping decide;
+5. optimizer by regime (optimize/optimizers.py), its weight decay, warmup length, BN momentum;
+6. learning rate from a range test at the chosen batch (optimize/lr_finder.py).
+
+All of it shares META_SHARE of the budget (or NO_BUDGET_META_S without one). Pinned fields
+are never changed; a meta-learner whose answer is no longer needed is skipped.
+"""
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import asdict
 
 from .data.batches import Normalizer
 from .durations import format_duration
 from .engine.loop import REPORT_S
 from .engine.runtime import Runtime
-from .optimize.length import epoch_seconds, measure_throughput, plan_epochs
+from .optimize.batchnorm import batchnorm_layers, bn_momentum_for
+from .optimize.length import Throughput, epoch_seconds, measure_throughput, plan_epochs
+from .optimize.lr_finder import lr_range_test, scale_lr
+from .optimize.memory import memory_ceiling
+from .optimize.noise_scale import estimate_noise_scale
+from .optimize.optimizers import DEFAULT_WEIGHT_DECAY, choose_optimizer
+from .optimize.probe import Stopwatch
+from .optimize.schedules import MAX_WARMUP_SHARE, warmup_steps_for
 from .plan import Plan
 from .prepare import Prepared
 
-DEFAULT_BATCH = 256
+META_SHARE = 0.08
+"""Share of the budget all meta-learners together may use (the issue's ceiling is 10%)."""
+NO_BUDGET_META_S = 60.0
+MAX_BATCH = 4096
 MIN_BATCH = 8
 MIN_STEPS_PER_EPOCH = 4
-PROBE_SECONDS = 3.0
-PROBE_SHARE = 0.02
-"""The throughput probe times at most this share of the budget (and at most PROBE_SECONDS)."""
+CANDIDATES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+EFFICIENT = 0.9
+"""A batch runs efficiently when its images/s reach this share of the best candidate's."""
+NOISE_BIG_BATCH = 512
+NOISE_MICRO = 8
+MIN_MICRO_BATCH = 4
+"""Smallest micro-batch the noise scale uses: BatchNorm needs several samples per batch."""
+LR_TEST_STEPS = (25, 80)
+NO_BUDGET_MAX_EPOCHS = 200
+NO_BUDGET_PATIENCE = 6
 
 
 def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadline: float | None) -> None:
-    """Fill ``plan.optimization`` (leaving pinned fields alone); ``deadline`` is a perf_counter() time."""
-    train_size = len(prep.train)
-    batch = min(DEFAULT_BATCH, max(MIN_BATCH, train_size // MIN_STEPS_PER_EPOCH))
-    plan.choose("optimization.batch_size", batch,
-                f"default {DEFAULT_BATCH}, capped so the {train_size} training images make at least "
-                f"{MIN_STEPS_PER_EPOCH} steps per epoch")
-    plan.choose("optimization.optimizer", "adamw", "default: AdamW with decoupled weight decay")
-    plan.choose("optimization.schedule", "cosine", "default: linear warmup, then cosine decay to zero")
-    if deadline is None:
-        plan.evidence.setdefault("optimization.epochs", "no time budget: planned epochs with early stopping")
-        return
+    """Fill ``plan.optimization`` and its evidence; ``deadline`` is a perf_counter() time or None."""
+    clock = Stopwatch()
+    allowance = META_SHARE * (deadline - time.perf_counter()) if deadline is not None else NO_BUDGET_META_S
     normalizer = Normalizer(prep.data, runtime.device, plan.runtime.channels_last)
-    probe_s = min(PROBE_SECONDS, PROBE_SHARE * (deadline - time.perf_counter()))
-    speed = measure_throughput(prep.model, prep.task, plan, prep.train, runtime, normalizer, max_seconds=probe_s)
+    opt = plan.optimization
+    train_size = len(prep.train)
+    args = (prep.model, prep.task, prep.train, runtime, normalizer)
+    timings: dict[str, float] = {}
+    max_batch = max(1, min(MAX_BATCH, max(MIN_BATCH, train_size // MIN_STEPS_PER_EPOCH), train_size))
+
+    # 1-3: batch size.
+    if plan.is_pinned("optimization.batch_size"):
+        speeds = {opt.batch_size: measure_throughput(*args, opt, opt.batch_size, seed=plan.seed,
+                                                     max_seconds=0.1 * allowance)}
+        b_noise = None
+    else:
+        ceiling = memory_ceiling(*args, opt, max_batch=max_batch, seed=plan.seed)
+        timings["memory ceiling"] = ceiling.seconds
+        plan.measurements["memory"] = asdict(ceiling)
+        candidates = [c for c in CANDIDATES if c < ceiling.batch_size][-4:] + [ceiling.batch_size]
+        speeds = {c: measure_throughput(*args, opt, c, seed=plan.seed, warmup_steps=1, max_steps=4,
+                                        max_seconds=0.25 * allowance / len(candidates)) for c in candidates}
+        timings["throughput"] = sum(s.seconds for s in speeds.values())
+        best_speed = max(s.train_images_per_s for s in speeds.values())
+        efficient = min(c for c, s in speeds.items() if s.train_images_per_s >= EFFICIENT * best_speed)
+        plan.measurements["throughput"] = {str(c): round(s.train_images_per_s, 1) for c, s in speeds.items()}
+        b_big = min(NOISE_BIG_BATCH, ceiling.batch_size)
+        b_noise, noise_note = None, f"too little data for micro-batches of {MIN_MICRO_BATCH}"
+        if b_big >= NOISE_MICRO * MIN_MICRO_BATCH:
+            noise = estimate_noise_scale(*args, opt, b_big=b_big, micro=NOISE_MICRO, seed=plan.seed,
+                                         max_seconds=0.3 * allowance)
+            timings["noise scale"] = noise.seconds
+            plan.measurements["noise_scale"] = asdict(noise)
+            if math.isfinite(noise.b_noise) and noise.b_noise > 0:
+                b_noise = noise.b_noise
+            noise_note = (f"B_noise {noise.b_noise:.0f} ({noise.steps} steps, "
+                          f"{'stable' if noise.stable else 'not yet stable'})")
+        target = min(max(b_noise or efficient, efficient), ceiling.batch_size)
+        batch = min(speeds, key=lambda c: abs(math.log(c / target)))
+        plan.choose("optimization.batch_size", batch,
+                    f"{noise_note}; clamped to [{efficient} (smallest batch within {EFFICIENT:.0%} of the best "
+                    f"images/s), {ceiling.batch_size} (memory ceiling)]")
+    batch = opt.batch_size
+    speed = speeds.get(batch) or measure_throughput(*args, opt, batch, seed=plan.seed, max_seconds=0.1 * allowance)
+    steps_per_epoch = max(1, train_size // batch) if train_size > batch else 1
+
+    # 4: run length.
+    if deadline is not None:
+        _plan_length_for_budget(plan, prep, speed, deadline, allowance - clock.elapsed)
+    elif not plan.is_pinned("optimization.epochs"):
+        plan.choose("optimization.schedule", "plateau", "no time budget: learning rate cut 5x on each validation "
+                    "plateau, early stopping ends the run")
+        plan.choose("optimization.epochs", NO_BUDGET_MAX_EPOCHS, "no time budget: an upper bound; early stopping decides")
+        plan.choose("optimization.early_stopping_patience", NO_BUDGET_PATIENCE,
+                    "no time budget: stop after this many epochs without validation gain at the lowest learning rate")
+    else:
+        plan.choose("optimization.schedule", "cosine", "epochs pinned: warmup + cosine over them")
+
+    # 5: optimizer, weight decay, warmup, BatchNorm momentum.
+    name, why = choose_optimizer(prep.model, batch, opt.epochs)
+    plan.choose("optimization.optimizer", name, why)
+    plan.choose("optimization.weight_decay", DEFAULT_WEIGHT_DECAY.get(opt.optimizer, opt.weight_decay),
+                f"default for {opt.optimizer}, decoupled, not on norm layers or biases")
+    warmup, why = warmup_steps_for(opt.optimizer, opt.betas[1], batch, steps_per_epoch)
+    capped = min(warmup, int(MAX_WARMUP_SHARE * opt.epochs * steps_per_epoch))
+    plan.choose("optimization.warmup_epochs", round(capped / steps_per_epoch, 3),
+                f"{why}, capped at {MAX_WARMUP_SHARE:.0%} of the run: {capped} steps")
+    if batchnorm_layers(prep.model):
+        plan.choose("optimization.bn_momentum", bn_momentum_for(steps_per_epoch),
+                    f"{steps_per_epoch} steps per epoch: running statistics average over at most half an epoch")
+
+    # 6: learning rate.
+    if not plan.is_pinned("optimization.lr"):
+        _choose_lr(plan, args, speed, b_noise, allowance - clock.elapsed, timings)
+
+    timings = {k: round(v, 2) for k, v in timings.items()}
+    total = round(clock.elapsed, 2)
+    plan.measurements["meta_seconds"] = {**timings, "total": total}
+    share = f" ({total / opt.budget_s:.1%} of the budget)" if opt.budget_s else ""
+    plan.evidence["meta_learning"] = f"{total:.1f}s{share}: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+    if deadline is not None and not plan.is_pinned("optimization.epochs"):
+        _plan_length_for_budget(plan, prep, speed, deadline, 0.0)  # again, with the meta-learners' time spent
+
+
+def _plan_length_for_budget(plan: Plan, prep: Prepared, speed: Throughput, deadline: float, still_to_spend: float) -> None:
     test_size = len(prep.test) if prep.test is not None else 0
     final_s = (len(prep.val) + test_size) / speed.eval_images_per_s + REPORT_S
-    remaining = deadline - time.perf_counter() - final_s
-    per_epoch = epoch_seconds(speed, train_size, len(prep.val), plan.optimization.batch_size)
-    epochs = plan_epochs(remaining, per_epoch)
-    plan.choose("optimization.epochs", epochs,
-                f"{format_duration(remaining)} of the budget left for training at "
-                f"{speed.train_images_per_s:,.0f} train img/s and {speed.eval_images_per_s:,.0f} eval img/s "
-                f"(measured in {speed.probe_s:.1f}s): {per_epoch:.2f}s per epoch")
+    remaining = deadline - time.perf_counter() - final_s - max(still_to_spend, 0.0)
+    per_epoch = epoch_seconds(speed, len(prep.train), len(prep.val))
+    plan.choose("optimization.epochs", plan_epochs(remaining, per_epoch),
+                f"{format_duration(remaining)} of the budget left for training at {speed.train_images_per_s:,.0f} "
+                f"train img/s and {speed.eval_images_per_s:,.0f} eval img/s (batch {speed.batch_size}): "
+                f"{per_epoch:.2f}s per epoch")
+    plan.choose("optimization.schedule", "cosine", "time budget: warmup + cosine sized to end with the budget")
     plan.choose("optimization.early_stopping_patience", None,
                 "off under a time budget: the cosine schedule is sized to end with the budget")
+
+
+def _choose_lr(plan: Plan, args: tuple, speed: Throughput, b_noise: float | None, time_left: float,
+               timings: dict[str, float]) -> None:
+    opt = plan.optimization
+    low, high = LR_TEST_STEPS
+    affordable = int(0.9 * time_left * speed.train_images_per_s / opt.batch_size)
+    test_batch = opt.batch_size
+    if affordable < low and b_noise is not None and opt.batch_size > 64:
+        test_batch = 64  # cheaper steps; the result is moved to the real batch by the noise-scale relation
+        affordable = int(0.9 * time_left * speed.train_images_per_s / test_batch)
+    if affordable < low:
+        plan.evidence.setdefault("optimization.lr", f"default: no time left for a range test of {low}+ steps")
+        return
+    test = lr_range_test(*args, opt, test_batch, seed=plan.seed, steps=min(high, affordable),
+                         max_seconds=time_left)
+    timings["lr range test"] = test.seconds
+    plan.measurements["lr_finder"] = asdict(test)
+    lr, note = test.suggestion, ""
+    if test_batch != opt.batch_size and b_noise is not None:
+        lr = scale_lr(lr, test_batch, opt.batch_size, b_noise)
+        note = f", moved from batch {test_batch} to {opt.batch_size} by eps(B) = eps_max / (1 + B_noise / B)"
+    plan.choose("optimization.lr", float(f"{lr:.3g}"),
+                f"range test ({len(test.lrs)} steps at batch {test_batch}): smoothed-loss minimum / 10{note}")

@@ -73,11 +73,14 @@ class OptimizationParams:
     epochs: int = 30
     warmup_epochs: float = 1.0
     schedule: str = "cosine"
-    """``cosine`` (linear warmup, then cosine to ``min_lr_ratio * lr``) or ``constant``."""
+    """``cosine`` (linear warmup, then cosine to ``min_lr_ratio * lr``), ``constant``, or ``plateau``
+    (constant, divided by 5 when validation stops improving; early stopping ends the run)."""
     min_lr_ratio: float = 0.0
     grad_clip_norm: float | None = None
     early_stopping_patience: int | None = 10
     budget_s: float | None = None
+    bn_momentum: float | None = None
+    """BatchNorm momentum during training (None: leave the model's own); restored afterwards."""
 
 
 @dataclass
@@ -101,6 +104,9 @@ class Plan:
     evidence: dict[str, str] = field(default_factory=dict)
     pinned: list[str] = field(default_factory=list)
     """Dotted fields the user set; meta-learners must leave them alone."""
+    measurements: dict[str, Any] = field(default_factory=dict)
+    """The meta-learners' raw evidence (LR-finder curve, noise-scale trajectory, throughputs,
+    timings), for the report; training does not read it."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -27,10 +27,13 @@ from .evaluate import evaluate
 from .progress import TrainingProgress
 from .runtime import Runtime
 from ..optimize.optimizers import build_optimizer
-from ..optimize.schedules import build_scheduler, schedule_factor
+from ..optimize.batchnorm import restore_bn_momentum, set_bn_momentum
+from ..optimize.schedules import PLATEAU_FACTOR, build_scheduler, schedule_factor
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
+MAX_LR_CUTS = 2
+"""``plateau`` schedule: learning-rate cuts before a plateau stops the run."""
 GUARD_WINDOW = 5
 GROW_BELOW = 0.8
 FILL = 0.95
@@ -82,6 +85,7 @@ class LoopState:
     cycle_s: list[float] = field(default_factory=list)
     """Seconds of the last few full epochs, for the budget guard."""
     replans: int = 0
+    lr_cuts: int = 0
 
 
 @dataclass
@@ -115,6 +119,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     else:
         torch.manual_seed(plan.seed)
     clock_start = time.perf_counter() - state.elapsed_s
+    user_bn_momentum = set_bn_momentum(model, opt.bn_momentum)
     stop_reason = "completed the planned epochs"
     reserve_s = REPORT_S
 
@@ -181,9 +186,15 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             _save_last(checkpoint_dir, model, optimizer, scheduler, state)
             break
         if opt.early_stopping_patience is not None and state.epochs_since_best >= opt.early_stopping_patience:
-            stop_reason = f"early stopping: no val_{plan.monitor} gain in {opt.early_stopping_patience} epochs"
-            _save_last(checkpoint_dir, model, optimizer, scheduler, state)
-            break
+            if opt.schedule == "plateau" and state.lr_cuts < MAX_LR_CUTS:
+                state.lr_cuts += 1
+                state.epochs_since_best = 0
+                schedule_factor(scheduler).scale *= PLATEAU_FACTOR
+                state.notes.append(f"after epoch {epoch + 1}: validation plateau, learning rate x{PLATEAU_FACTOR:g}")
+            else:
+                stop_reason = f"early stopping: no val_{plan.monitor} gain in {opt.early_stopping_patience} epochs"
+                _save_last(checkpoint_dir, model, optimizer, scheduler, state)
+                break
         _save_last(checkpoint_dir, model, optimizer, scheduler, state)
         now = time.perf_counter()
         state.cycle_s = [*state.cycle_s[-(GUARD_WINDOW - 1):], now - cycle_start]
@@ -194,6 +205,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         state.notes.append(f"the budget guard re-planned the schedule {state.replans} time(s) from the measured "
                            f"epoch times: {opt.epochs} -> {state.planned_epochs} epochs")
 
+    restore_bn_momentum(model, user_bn_momentum)
     best = checkpoint_dir / BEST
     if best.exists():
         from safetensors.torch import load_model

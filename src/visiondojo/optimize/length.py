@@ -1,12 +1,11 @@
-"""Run length from measured throughput: plan the epochs so the schedule ends when the budget does.
+"""Throughput and run length: plan the epochs so the schedule ends when the budget does.
 
-The probe runs a few real training steps on a throwaway copy of the model (RNG state forked,
-so the real run is unaffected), times them after a warm-up, and times evaluation batches.
+Throughput is measured with real training steps (after a warm-up that primes kernels and
+allocators) on a throwaway copy of the model, so the real run is unaffected.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -14,10 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..data.batches import Normalizer, make_batches
+from ..data.batches import Normalizer
 from ..data.sources import Source
-from ..plan import Plan
+from ..engine.runtime import Runtime
+from ..plan import OptimizationParams
 from ..tasks import Task
+from .probe import endless_batches, model_copy, sync
 
 SAFETY = 0.93
 """Share of the remaining budget that epochs are planned into; the rest absorbs machine noise."""
@@ -25,62 +26,54 @@ SAFETY = 0.93
 
 @dataclass
 class Throughput:
+    batch_size: int
     train_images_per_s: float
     eval_images_per_s: float
-    probe_s: float
+    seconds: float
+    """Wall time the measurement took."""
 
 
-def measure_throughput(model: nn.Module, task: Task, plan: Plan, train: Source, runtime, normalizer: Normalizer,
-                       *, warmup_steps: int = 3, max_steps: int = 12, max_seconds: float = 4.0) -> Throughput:
+def measure_throughput(model: nn.Module, task: Task, train: Source, runtime: Runtime, normalizer: Normalizer,
+                       params: OptimizationParams, batch_size: int, *, seed: int = 0, warmup_steps: int = 2,
+                       max_steps: int = 10, max_seconds: float = 3.0) -> Throughput:
+    """Images/s of training steps (and of inference) at ``batch_size``."""
     from ..engine.loop import train_step
-    from ..optimize.optimizers import build_optimizer
+    from .optimizers import build_optimizer
 
     start = time.perf_counter()
-    probe = runtime.prepare_model(copy.deepcopy(model)).train()
-    optimizer = build_optimizer(probe, plan.optimization)
-    batches = make_batches(train, plan.optimization.batch_size, runtime.device, train=True, seed=plan.seed,
-                           num_workers=plan.runtime.num_workers or None)
-    with torch.random.fork_rng(devices=[runtime.device] if runtime.device.type == "cuda" else []):
-        timed_images, timed_s, steps = 0, 0.0, 0
-        eval_images, eval_s = 0, 0.0
-        iterator = iter(batches)
-        while steps < warmup_steps + max_steps:
-            try:
-                images, targets = next(iterator)
-            except StopIteration:
-                iterator = iter(batches)
-                continue
-            _sync(runtime.device)
+    with model_copy(model, runtime) as probe:
+        optimizer = build_optimizer(probe, params)
+        batches = endless_batches(train, batch_size, runtime, seed)
+        timed_images, timed_s, eval_images, eval_s = 0, 0.0, 0, 0.0
+        for step in range(warmup_steps + max_steps):
+            images, targets = next(batches)
+            sync(runtime.device)
             t = time.perf_counter()
             train_step(probe, task, optimizer, runtime, normalizer, images, targets)
-            _sync(runtime.device)
-            if steps >= warmup_steps:
-                timed_s += time.perf_counter() - t
-                timed_images += len(images)
-                if steps - warmup_steps < 3:  # evaluation speed on the same batches
-                    t = time.perf_counter()
-                    with torch.no_grad(), runtime.autocast():
-                        probe.eval()
-                        probe(normalizer(images))
-                        probe.train()
-                    _sync(runtime.device)
-                    eval_s += time.perf_counter() - t
-                    eval_images += len(images)
-            steps += 1
+            sync(runtime.device)
+            if step < warmup_steps:
+                continue
+            timed_s += time.perf_counter() - t
+            timed_images += len(images)
+            if step - warmup_steps < 2:  # inference speed on the same batches
+                t = time.perf_counter()
+                with torch.no_grad(), runtime.autocast():
+                    probe.eval()
+                    probe(normalizer(images))
+                    probe.train()
+                sync(runtime.device)
+                eval_s += time.perf_counter() - t
+                eval_images += len(images)
             if timed_s > max_seconds:
                 break
-    return Throughput(timed_images / max(timed_s, 1e-9), eval_images / max(eval_s, 1e-9),
+    return Throughput(batch_size, timed_images / max(timed_s, 1e-9), eval_images / max(eval_s, 1e-9),
                       time.perf_counter() - start)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def epoch_seconds(throughput: Throughput, train_size: int, val_size: int, batch_size: int) -> float:
+def epoch_seconds(throughput: Throughput, train_size: int, val_size: int) -> float:
     """Predicted seconds per epoch: training (whole batches only) plus validation."""
-    trained = (train_size // batch_size) * batch_size if train_size > batch_size else train_size
+    batch = throughput.batch_size
+    trained = (train_size // batch) * batch if train_size > batch else train_size
     return trained / throughput.train_images_per_s + val_size / throughput.eval_images_per_s
 
 

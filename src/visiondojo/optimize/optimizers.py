@@ -1,7 +1,15 @@
 """Optimizers with decoupled weight decay that never touches norm layers or biases.
 
 Decaying a BatchNorm scale or a bias only fights the normalisation (their scale carries no
-capacity to regularise), so they sit in a group with weight_decay=0.
+capacity to regularise), so they sit in a group with weight_decay=0. Weight decay is
+decoupled from the gradient (Loshchilov & Hutter 2019): AdamW and LAMB do it themselves; for
+SGD and LARS the decay is applied as its own step (``p *= 1 - lr * wd``) just before the
+optimizer's step, so it never passes through momentum or LARS's trust ratio.
+
+Which optimizer (``choose_optimizer``): AdamW by default; LAMB (You et al. 2020) or LARS (You
+et al. 2017) from timm for large batches, where per-layer trust ratios keep big steps stable;
+SGD with Nesterov momentum for BatchNorm conv nets on long schedules, where it is known to
+generalise better than adaptive methods (Wilson et al. 2017; Keskar & Socher 2017).
 """
 
 from __future__ import annotations
@@ -12,7 +20,11 @@ from torch import nn
 from ..errors import ConfigError
 from ..plan import OptimizationParams
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "lamb", "lars")
+ADAPTIVE = ("adamw", "lamb")
+LARGE_BATCH = 2048
+LONG_SCHEDULE_EPOCHS = 30
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "lamb": 0.02, "sgd": 5e-4, "lars": 5e-4}
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
@@ -32,10 +44,67 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
+def _decoupled_decay(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    """Step pre-hook: shrink decayed weights by lr * wd, outside the gradient path."""
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            rate = group.get("decoupled_weight_decay", 0.0)
+            if rate:
+                torch._foreach_mul_(group["params"], 1.0 - group["lr"] * rate)
+
+
 def build_optimizer(model: nn.Module, params: OptimizationParams) -> torch.optim.Optimizer:
+    name = params.optimizer
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZERS)}")
     groups = param_groups(model, params.weight_decay)
-    if params.optimizer == "adamw":
+    if name == "adamw":
         return torch.optim.AdamW(groups, lr=params.lr, betas=tuple(params.betas))
-    if params.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, nesterov=params.momentum > 0)
-    raise ConfigError(f"optimizer: {params.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    if name == "lamb":
+        return _timm_optimizer("Lamb")(groups, lr=params.lr, betas=tuple(params.betas))
+    for group in groups:  # SGD and LARS: decay as its own step
+        group["decoupled_weight_decay"], group["weight_decay"] = group["weight_decay"], 0.0
+    if name == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, nesterov=params.momentum > 0)
+    else:
+        optimizer = _timm_optimizer("Lars")(groups, lr=params.lr, momentum=params.momentum,
+                                             nesterov=params.momentum > 0)
+    optimizer.register_step_pre_hook(_decoupled_decay)
+    return optimizer
+
+
+def _timm_optimizer(name: str) -> type[torch.optim.Optimizer]:
+    try:
+        import timm.optim
+    except ImportError:
+        raise ConfigError(f"optimizer: {name.lower()} needs timm: pip install 'visiondojo[timm]'") from None
+    return getattr(timm.optim, name)
+
+
+def timm_available() -> bool:
+    try:
+        import timm.optim  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def is_batchnorm_convnet(model: nn.Module) -> bool:
+    modules = list(model.modules())
+    return any(isinstance(m, nn.Conv2d) for m in modules) and any(isinstance(m, nn.BatchNorm2d) for m in modules)
+
+
+def choose_optimizer(model: nn.Module, batch_size: int, epochs: int) -> tuple[str, str]:
+    """(optimizer name, why) for this model, batch and schedule length."""
+    sgd_family = is_batchnorm_convnet(model) and epochs >= LONG_SCHEDULE_EPOCHS
+    if batch_size >= LARGE_BATCH:
+        if not timm_available():
+            return "adamw", f"batch {batch_size} is large, but LAMB/LARS need timm (not installed): AdamW"
+        if sgd_family:
+            return "lars", f"batch {batch_size} >= {LARGE_BATCH} on a BatchNorm conv net: LARS trust ratios"
+        return "lamb", f"batch {batch_size} >= {LARGE_BATCH}: LAMB's per-layer trust ratios keep large steps stable"
+    if sgd_family:
+        return "sgd", (f"BatchNorm conv net on a long schedule ({epochs} epochs >= {LONG_SCHEDULE_EPOCHS}): "
+                       "SGD with Nesterov momentum generalises better than adaptive methods")
+    return "adamw", (f"default: AdamW ({epochs} epochs is short for SGD to catch up)" if is_batchnorm_convnet(model)
+                     else "default: AdamW")

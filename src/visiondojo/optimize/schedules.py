@@ -14,29 +14,34 @@ import torch
 from ..errors import ConfigError
 from ..plan import OptimizationParams
 
-SCHEDULES = ("cosine", "constant")
-MAX_WARMUP_SHARE = 0.2
+SCHEDULES = ("cosine", "constant", "plateau")
+PLATEAU_FACTOR = 0.2
+"""``plateau``: the learning rate is multiplied by this when validation stops improving."""
+MAX_WARMUP_SHARE = 0.1
 
 
 class WarmupCosine:
-    """Linear warmup from ~0 to 1 over ``warmup_steps``, then cosine down to ``min_ratio``."""
+    """Linear warmup from ~0 to 1 over ``warmup_steps``, then cosine down to ``min_ratio``
+    (or constant, for ``constant`` and ``plateau``), all times ``scale``, which the loop lowers
+    on a validation plateau for the ``plateau`` schedule."""
 
     def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.0, cosine: bool = True):
         self.warmup_steps = warmup_steps
         self.total_steps = max(total_steps, 1)
         self.min_ratio = min_ratio
         self.cosine = cosine
+        self.scale = 1.0
 
     def resize(self, total_steps: int) -> None:
         self.total_steps = max(total_steps, self.warmup_steps + 1)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
+            return self.scale * (step + 1) / (self.warmup_steps + 1)
         if not self.cosine:
-            return 1.0
+            return self.scale
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.scale * (self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, params: OptimizationParams,
@@ -44,10 +49,24 @@ def build_scheduler(optimizer: torch.optim.Optimizer, params: OptimizationParams
     if params.schedule not in SCHEDULES:
         raise ConfigError(f"schedule: {params.schedule!r} is not one of {', '.join(SCHEDULES)}")
     total = params.epochs * steps_per_epoch
-    # Warmup never takes more than a fifth of a short run: it exists to tame the first steps.
+    # Warmup never takes more than a tenth of the run: it exists to tame the first steps.
     warmup = min(int(round(params.warmup_epochs * steps_per_epoch)), int(MAX_WARMUP_SHARE * total))
     factor = WarmupCosine(warmup, total, params.min_lr_ratio, cosine=params.schedule == "cosine")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_steps_for(optimizer: str, beta2: float, batch_size: int, steps_per_epoch: int) -> tuple[int, str]:
+    """Warmup length before the ``MAX_WARMUP_SHARE`` cap, and why.
+
+    Adaptive optimizers (AdamW, LAMB) need about 2 / (1 - beta2) steps for their second-moment
+    estimate to settle (Ma & Yarats 2021: 2,000 steps for beta2 = 0.999). SGD and LARS need
+    warmup for large batches (Goyal et al. 2017: 5 epochs at batch 8k); it shrinks in proportion
+    below batch 1024.
+    """
+    if optimizer in ("adamw", "lamb"):
+        return int(round(2 / (1 - beta2))), f"2 / (1 - beta2) steps for {optimizer}'s second moments"
+    epochs = 5 * min(1.0, batch_size / 1024)
+    return int(round(epochs * steps_per_epoch)), f"{epochs:.2g} epochs at batch {batch_size} for {optimizer}"
 
 
 def schedule_factor(scheduler: torch.optim.lr_scheduler.LambdaLR) -> WarmupCosine:

@@ -1,0 +1,153 @@
+"""Memory ceiling: the largest batch that fits, and only sizes that were actually run.
+
+- CUDA: real forward/backward/step at doubling batch sizes on a probe copy; an out-of-memory
+  error, or a peak above ``HEADROOM`` of the device, ends the search; the answer is the
+  largest size that ran within the headroom.
+- CPU: activation memory per sample is measured exactly (the bytes autograd saves for the
+  backward pass, through ``saved_tensors_hooks``) and set against the memory the machine has
+  available; the resulting size is then run once for real, halving until it runs, so the
+  answer is always a size that was executed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.sources import Source
+from ..engine.runtime import Runtime
+from ..plan import OptimizationParams
+from ..tasks import Task
+from .probe import endless_batches, model_copy
+
+HEADROOM = 0.8
+"""Share of device memory (CUDA) or of available RAM (CPU) a training step may use."""
+ACTIVATION_OVERHEAD = 2.0
+"""CPU: peak step memory per sample relative to the saved activations (gradients of
+activations and temporaries live at the same time during backward)."""
+
+
+@dataclass
+class MemoryCeiling:
+    batch_size: int
+    how: str
+    tested: list[int] = field(default_factory=list)
+    bytes_per_sample: float | None = None
+    seconds: float = 0.0
+
+
+def available_ram_bytes() -> int:
+    """MemAvailable from /proc/meminfo (what can be allocated without swapping), else total RAM."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def saved_activation_bytes(model: nn.Module, task: Task, runtime: Runtime, normalizer: Any,
+                           images: torch.Tensor, targets: Any) -> int:
+    """Bytes autograd keeps for the backward pass of one batch (each storage counted once)."""
+    seen: set[int] = set()
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), runtime.autocast():
+        loss = task.loss(model(normalizer(images)), targets)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    parameter_bytes = sum(p.untyped_storage().nbytes() for p in model.parameters())
+    return max(total - parameter_bytes, 0)
+
+
+def _run_step(model: nn.Module, task: Task, runtime: Runtime, normalizer: Any, optimizer: torch.optim.Optimizer,
+              images: torch.Tensor, targets: Any) -> None:
+    from ..engine.loop import train_step
+
+    train_step(model, task, optimizer, runtime, normalizer, images, targets)
+
+
+def memory_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime, normalizer: Any,
+                   params: OptimizationParams, *, max_batch: int, seed: int = 0) -> MemoryCeiling:
+    """The largest batch size (at most ``max_batch``) that runs a training step within the headroom."""
+    from .optimizers import build_optimizer
+
+    start = time.perf_counter()
+    with model_copy(model, runtime) as probe:
+        optimizer = build_optimizer(probe, params)
+        if runtime.device.type == "cuda":
+            result = _cuda_ceiling(probe, task, train, runtime, normalizer, optimizer, max_batch, seed)
+        else:
+            result = _cpu_ceiling(probe, task, train, runtime, normalizer, optimizer, max_batch, seed)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _cuda_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime, normalizer: Any,
+                  optimizer: torch.optim.Optimizer, max_batch: int, seed: int) -> MemoryCeiling:
+    total = torch.cuda.get_device_properties(runtime.device).total_memory
+    tested: list[int] = []
+    best = 0
+    size = 2
+    while size <= max_batch:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(runtime.device)
+        try:
+            images, targets = next(endless_batches(train, size, runtime, seed))
+            _run_step(model, task, runtime, normalizer, optimizer, images, targets)
+            torch.cuda.synchronize(runtime.device)
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+        tested.append(size)
+        if torch.cuda.max_memory_allocated(runtime.device) > HEADROOM * total:
+            break
+        best = size
+        if size == max_batch:
+            break
+        size = min(size * 2, max_batch)
+    torch.cuda.empty_cache()
+    return MemoryCeiling(max(best, 1), f"largest doubling that ran within {HEADROOM:.0%} of GPU memory", tested)
+
+
+def _cpu_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime, normalizer: Any,
+                 optimizer: torch.optim.Optimizer, max_batch: int, seed: int) -> MemoryCeiling:
+    sample = min(16, max_batch)
+    images, targets = next(endless_batches(train, sample, runtime, seed))
+    per_sample = ACTIVATION_OVERHEAD * saved_activation_bytes(model, task, runtime, normalizer, images, targets) / sample
+    state_bytes = 4 * sum(p.numel() * p.element_size() for p in model.parameters())  # weights, grads, 2 moments
+    budget = HEADROOM * available_ram_bytes() - state_bytes
+    size = max(1, min(max_batch, int(budget // max(per_sample, 1.0))))
+    tested: list[int] = []
+    while True:
+        try:
+            batch_images, batch_targets = next(endless_batches(train, size, runtime, seed))
+            _run_step(model, task, runtime, normalizer, optimizer, batch_images, batch_targets)
+            tested.append(size)
+            break
+        except RuntimeError:  # an allocation failure: try half
+            tested.append(size)
+            if size == 1:
+                raise
+            size //= 2
+    how = (f"{per_sample / 2**20:.2f} MiB per sample (measured activations x{ACTIVATION_OVERHEAD:g}) against "
+           f"{HEADROOM:.0%} of {available_ram_bytes() / 2**30:.1f} GiB available RAM, capped at {max_batch}; "
+           f"batch {size} ran")
+    return MemoryCeiling(size, how, tested, per_sample)
