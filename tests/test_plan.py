@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
@@ -125,16 +124,13 @@ def test_default_plan_without_a_budget(tiny_net, problem):
 
 
 def test_budget_plans_epochs_from_measured_throughput(tiny_net, problem, tmp_path):
-    start = time.perf_counter()
     run = visiondojo.fit(tiny_net(), problem(300), budget=8, out=tmp_path / "run", progress=False)
-    wall = time.perf_counter() - start
     plan = run.plan
     assert plan.optimization.budget_s == 8.0
     assert "img/s" in plan.evidence["optimization.epochs"] and "per epoch" in plan.evidence["optimization.epochs"]
     assert plan.optimization.epochs > 1
     assert plan.optimization.early_stopping_patience is None
     assert 1 <= len(run.history) <= plan.optimization.epochs
-    assert wall < 3 * 8  # a loose bound: the run is planned to end within its budget
     metrics = json.loads((run.dir / "metrics.json").read_text())
     assert metrics["stop_reason"] in ("completed the planned epochs", "the time budget ran out mid-epoch",
                                       "the time budget: the schedule was shortened to end on time")

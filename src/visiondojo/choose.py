@@ -42,6 +42,8 @@ MIN_BATCH = 8
 MIN_STEPS_PER_EPOCH = 4
 CANDIDATES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 EFFICIENT = 0.9
+PAST_PEAK = 0.9
+"""The candidate scan stops at the first batch slower than this share of the best so far."""
 """A batch runs efficiently when its images/s reach this share of the best candidate's."""
 NOISE_BIG_BATCH = 512
 NOISE_MICRO = 8
@@ -72,9 +74,7 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
         ceiling = memory_ceiling(*args, opt, max_batch=max_batch, seed=plan.seed)
         timings["memory ceiling"] = ceiling.seconds
         plan.measurements["memory"] = asdict(ceiling)
-        candidates = [c for c in CANDIDATES if c < ceiling.batch_size][-4:] + [ceiling.batch_size]
-        speeds = {c: measure_throughput(*args, opt, c, seed=plan.seed, warmup_steps=1, max_steps=4,
-                                        max_seconds=0.25 * allowance / len(candidates)) for c in candidates}
+        speeds = _throughput_curve(args, plan, ceiling.batch_size, 0.25 * allowance)
         timings["throughput"] = sum(s.seconds for s in speeds.values())
         best_speed = max(s.train_images_per_s for s in speeds.values())
         efficient = min(c for c, s in speeds.items() if s.train_images_per_s >= EFFICIENT * best_speed)
@@ -135,6 +135,23 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
     plan.evidence["meta_learning"] = f"{total:.1f}s{share}: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
     if deadline is not None and not plan.is_pinned("optimization.epochs"):
         _plan_length_for_budget(plan, prep, speed, deadline, 0.0)  # again, with the meta-learners' time spent
+
+
+def _throughput_curve(args: tuple, plan: Plan, ceiling: int, seconds: float) -> dict[int, Throughput]:
+    """Images/s at growing candidate batches, up to the ceiling; stops once past the peak.
+
+    Throughput per image rises with the batch until the hardware is busy, then flattens or
+    falls (caches overflow); measuring beyond the first clear drop buys nothing.
+    """
+    candidates = [c for c in CANDIDATES if c < ceiling][-4:] + [ceiling]
+    speeds: dict[int, Throughput] = {}
+    for batch in candidates:
+        speeds[batch] = measure_throughput(*args, plan.optimization, batch, seed=plan.seed, warmup_steps=1,
+                                           max_steps=3, max_seconds=seconds / len(candidates))
+        best = max(s.train_images_per_s for s in speeds.values())
+        if speeds[batch].train_images_per_s < PAST_PEAK * best:
+            break
+    return speeds
 
 
 def _plan_length_for_budget(plan: Plan, prep: Prepared, speed: Throughput, deadline: float, still_to_spend: float) -> None:

@@ -172,7 +172,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         state.history.append({
             "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": round(train_loss, 6),
             **{f"val_{k}": v for k, v in val.items() if not isinstance(v, list)},
-            "epoch_s": round(epoch_s, 3), "train_images_per_s": round(seen / train_s, 1),
+            "train_s": round(train_s, 3), "epoch_s": round(epoch_s, 3), "train_images_per_s": round(seen / train_s, 1),
         })
         state.epoch += 1
         state.elapsed_s = time.perf_counter() - clock_start

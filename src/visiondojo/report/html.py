@@ -89,6 +89,7 @@ def render(data: ReportData) -> str:
         parts.append(f"<h2>Worst mistakes ({data.mistakes_split})</h2><p class=muted>highest-loss misclassified "
                      "images: true label, then prediction</p>"
                      + _img(plots.gallery(images, [m[1] for m in data.mistakes]), "worst mistakes"))
+    parts += _meta_learning(plan)
     if plan.evidence:
         parts.append("<h2>Why these choices</h2>" + _table(
             ["setting", "evidence"], [[k, v] for k, v in plan.evidence.items()]
@@ -96,6 +97,30 @@ def render(data: ReportData) -> str:
     parts.append("<h2>Plan</h2><pre>" + html.escape(plan.to_yaml()) + "</pre>")
     return (f"<!doctype html><html><head><meta charset=utf-8><title>visiondojo report</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def _meta_learning(plan: Plan) -> list[str]:
+    """Sections for the optimization meta-learners' evidence, where they ran."""
+    measured = plan.measurements
+    parts = []
+    if "meta_seconds" in measured:
+        seconds = measured["meta_seconds"]
+        parts.append("<h2>Meta-learning time</h2>" + _table(["meta-learner", "seconds"], [[k, v] for k, v in seconds.items()]))
+    if "noise_scale" in measured:
+        noise = measured["noise_scale"]
+        parts.append(f"<h2>Gradient noise scale</h2><p class=muted>B_noise from micro-batches of {noise['b_small']} "
+                     f"within batches of {noise['b_big']}</p>"
+                     + _img(plots.noise_scale(noise["trajectory"], plan.optimization.batch_size), "noise scale"))
+    if "throughput" in measured:
+        parts.append("<h2>Training throughput by batch size</h2>" + _table(
+            ["batch", "images/s"], [[k, v] for k, v in measured["throughput"].items()]))
+    if "lr_finder" in measured:
+        test = measured["lr_finder"]
+        parts.append(f"<h2>Learning-rate range test</h2><p class=muted>batch {test['batch_size']}, "
+                     f"{len(test['lrs'])} steps</p>"
+                     + _img(plots.lr_finder(test["lrs"], test["losses"], test["smoothed"], plan.optimization.lr),
+                            "learning-rate range test"))
+    return parts
 
 
 def write_report(path: Path, data: ReportData) -> None:

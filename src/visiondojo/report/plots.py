@@ -67,3 +67,28 @@ def gallery(images: torch.Tensor, captions: Sequence[str], columns: int = 8) -> 
         axis.imshow(array[:, :, 0] if array.shape[2] == 1 else array[:, :, :3], cmap="gray", vmin=0, vmax=1)
         axis.set_title(caption, fontsize=7)
     return _png(fig)
+
+
+def lr_finder(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggestion: float) -> bytes:
+    fig, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(lrs, losses, color="tab:gray", alpha=0.4, label="loss")
+    axis.plot(lrs[: len(smoothed)], smoothed, color="tab:blue", label="smoothed")
+    axis.axvline(suggestion, color="tab:red", linestyle="--", label=f"chosen lr {suggestion:.3g}")
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("training loss")
+    finite = [v for v in smoothed if np.isfinite(v)]
+    if finite:
+        axis.set_ylim(min(finite) * 0.9, max(finite[0], min(finite)) * 1.5)
+    axis.legend()
+    return _png(fig)
+
+
+def noise_scale(trajectory: Sequence[float], batch_size: int) -> bytes:
+    fig, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(range(1, len(trajectory) + 1), trajectory, marker="o", label="B_noise estimate (EMA)")
+    axis.axhline(batch_size, color="tab:red", linestyle="--", label=f"chosen batch {batch_size}")
+    axis.set_xlabel("probe step")
+    axis.set_ylabel("batch size")
+    axis.legend()
+    return _png(fig)
