@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
                f"(val {plan.monitor} {result.best_metric:.4f})", *result.notes,
                *[f"adapt: {c}" for c in plan.model.changes]]
     write_report(run_dir / REPORT, _report_data(plan, prep, result.history, evaluations, summary))
-    bar.log(f"visiondojo: done; " + ", ".join(f"{s} {plan.monitor} {m[plan.monitor]:.4f}" for s, m in metrics.items())
+    bar.log("visiondojo: done; " + ", ".join(f"{s} {plan.monitor} {m[plan.monitor]:.4f}" for s, m in metrics.items())
             + f"; report: {run_dir / REPORT}")
     return Run(model=model, plan=plan, metrics=metrics, history=result.history, dir=run_dir)
 
@@ -162,7 +163,6 @@ def _report_data(plan: Plan, prep: Prepared, history: list[dict], evaluations: d
     assert evaluation.scores is not None and evaluation.targets is not None and evaluation.losses is not None
     data = ReportData(plan=plan, history=history, metrics={s: e.metrics for s, e in evaluations.items()},
                       summary=summary, confusion_split=split, mistakes_split=split)
-    task = make_task(plan.data)
     if plan.data.task == "multilabel":
         predicted = (evaluation.scores > 0.5).long()
         wrong = (predicted != evaluation.targets.long()).any(dim=1)
@@ -171,7 +171,6 @@ def _report_data(plan: Plan, prep: Prepared, history: list[dict], evaluations: d
         wrong = predicted != evaluation.targets
         k = plan.data.num_classes
         data.confusion = np.bincount((evaluation.targets * k + predicted).numpy(), minlength=k * k).reshape(k, k)
-    del task
     losses = torch.where(wrong, evaluation.losses, torch.full_like(evaluation.losses, -1.0))
     order = losses.argsort(descending=True)[: min(GALLERY_SIZE, int(wrong.sum()))]
     if len(order):
@@ -201,7 +200,7 @@ def evaluate(run: Run | str | Path, data: Any, *, model: nn.Module | None = None
     source = as_source(data, options, role="data", default_split="test")
     check_targets(source, plan.data.task, plan.data.num_classes)
     check_geometry(source, plan.data)
-    runtime = run._runtime()
+    runtime = run.inference_runtime()
     model_on_device = runtime.prepare_model(run.model)
     batches = make_batches(source, 256, runtime.device, train=False)
     normalizer = Normalizer(plan.data, runtime.device, plan.runtime.channels_last)
@@ -228,8 +227,6 @@ def load(run_dir: str | Path, *, model: nn.Module | None = None) -> Run:
     metrics_path = run_dir / METRICS
     metrics = {}
     if metrics_path.is_file():
-        import json
-
         saved = json.loads(metrics_path.read_text())
         metrics = {k: v for k, v in saved.items() if isinstance(v, dict)}
     return Run(model=model.eval(), plan=plan, metrics=metrics, history=read_history(run_dir / HISTORY), dir=run_dir)

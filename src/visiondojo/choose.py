@@ -40,7 +40,10 @@ NO_BUDGET_META_S = 60.0
 MAX_BATCH = 4096
 MIN_BATCH = 8
 MIN_STEPS_PER_EPOCH = 4
-CANDIDATES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+CANDIDATES = (64, 128, 256, 512, 1024, 2048, 4096)
+SCAN_SHARE = 0.25
+NOISE_SHARE = 0.2
+"""Shares of the meta-learning time; the learning-rate range test gets what is left (at least half)."""
 EFFICIENT = 0.9
 PAST_PEAK = 0.9
 """The candidate scan stops at the first batch slower than this share of the best so far."""
@@ -73,17 +76,18 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
     else:
         ceiling = memory_ceiling(*args, opt, max_batch=max_batch, seed=plan.seed)
         timings["memory ceiling"] = ceiling.seconds
-        plan.measurements["memory"] = asdict(ceiling)
-        speeds = _throughput_curve(args, plan, ceiling.batch_size, 0.25 * allowance)
+        speeds = _throughput_curve(args, plan, ceiling.batch_size, SCAN_SHARE * allowance)
         timings["throughput"] = sum(s.seconds for s in speeds.values())
+        ceiling.tested = sorted(speeds)
+        plan.measurements["memory"] = asdict(ceiling)
         best_speed = max(s.train_images_per_s for s in speeds.values())
         efficient = min(c for c, s in speeds.items() if s.train_images_per_s >= EFFICIENT * best_speed)
         plan.measurements["throughput"] = {str(c): round(s.train_images_per_s, 1) for c, s in speeds.items()}
-        b_big = min(NOISE_BIG_BATCH, ceiling.batch_size)
+        b_big = min(NOISE_BIG_BATCH, max(speeds))  # a size the scan ran
         b_noise, noise_note = None, f"too little data for micro-batches of {MIN_MICRO_BATCH}"
         if b_big >= NOISE_MICRO * MIN_MICRO_BATCH:
             noise = estimate_noise_scale(*args, opt, b_big=b_big, micro=NOISE_MICRO, seed=plan.seed,
-                                         max_seconds=0.3 * allowance)
+                                         max_seconds=NOISE_SHARE * allowance)
             timings["noise scale"] = noise.seconds
             plan.measurements["noise_scale"] = asdict(noise)
             if math.isfinite(noise.b_noise) and noise.b_noise > 0:
@@ -112,7 +116,9 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
         plan.choose("optimization.schedule", "cosine", "epochs pinned: warmup + cosine over them")
 
     # 5: optimizer, weight decay, warmup, BatchNorm momentum.
-    name, why = choose_optimizer(prep.model, batch, opt.epochs)
+    # Without a budget or pinned epochs the length is open (early stopping decides): not "long".
+    length_known = deadline is not None or plan.is_pinned("optimization.epochs")
+    name, why = choose_optimizer(prep.model, batch, opt.epochs if length_known else None)
     plan.choose("optimization.optimizer", name, why)
     plan.choose("optimization.weight_decay", DEFAULT_WEIGHT_DECAY.get(opt.optimizer, opt.weight_decay),
                 f"default for {opt.optimizer}, decoupled, not on norm layers or biases")
@@ -138,18 +144,22 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
 
 
 def _throughput_curve(args: tuple, plan: Plan, ceiling: int, seconds: float) -> dict[int, Throughput]:
-    """Images/s at growing candidate batches, up to the ceiling; stops once past the peak.
+    """Images/s at doubling candidate batches below the memory ceiling, within ``seconds``.
 
     Throughput per image rises with the batch until the hardware is busy, then flattens or
-    falls (caches overflow); measuring beyond the first clear drop buys nothing.
+    falls (caches overflow): the scan stops at the first clear drop, at the ceiling, or when the
+    next candidate (about twice as long as the last) would not fit the time left.
     """
-    candidates = [c for c in CANDIDATES if c < ceiling][-4:] + [ceiling]
+    candidates = [c for c in CANDIDATES if c < ceiling] + [ceiling]
     speeds: dict[int, Throughput] = {}
+    spent = 0.0
     for batch in candidates:
-        speeds[batch] = measure_throughput(*args, plan.optimization, batch, seed=plan.seed, warmup_steps=1,
-                                           max_steps=3, max_seconds=seconds / len(candidates))
+        speed = measure_throughput(*args, plan.optimization, batch, seed=plan.seed, warmup_steps=2, max_steps=3,
+                                   max_seconds=max(seconds - spent, 0.0) / 2)
+        speeds[batch] = speed
+        spent += speed.seconds
         best = max(s.train_images_per_s for s in speeds.values())
-        if speeds[batch].train_images_per_s < PAST_PEAK * best:
+        if speed.train_images_per_s < PAST_PEAK * best or spent + 2 * speed.seconds > seconds:
             break
     return speeds
 

@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+")
     predict.add_argument("--out", help="write predictions to this CSV instead of printing them")
 
-    demo = commands.add_parser("demo", help=f"train on the bundled digits data (about 2 minutes)")
+    demo = commands.add_parser("demo", help="train on the bundled digits data (about 2 minutes)")
     demo.add_argument("--budget", default=DEMO_BUDGET)
     demo.add_argument("--out", help="run folder (default: runs/demo-<timestamp>)")
     _quiet(demo)

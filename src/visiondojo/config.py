@@ -52,10 +52,11 @@ class TrainingConfig(_Section):
     batch_size: Optional[int] = None
     lr: Optional[float] = None
     weight_decay: Optional[float] = None
-    optimizer: Optional[Literal["adamw", "sgd"]] = None
-    schedule: Optional[Literal["cosine", "constant"]] = None
+    optimizer: Optional[Literal["adamw", "sgd", "lamb", "lars"]] = None
+    schedule: Optional[Literal["cosine", "constant", "plateau"]] = None
     warmup_epochs: Optional[float] = None
     early_stopping_patience: Optional[int] = None
+    bn_momentum: Optional[float] = None
 
     @field_validator("budget")
     @classmethod
@@ -65,7 +66,7 @@ class TrainingConfig(_Section):
 
     def pins(self) -> dict[str, Any]:
         names = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
-                 "early_stopping_patience")
+                 "early_stopping_patience", "bn_momentum")
         return {f"optimization.{n}": getattr(self, n) for n in names if getattr(self, n) is not None}
 
 

@@ -48,7 +48,7 @@ class Run:
     def predict(self, images: Any, batch_size: int = 256) -> Predictions:
         """Predict for image files (paths) or an array/tensor batch; images are resized to the trained size."""
         batch = load_images(images, self.plan)
-        runtime = self._runtime()
+        runtime = self.inference_runtime()
         model = runtime.prepare_model(self.model).eval()
         normalizer = Normalizer(self.plan.data, runtime.device, self.plan.runtime.channels_last)
         task = make_task(self.plan.data)
@@ -60,7 +60,7 @@ class Run:
         logits = torch.cat(outputs)
         return Predictions(task.predict(logits), task.scores(logits), self.plan.data.class_names)
 
-    def _runtime(self) -> Runtime:
+    def inference_runtime(self) -> Runtime:
         """Inference picks its own device and precision: the run may have trained elsewhere."""
         params, _ = resolve_runtime(self.model, "auto", "auto", self.plan.runtime.channels_last)
         return Runtime(params)

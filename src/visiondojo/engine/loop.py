@@ -126,8 +126,10 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     cycle_start = time.perf_counter()
     while True:
         if deadline is not None and state.cycle_s:
+            # Pinned epochs are a ceiling; planned ones may grow when the run is faster than measured.
+            ceiling = opt.epochs if plan.is_pinned("optimization.epochs") else None
             _budget_guard(state, scheduler, steps_per_epoch, deadline - reserve_s - time.perf_counter(),
-                          ceiling=opt.epochs)
+                          ceiling=ceiling)
         if state.epoch >= state.planned_epochs:
             break
         epoch = state.epoch
@@ -215,21 +217,24 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
 
 
 def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: int,
-                  remaining_s: float, *, ceiling: int) -> None:
+                  remaining_s: float, *, ceiling: int | None) -> None:
     """Re-plan the epochs that fit the time left and resize the schedule so it still anneals on time.
 
     The epoch time is the median of the last few full epochs (training, validation, checkpoint),
     so one epoch slowed by other load on the machine neither cuts the run short for good nor
-    stretches it: the plan shrinks when the run falls behind and grows back, up to the epochs
-    first planned (``ceiling``), when it catches up.
+    stretches it: the plan shrinks when the run falls behind and grows when it is ahead (a
+    throughput probe that underestimated the speed), never beyond ``ceiling`` (pinned epochs).
     """
     epoch_s = statistics.median(state.cycle_s)
     needed_s = (state.planned_epochs - state.epoch) * epoch_s
     # Hysteresis: act when the plan overruns the time left, or would use under GROW_BELOW of it;
     # then re-plan into FILL of it, so noise in epoch times does not re-plan every epoch.
-    if needed_s <= remaining_s and (needed_s >= GROW_BELOW * remaining_s or state.planned_epochs >= ceiling):
+    at_ceiling = ceiling is not None and state.planned_epochs >= ceiling
+    if needed_s <= remaining_s and (needed_s >= GROW_BELOW * remaining_s or at_ceiling):
         return
-    new_total = min(ceiling, state.epoch + max(0, int(FILL * remaining_s // epoch_s)))
+    new_total = state.epoch + max(0, int(FILL * remaining_s // epoch_s))
+    if ceiling is not None:
+        new_total = min(ceiling, new_total)
     if new_total == state.planned_epochs:
         return
     state.replans += 1

@@ -7,6 +7,7 @@ allocators) on a throwaway copy of the model, so the real run is unaffected.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -41,10 +42,11 @@ def measure_throughput(model: nn.Module, task: Task, train: Source, runtime: Run
     from .optimizers import build_optimizer
 
     start = time.perf_counter()
+    step_s: list[float] = []
+    eval_s: list[float] = []
     with model_copy(model, runtime) as probe:
         optimizer = build_optimizer(probe, params)
         batches = endless_batches(train, batch_size, runtime, seed)
-        timed_images, timed_s, eval_images, eval_s = 0, 0.0, 0, 0.0
         for step in range(warmup_steps + max_steps):
             images, targets = next(batches)
             sync(runtime.device)
@@ -53,20 +55,20 @@ def measure_throughput(model: nn.Module, task: Task, train: Source, runtime: Run
             sync(runtime.device)
             if step < warmup_steps:
                 continue
-            timed_s += time.perf_counter() - t
-            timed_images += len(images)
-            if step - warmup_steps < 2:  # inference speed on the same batches
+            step_s.append(time.perf_counter() - t)
+            if len(eval_s) < 2:  # inference speed on the same batches
                 t = time.perf_counter()
                 with torch.no_grad(), runtime.autocast():
                     probe.eval()
                     probe(normalizer(images))
                     probe.train()
                 sync(runtime.device)
-                eval_s += time.perf_counter() - t
-                eval_images += len(images)
-            if timed_s > max_seconds:
+                eval_s.append(time.perf_counter() - t)
+            if sum(step_s) > max_seconds:
                 break
-    return Throughput(batch_size, timed_images / max(timed_s, 1e-9), eval_images / max(eval_s, 1e-9),
+    # Medians: one step slowed by a page fault or another process must not set the plan.
+    images = min(batch_size, len(train))
+    return Throughput(batch_size, images / statistics.median(step_s), images / statistics.median(eval_s),
                       time.perf_counter() - start)
 
 

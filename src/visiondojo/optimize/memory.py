@@ -5,8 +5,9 @@
   largest size that ran within the headroom.
 - CPU: activation memory per sample is measured exactly (the bytes autograd saves for the
   backward pass, through ``saved_tensors_hooks``) and set against the memory the machine has
-  available; the resulting size is then run once for real, halving until it runs, so the
-  answer is always a size that was executed.
+  available. The answer is an upper bound for the throughput scan (choose.py), which runs real
+  steps at growing candidate sizes below it; only sizes that scan ran can be chosen, so the
+  batch a run uses was always executed first.
 """
 
 from __future__ import annotations
@@ -135,19 +136,7 @@ def _cpu_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime, 
     state_bytes = 4 * sum(p.numel() * p.element_size() for p in model.parameters())  # weights, grads, 2 moments
     budget = HEADROOM * available_ram_bytes() - state_bytes
     size = max(1, min(max_batch, int(budget // max(per_sample, 1.0))))
-    tested: list[int] = []
-    while True:
-        try:
-            batch_images, batch_targets = next(endless_batches(train, size, runtime, seed))
-            _run_step(model, task, runtime, normalizer, optimizer, batch_images, batch_targets)
-            tested.append(size)
-            break
-        except RuntimeError:  # an allocation failure: try half
-            tested.append(size)
-            if size == 1:
-                raise
-            size //= 2
     how = (f"{per_sample / 2**20:.2f} MiB per sample (measured activations x{ACTIVATION_OVERHEAD:g}) against "
            f"{HEADROOM:.0%} of {available_ram_bytes() / 2**30:.1f} GiB available RAM, capped at {max_batch}; "
-           f"batch {size} ran")
-    return MemoryCeiling(size, how, tested, per_sample)
+           "only batches the throughput scan ran are chosen")
+    return MemoryCeiling(size, how, [], per_sample)

@@ -94,9 +94,9 @@ def is_batchnorm_convnet(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in modules) and any(isinstance(m, nn.BatchNorm2d) for m in modules)
 
 
-def choose_optimizer(model: nn.Module, batch_size: int, epochs: int) -> tuple[str, str]:
-    """(optimizer name, why) for this model, batch and schedule length."""
-    sgd_family = is_batchnorm_convnet(model) and epochs >= LONG_SCHEDULE_EPOCHS
+def choose_optimizer(model: nn.Module, batch_size: int, epochs: int | None) -> tuple[str, str]:
+    """(optimizer name, why) for this model, batch and schedule length (None: not known in advance)."""
+    sgd_family = is_batchnorm_convnet(model) and epochs is not None and epochs >= LONG_SCHEDULE_EPOCHS
     if batch_size >= LARGE_BATCH:
         if not timm_available():
             return "adamw", f"batch {batch_size} is large, but LAMB/LARS need timm (not installed): AdamW"
@@ -106,5 +106,7 @@ def choose_optimizer(model: nn.Module, batch_size: int, epochs: int) -> tuple[st
     if sgd_family:
         return "sgd", (f"BatchNorm conv net on a long schedule ({epochs} epochs >= {LONG_SCHEDULE_EPOCHS}): "
                        "SGD with Nesterov momentum generalises better than adaptive methods")
-    return "adamw", (f"default: AdamW ({epochs} epochs is short for SGD to catch up)" if is_batchnorm_convnet(model)
-                     else "default: AdamW")
+    if is_batchnorm_convnet(model):
+        length = f"{epochs} epochs is short" if epochs is not None else "the run's length is open"
+        return "adamw", f"default: AdamW ({length}; SGD needs a long schedule to catch up)"
+    return "adamw", "default: AdamW"
