@@ -43,6 +43,7 @@ MIN_STEPS_PER_EPOCH = 4
 CANDIDATES = (64, 128, 256, 512, 1024, 2048, 4096)
 SCAN_SHARE = 0.25
 NOISE_SHARE = 0.2
+SPEED_SHARE = 0.1
 """Shares of the meta-learning time; the learning-rate range test gets what is left (at least half)."""
 EFFICIENT = 0.9
 PAST_PEAK = 0.9
@@ -69,38 +70,14 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
     max_batch = max(1, min(MAX_BATCH, max(MIN_BATCH, train_size // MIN_STEPS_PER_EPOCH), train_size))
 
     # 1-3: batch size.
-    if plan.is_pinned("optimization.batch_size"):
-        speeds = {opt.batch_size: measure_throughput(*args, opt, opt.batch_size, seed=plan.seed,
-                                                     max_seconds=0.1 * allowance)}
-        b_noise = None
-    else:
-        ceiling = memory_ceiling(*args, opt, max_batch=max_batch, seed=plan.seed)
-        timings["memory ceiling"] = ceiling.seconds
-        speeds = _throughput_curve(args, plan, ceiling.batch_size, SCAN_SHARE * allowance)
-        timings["throughput"] = sum(s.seconds for s in speeds.values())
-        ceiling.tested = sorted(speeds)
-        plan.measurements["memory"] = asdict(ceiling)
-        best_speed = max(s.train_images_per_s for s in speeds.values())
-        efficient = min(c for c, s in speeds.items() if s.train_images_per_s >= EFFICIENT * best_speed)
-        plan.measurements["throughput"] = {str(c): round(s.train_images_per_s, 1) for c, s in speeds.items()}
-        b_big = min(NOISE_BIG_BATCH, max(speeds))  # a size the scan ran
-        b_noise, noise_note = None, f"too little data for micro-batches of {MIN_MICRO_BATCH}"
-        if b_big >= NOISE_MICRO * MIN_MICRO_BATCH:
-            noise = estimate_noise_scale(*args, opt, b_big=b_big, micro=NOISE_MICRO, seed=plan.seed,
-                                         max_seconds=NOISE_SHARE * allowance)
-            timings["noise scale"] = noise.seconds
-            plan.measurements["noise_scale"] = asdict(noise)
-            if math.isfinite(noise.b_noise) and noise.b_noise > 0:
-                b_noise = noise.b_noise
-            noise_note = (f"B_noise {noise.b_noise:.0f} ({noise.steps} steps, "
-                          f"{'stable' if noise.stable else 'not yet stable'})")
-        target = min(max(b_noise or efficient, efficient), ceiling.batch_size)
-        batch = min(speeds, key=lambda c: abs(math.log(c / target)))
-        plan.choose("optimization.batch_size", batch,
-                    f"{noise_note}; clamped to [{efficient} (smallest batch within {EFFICIENT:.0%} of the best "
-                    f"images/s), {ceiling.batch_size} (memory ceiling)]")
+    b_noise = None
+    if not plan.is_pinned("optimization.batch_size"):
+        b_noise = _choose_batch(plan, args, allowance, max_batch, timings)
     batch = opt.batch_size
-    speed = speeds.get(batch) or measure_throughput(*args, opt, batch, seed=plan.seed, max_seconds=0.1 * allowance)
+    # The scan takes a few steps per candidate; the run length deserves a steadier figure.
+    speed = measure_throughput(*args, opt, batch, seed=plan.seed, warmup_steps=2, max_steps=10,
+                               max_seconds=SPEED_SHARE * allowance)
+    timings["throughput"] = timings.get("throughput", 0.0) + speed.seconds
     steps_per_epoch = max(1, train_size // batch) if train_size > batch else 1
 
     # 4: run length.
@@ -141,6 +118,39 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
     plan.evidence["meta_learning"] = f"{total:.1f}s{share}: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
     if deadline is not None and not plan.is_pinned("optimization.epochs"):
         _plan_length_for_budget(plan, prep, speed, deadline, 0.0)  # again, with the meta-learners' time spent
+
+
+def _choose_batch(plan: Plan, args: tuple, allowance: float, max_batch: int,
+                  timings: dict[str, float]) -> float | None:
+    """Memory ceiling, throughput scan and noise scale -> ``optimization.batch_size``; returns B_noise."""
+    opt = plan.optimization
+    b_noise = None
+    ceiling = memory_ceiling(*args, opt, max_batch=max_batch, seed=plan.seed)
+    timings["memory ceiling"] = ceiling.seconds
+    speeds = _throughput_curve(args, plan, ceiling.batch_size, SCAN_SHARE * allowance)
+    timings["throughput"] = sum(s.seconds for s in speeds.values())
+    ceiling.tested = sorted(speeds)
+    plan.measurements["memory"] = asdict(ceiling)
+    best_speed = max(s.train_images_per_s for s in speeds.values())
+    efficient = min(c for c, s in speeds.items() if s.train_images_per_s >= EFFICIENT * best_speed)
+    plan.measurements["throughput"] = {str(c): round(s.train_images_per_s, 1) for c, s in speeds.items()}
+    b_big = min(NOISE_BIG_BATCH, max(speeds))  # a size the scan ran
+    noise_note = f"too little data for micro-batches of {MIN_MICRO_BATCH}"
+    if b_big >= NOISE_MICRO * MIN_MICRO_BATCH:
+        noise = estimate_noise_scale(*args, opt, b_big=b_big, micro=NOISE_MICRO, seed=plan.seed,
+                                     max_seconds=NOISE_SHARE * allowance)
+        timings["noise scale"] = noise.seconds
+        plan.measurements["noise_scale"] = asdict(noise)
+        if math.isfinite(noise.b_noise) and noise.b_noise > 0:
+            b_noise = noise.b_noise
+        noise_note = (f"B_noise {noise.b_noise:.0f} ({noise.steps} steps, "
+                      f"{'stable' if noise.stable else 'not yet stable'})")
+    target = min(max(b_noise or efficient, efficient), ceiling.batch_size)
+    batch = min(speeds, key=lambda c: abs(math.log(c / target)))
+    plan.choose("optimization.batch_size", batch,
+                f"{noise_note}; clamped to [{efficient} (smallest batch within {EFFICIENT:.0%} of the best "
+                f"images/s), {ceiling.batch_size} (memory ceiling)]")
+    return b_noise
 
 
 def _throughput_curve(args: tuple, plan: Plan, ceiling: int, seconds: float) -> dict[int, Throughput]:

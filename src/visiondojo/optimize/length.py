@@ -21,7 +21,7 @@ from ..plan import OptimizationParams
 from ..tasks import Task
 from .probe import endless_batches, model_copy, sync
 
-SAFETY = 0.93
+SAFETY = 0.9
 """Share of the remaining budget that epochs are planned into; the rest absorbs machine noise."""
 
 
