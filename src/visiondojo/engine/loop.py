@@ -180,7 +180,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         state.elapsed_s = time.perf_counter() - clock_start
         progress.end_epoch(
             f"epoch {epoch + 1}/{state.planned_epochs}  train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
-            f"val_{plan.monitor} {monitored:.4f}{'  *' if improved else ''}  {seen / train_s:,.0f} img/s  {epoch_s:.1f}s"
+            f"val_{plan.monitor} {monitored:.4f}{'  *' if improved else ''}  {seen / train_s:,.0f} img/s  {epoch_s:.1f}s",
+            last=state.epoch >= state.planned_epochs,
         )
         if cut_off:
             stop_reason = "the time budget ran out mid-epoch"

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import sys
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+SUMMARY_INTERVAL_S = 1.0
+"""Epoch summary lines come at most this often (a tiny dataset runs hundreds of epochs a minute)."""
 
 
 class TrainingProgress:
@@ -16,6 +21,7 @@ class TrainingProgress:
         self.console = console or Console(stderr=True)
         self._progress: Progress | None = None
         self._task = None
+        self._last_summary = -float("inf")
 
     def log(self, message: str) -> None:
         if self.enabled:
@@ -36,8 +42,11 @@ class TrainingProgress:
         if self._progress is not None:
             self._progress.update(self._task, completed=step, loss=f"{loss:.4f}", ips=f"{images_per_s:,.0f}")
 
-    def end_epoch(self, summary: str) -> None:
+    def end_epoch(self, summary: str, *, last: bool = False) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        self.log(summary)
+        now = time.perf_counter()
+        if last or now - self._last_summary >= SUMMARY_INTERVAL_S:
+            self._last_summary = now
+            self.log(summary)
