@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import warnings
 
 import numpy as np
@@ -362,3 +363,29 @@ def test_fit_on_an_image_folder(image_folder, tiny_net, quick_fit):
     assert accuracy >= 0.9
     # Predicting from files and evaluating the folder agree.
     assert visiondojo.evaluate(run, root)["acc"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_val_and_test_labels_are_renumbered_to_the_training_classes(tmp_path):
+    """A test set that lacks a class must not shift the later classes onto the wrong labels."""
+    from visiondojo.data.sources import DataOptions, align_classes, as_source
+    from visiondojo.errors import DataError
+
+    images = np.zeros((3, 4, 4), dtype=np.uint8)
+    train = as_source((images, np.array(["cat", "dog", "fox"])), DataOptions())
+    test = as_source((images[:2], np.array(["cat", "fox"])), DataOptions())
+    assert test.targets.tolist() == [0, 1] and test.class_names == ["cat", "fox"]
+    align_classes(test, train.class_names)
+    assert test.targets.tolist() == [0, 2] and test.class_names == ["cat", "dog", "fox"]
+    stranger = as_source((images[:1], np.array(["owl"])), DataOptions())
+    with pytest.raises(DataError, match="'owl'.*do not occur in the training data"):
+        align_classes(stranger, train.class_names)
+
+
+@pytest.mark.filterwarnings("ignore:No positive samples")  # class b's AUROC is undefined in this test set
+def test_a_test_folder_missing_a_class_is_scored_on_the_right_labels(tmp_path, image_folder, tiny_net):
+    train = image_folder(60, classes=3, name="train")
+    test = image_folder(30, classes=3, name="test", seed=5)
+    shutil.rmtree(test / "class_b")  # the test folder now holds classes a and c only
+    run = visiondojo.fit(tiny_net(outputs=3), train, test_data=test, epochs=8, batch_size=16, lr=0.01,
+                         out=tmp_path / "run", progress=False)
+    assert run.metrics["test"]["acc"] >= 0.9

@@ -39,8 +39,8 @@ def test_resume_after_an_interruption_gives_identical_weights(data, full_run, tm
     out = tmp_path / "run"
     save_last = loop._save_last
 
-    def save_then_crash(directory, model, optimizer, scheduler, state):
-        save_last(directory, model, optimizer, scheduler, state)
+    def save_then_crash(directory, model, optimizer, scheduler, state, *rest):
+        save_last(directory, model, optimizer, scheduler, state, *rest)
         if state.epoch == 2:  # epoch 2 done and its checkpoint written
             raise Interrupted
 
@@ -75,8 +75,8 @@ def test_resume_restores_optimizer_and_schedule(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     save_last = loop._save_last
 
-    def save_then_crash(directory, model, optimizer, scheduler, state):
-        save_last(directory, model, optimizer, scheduler, state)
+    def save_then_crash(directory, model, optimizer, scheduler, state, *rest):
+        save_last(directory, model, optimizer, scheduler, state, *rest)
         raise Interrupted
 
     monkeypatch.setattr(loop, "_save_last", save_then_crash)

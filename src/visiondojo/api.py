@@ -14,7 +14,7 @@ from torch import nn
 
 from .choose import choose_optimization
 from .data.batches import Normalizer, make_batches
-from .data.sources import DataOptions, as_source
+from .data.sources import DataOptions, align_classes, as_source
 from .data.inspect import check_geometry, check_targets
 from .durations import parse_duration
 from .engine.checkpoint import save_weights
@@ -84,7 +84,8 @@ def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, 
           budget: str | float | None = None, progress: bool | None = None, **data_options: Any) -> Run:
     """Train exactly as ``plan`` says (a Plan or a plan.yaml path). ``model`` None builds ``plan.model.spec``.
 
-    ``resume=True`` continues the run in ``out`` from its last checkpoint.
+    ``resume=True`` continues the run in ``out`` from its last checkpoint. ``budget`` (not the
+    plan's) makes the run respect a new wall-clock limit, re-planning its remaining epochs.
     """
     start = time.perf_counter()
     if not isinstance(plan, Plan):
@@ -92,7 +93,9 @@ def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, 
     options = options_from_plan(plan.data, DataOptions(**data_options))
     prep = prepare(model, train_data, val_data, test_data, options=options, adapt=plan.model.adapt, seed=plan.seed,
                    model_kwargs=plan.model.kwargs, known=plan.data, spec=plan.model.spec)
-    budget_s = parse_duration(budget) if budget is not None else plan.optimization.budget_s
+    # A replay trains the plan's epochs as they are; the clock only rules when given a budget here
+    # (the plan's own budget was spent on planning those epochs, on that machine).
+    budget_s = parse_duration(budget)
     deadline = start + budget_s if budget_s is not None else None
     return _train(prep, plan, out=out, overwrite=overwrite, resume=resume, deadline=deadline, progress=progress)
 
@@ -197,7 +200,7 @@ def evaluate(run: Run | str | Path, data: Any, *, model: nn.Module | None = None
         run = load(run, model=model)
     plan = run.plan
     options = options_from_plan(plan.data, DataOptions(**data_options))
-    source = as_source(data, options, role="data", default_split="test")
+    source = align_classes(as_source(data, options, role="data", default_split="test"), plan.data.class_names)
     check_targets(source, plan.data.task, plan.data.num_classes)
     check_geometry(source, plan.data)
     runtime = run.inference_runtime()

@@ -46,9 +46,9 @@ NOISE_SHARE = 0.2
 SPEED_SHARE = 0.1
 """Shares of the meta-learning time; the learning-rate range test gets what is left (at least half)."""
 EFFICIENT = 0.9
+"""A batch runs efficiently when its images/s reach this share of the best candidate's."""
 PAST_PEAK = 0.9
 """The candidate scan stops at the first batch slower than this share of the best so far."""
-"""A batch runs efficiently when its images/s reach this share of the best candidate's."""
 NOISE_BIG_BATCH = 512
 NOISE_MICRO = 8
 MIN_MICRO_BATCH = 4
@@ -184,8 +184,12 @@ def _plan_length_for_budget(plan: Plan, prep: Prepared, speed: Throughput, deadl
                 f"train img/s and {speed.eval_images_per_s:,.0f} eval img/s (batch {speed.batch_size}): "
                 f"{per_epoch:.2f}s per epoch")
     plan.choose("optimization.schedule", "cosine", "time budget: warmup + cosine sized to end with the budget")
-    plan.choose("optimization.early_stopping_patience", None,
-                "off under a time budget: the cosine schedule is sized to end with the budget")
+    if plan.optimization.schedule == "plateau":  # pinned: its learning-rate cuts need a patience
+        plan.choose("optimization.early_stopping_patience", NO_BUDGET_PATIENCE,
+                    "plateau schedule: epochs without validation gain before a learning-rate cut")
+    else:
+        plan.choose("optimization.early_stopping_patience", None,
+                    "off under a time budget: the cosine schedule is sized to end with the budget")
 
 
 def _choose_lr(plan: Plan, args: tuple, speed: Throughput, b_noise: float | None, time_left: float,

@@ -13,7 +13,7 @@ from torch import nn
 
 from .data import builtin
 from .data.inspect import check_geometry, check_targets, inspect_data
-from .data.sources import DataOptions, Source, as_source
+from .data.sources import DataOptions, Source, align_classes, as_source
 from .data.split import validation_split
 from .errors import DataError, ModelError
 from .models import adapt_model, build_model, check_output
@@ -67,6 +67,7 @@ def prepare(model: nn.Module | str | None, train_data: Any, val_data: Any = None
                     (("train", train_data), ("val", val_data), ("test", test_data)) if isinstance(value, (str, Path))}
     for source in (train, val, test):
         if source is not None:
+            align_classes(source, data.class_names)
             check_targets(source, data.task, data.num_classes)
             check_geometry(source, data)
     task = make_task(data)

@@ -70,10 +70,12 @@ class LoaderBatches:
         self.generator = torch.Generator()
         sampler = RandomSampler(source.dataset, generator=self.generator) if shuffle else SequentialSampler(source.dataset)
         workers = default_num_workers() if num_workers is None else num_workers
+        # The loader draws its workers' base seed from ``generator`` (reseeded per epoch), never
+        # from the global RNG, so the model's random stream is the same in a resumed run.
         self.loader = DataLoader(
             source.dataset, batch_size=batch_size, sampler=sampler,
             drop_last=drop_last and len(source) > batch_size, num_workers=workers,
-            persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=self.generator,
         )
 
     def __len__(self) -> int:

@@ -47,7 +47,6 @@ class InMemory:
     targets: torch.Tensor
     class_names: list[str] | None
     origin: str
-    skipped: int = 0
     positions: torch.Tensor | None = None
     """Index of each sample in the data as the user gave it (None: the same as here). A split
     keeps it, so an error found after the split names the user's index, not the subset's."""
@@ -75,7 +74,6 @@ class Streamed:
     origin: str
     channels: int
     size: tuple[int, int]
-    skipped: int = 0
     positions: torch.Tensor | None = None
     """As ``InMemory.positions``."""
 
@@ -145,8 +143,38 @@ def _from_path(data: str | Path, options: DataOptions, role: str, default_split:
     else:
         raise DataError(f"{role}: {path} is a file but not a CSV manifest; pass a class folder or a .csv")
     dataset = ImageFileDataset(files.paths, files.targets, files.channels, files.size)
-    return Streamed(dataset, files.targets, options.class_names or files.class_names, str(path),
-                    files.channels, files.size, skipped=len(files.skipped))
+    return Streamed(dataset, files.targets, files.class_names, str(path),
+                    files.channels, files.size)
+
+
+def align_classes(source: Source, class_names: list[str]) -> Source:
+    """Renumber ``source``'s labels to ``class_names`` (the training classes), by name.
+
+    Folders, manifests and string labels number their classes per source (sorted names), so a
+    test folder that lacks one class would otherwise shift every later class down by one and be
+    scored against the wrong labels without any error.
+    """
+    own = source.class_names
+    if not own or list(own) == list(class_names):
+        return source
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = [name for name in own if name not in index]
+    if unknown:
+        raise DataError(
+            f"{source.origin}: classes {unknown} do not occur in the training data "
+            f"(training classes: {', '.join(class_names)})"
+        )
+    mapping = torch.tensor([index[name] for name in own], dtype=torch.int64)
+    if source.targets.ndim == 1:
+        targets = mapping[source.targets]
+    else:
+        targets = torch.zeros(len(source.targets), len(class_names), dtype=source.targets.dtype)
+        targets[:, mapping] = source.targets
+    source.targets = targets
+    if isinstance(source, Streamed) and isinstance(getattr(source.dataset, "targets", None), torch.Tensor):
+        source.dataset.targets = targets  # what the workers hand out
+    source.class_names = list(class_names)
+    return source
 
 
 def _from_arrays(images: Any, targets: Any, options: DataOptions, origin: str,
@@ -158,7 +186,8 @@ def _from_arrays(images: Any, targets: Any, options: DataOptions, origin: str,
     check_finite(images, origin)
     if options.resize is not None:
         images = resize_batch(images, tuple(options.resize))
-    return InMemory(images, targets, options.class_names or class_names or names, origin)
+    # Names the data carries come first: align_classes renumbers them to the training classes.
+    return InMemory(images, targets, names or class_names or options.class_names, origin)
 
 
 def targets_to_tensor(targets: Any, origin: str) -> tuple[torch.Tensor, list[str] | None]:
@@ -236,7 +265,7 @@ def _from_dataset(dataset: Dataset, options: DataOptions, origin: str, num_worke
                 if used > limit:
                     images = None
     target_tensor, names = targets_to_tensor(_stack_targets(targets, origin), f"{origin} labels")
-    class_names = options.class_names or getattr(dataset, "classes", None) or names
+    class_names = names or getattr(dataset, "classes", None) or options.class_names
     converted.targets = target_tensor
     if images is not None:
         stacked = torch.stack(images)

@@ -115,7 +115,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     state = LoopState(planned_epochs=opt.epochs)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if resume:
-        state = _restore(checkpoint_dir / LAST, model, optimizer, scheduler)
+        state = _restore(checkpoint_dir / LAST, model, optimizer, scheduler, runtime.scaler)
     else:
         torch.manual_seed(plan.seed)
     clock_start = time.perf_counter() - state.elapsed_s
@@ -159,6 +159,13 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 break
         train_s = time.perf_counter() - epoch_start
         train_loss = float(loss_sum) / max(seen, 1)
+        if cut_off:  # no time for validation: the final evaluation comes next
+            progress.end_epoch(f"epoch {epoch + 1} cut short by the time budget", last=True)
+            stop_reason = "the time budget ran out mid-epoch"
+            state.notes.append(f"epoch {epoch + 1} was cut short by the time budget")
+            state.elapsed_s = time.perf_counter() - clock_start
+            _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler)
+            break
         val_start = time.perf_counter()
         val = evaluate(model, task, val_batches, normalizer, runtime).metrics
         # The slowest validation so far: a steady reserve keeps the budget guard from chasing noise.
@@ -183,11 +190,6 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             f"val_{plan.monitor} {monitored:.4f}{'  *' if improved else ''}  {seen / train_s:,.0f} img/s  {epoch_s:.1f}s",
             last=state.epoch >= state.planned_epochs,
         )
-        if cut_off:
-            stop_reason = "the time budget ran out mid-epoch"
-            state.notes.append(f"epoch {epoch + 1} was cut short by the time budget")
-            _save_last(checkpoint_dir, model, optimizer, scheduler, state)
-            break
         if opt.early_stopping_patience is not None and state.epochs_since_best >= opt.early_stopping_patience:
             if opt.schedule == "plateau" and state.lr_cuts < MAX_LR_CUTS:
                 state.lr_cuts += 1
@@ -196,9 +198,9 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 state.notes.append(f"after epoch {epoch + 1}: validation plateau, learning rate x{PLATEAU_FACTOR:g}")
             else:
                 stop_reason = f"early stopping: no val_{plan.monitor} gain in {opt.early_stopping_patience} epochs"
-                _save_last(checkpoint_dir, model, optimizer, scheduler, state)
+                _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler)
                 break
-        _save_last(checkpoint_dir, model, optimizer, scheduler, state)
+        _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler)
         now = time.perf_counter()
         state.cycle_s = [*state.cycle_s[-(GUARD_WINDOW - 1):], now - cycle_start]
         cycle_start = now
@@ -244,15 +246,17 @@ def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR
 
 
 def _save_last(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LambdaLR, state: LoopState) -> None:
-    checkpoint.save_state(directory / LAST, {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "rng": checkpoint.rng_state(), "loop": state.__dict__,
-    })
+               scheduler: torch.optim.lr_scheduler.LambdaLR, state: LoopState,
+               scaler: torch.amp.GradScaler | None = None) -> None:
+    saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": checkpoint.rng_state(), "loop": state.__dict__}
+    if scaler is not None:
+        saved["scaler"] = scaler.state_dict()
+    checkpoint.save_state(directory / LAST, saved)
 
 
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LambdaLR) -> LoopState:
+             scheduler: torch.optim.lr_scheduler.LambdaLR, scaler: torch.amp.GradScaler | None) -> LoopState:
     if not path.exists():
         raise VisionDojoError(f"{path}: no checkpoint to resume from; start the run without --resume")
     saved = checkpoint.load_state(path)
@@ -260,4 +264,6 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     checkpoint.set_rng_state(saved["rng"])
+    if scaler is not None and "scaler" in saved:
+        scaler.load_state_dict(saved["scaler"])
     return LoopState(**saved["loop"])

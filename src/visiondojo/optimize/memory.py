@@ -77,13 +77,6 @@ def saved_activation_bytes(model: nn.Module, task: Task, runtime: Runtime, norma
     return max(total - parameter_bytes, 0)
 
 
-def _run_step(model: nn.Module, task: Task, runtime: Runtime, normalizer: Any, optimizer: torch.optim.Optimizer,
-              images: torch.Tensor, targets: Any) -> None:
-    from ..engine.loop import train_step
-
-    train_step(model, task, optimizer, runtime, normalizer, images, targets)
-
-
 def memory_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime, normalizer: Any,
                    params: OptimizationParams, *, max_batch: int, seed: int = 0) -> MemoryCeiling:
     """The largest batch size (at most ``max_batch``) that runs a training step within the headroom."""
@@ -102,6 +95,8 @@ def memory_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime
 
 def _cuda_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime, normalizer: Any,
                   optimizer: torch.optim.Optimizer, max_batch: int, seed: int) -> MemoryCeiling:
+    from ..engine.loop import train_step
+
     total = torch.cuda.get_device_properties(runtime.device).total_memory
     tested: list[int] = []
     best = 0
@@ -111,7 +106,7 @@ def _cuda_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime,
         torch.cuda.reset_peak_memory_stats(runtime.device)
         try:
             images, targets = next(endless_batches(train, size, runtime, seed))
-            _run_step(model, task, runtime, normalizer, optimizer, images, targets)
+            train_step(model, task, optimizer, runtime, normalizer, images, targets)
             torch.cuda.synchronize(runtime.device)
         except torch.cuda.OutOfMemoryError:
             break

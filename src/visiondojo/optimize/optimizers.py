@@ -14,6 +14,8 @@ generalise better than adaptive methods (Wilson et al. 2017; Keskar & Socher 201
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from torch import nn
 
@@ -21,7 +23,6 @@ from ..errors import ConfigError
 from ..plan import OptimizationParams
 
 OPTIMIZERS = ("adamw", "sgd", "lamb", "lars")
-ADAPTIVE = ("adamw", "lamb")
 LARGE_BATCH = 2048
 LONG_SCHEDULE_EPOCHS = 30
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "lamb": 0.02, "sgd": 5e-4, "lars": 5e-4}
@@ -74,19 +75,15 @@ def build_optimizer(model: nn.Module, params: OptimizationParams) -> torch.optim
 
 
 def _timm_optimizer(name: str) -> type[torch.optim.Optimizer]:
-    try:
-        import timm.optim
-    except ImportError:
-        raise ConfigError(f"optimizer: {name.lower()} needs timm: pip install 'visiondojo[timm]'") from None
+    if not timm_available():
+        raise ConfigError(f"optimizer: {name.lower()} needs timm: pip install 'visiondojo[timm]'")
+    import timm.optim
+
     return getattr(timm.optim, name)
 
 
 def timm_available() -> bool:
-    try:
-        import timm.optim  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("timm") is not None
 
 
 def is_batchnorm_convnet(model: nn.Module) -> bool:

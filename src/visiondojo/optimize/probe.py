@@ -47,16 +47,11 @@ def sync(device: torch.device) -> None:
 
 
 class Stopwatch:
-    """Seconds since creation; ``expired`` once ``limit_s`` has passed."""
+    """Seconds since creation."""
 
-    def __init__(self, limit_s: float = float("inf")):
+    def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.limit_s = limit_s
 
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
-
-    @property
-    def expired(self) -> bool:
-        return self.elapsed >= self.limit_s
