@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_model
 from torch import nn
 
 from ..data.batches import Normalizer
@@ -158,7 +159,6 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 cut_off = True
                 break
         train_s = time.perf_counter() - epoch_start
-        train_loss = float(loss_sum) / max(seen, 1)
         if cut_off:  # no time for validation: the final evaluation comes next
             progress.end_epoch(f"epoch {epoch + 1} cut short by the time budget", last=True)
             stop_reason = "the time budget ran out mid-epoch"
@@ -166,6 +166,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             state.elapsed_s = time.perf_counter() - clock_start
             _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler)
             break
+        train_loss = float(loss_sum) / max(seen, 1)
         val_start = time.perf_counter()
         val = evaluate(model, task, val_batches, normalizer, runtime).metrics
         # The slowest validation so far: a steady reserve keeps the budget guard from chasing noise.
@@ -213,8 +214,6 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     restore_bn_momentum(model, user_bn_momentum)
     best = checkpoint_dir / BEST
     if best.exists():
-        from safetensors.torch import load_model
-
         load_model(model, str(best), device=str(runtime.device))
     return LoopResult(state.history, state.best_epoch + 1, state.best_metric, stop_reason, state.notes)
 
