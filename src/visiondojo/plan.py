@@ -66,7 +66,6 @@ class ModelParams:
 class OptimizationParams:
     optimizer: str = "adamw"
     lr: float = 1e-3
-    weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     momentum: float = 0.9
     batch_size: int = 256
@@ -84,6 +83,66 @@ class OptimizationParams:
 
 
 @dataclass
+class AugmentOp:
+    """One augmentation of the policy: op name, magnitude in [0, 1], probability per sample."""
+
+    name: str
+    magnitude: float = 0.5
+    p: float = 1.0
+
+
+CLASS_BALANCE = ("none", "reweight", "resample")
+
+
+@dataclass
+class RegularizationParams:
+    """Everything that regularizes a run; saved, loaded and replayed as one policy.
+
+    Magnitudes are in [0, 1] and map to physical units per op (see ``visiondojo.augment``);
+    0 is always an exact no-op.
+    """
+
+    augment: list[AugmentOp] = field(default_factory=list)
+    """Applied on the training device, in this order within each family (geometry as one fused
+    warp, then color, then erasing), with an independent draw per sample."""
+    label_smoothing: float = 0.0
+    """Share of the target mass spread uniformly over the classes (0.1 is common)."""
+    mixup: float = 0.0
+    """Mixup magnitude: the Beta(a, a) concentration a of the per-sample mixing weight (0: off)."""
+    cutmix: float = 0.0
+    """CutMix magnitude: the Beta(a, a) concentration a of the per-sample kept area (0: off).
+    With both on, each sample gets one of the two, chosen at random."""
+    weight_decay: float = 0.05
+    """Decoupled weight decay rate (p -= lr * rate * p as its own step); never on norms or biases."""
+    adaptive_decay: bool = False
+    """Scale each layer's decay from its measured relative update (``regularize/weight_decay.py``)."""
+    dropout: float | None = None
+    """Rate for the model's dropout layers, or for one inserted before its head when it has none
+    (None: leave the model as it is)."""
+    stochastic_depth: float | None = None
+    """Drop-path rate for the model's stochastic-depth layers (None: leave them)."""
+    class_balance: str = "none"
+    """``none``, ``reweight`` (loss weights from the effective number of samples) or ``resample``
+    (class-balanced sampling)."""
+    class_balance_beta: float = 0.999
+    """beta of the effective number of samples (1 - beta^n) / (1 - beta) (Cui et al. 2019)."""
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RegularizationParams":
+        """Read a policy from its own YAML file or from the ``regularization`` section of a plan.yaml."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: regularization params file not found")
+        data = yaml.safe_load(path.read_text()) or {}
+        if isinstance(data, dict) and isinstance(data.get("regularization"), dict):
+            data = data["regularization"]
+        return _build(cls, data, str(path))
+
+
+@dataclass
 class RuntimeParams:
     device: str = "cpu"
     precision: str = "fp32"
@@ -97,6 +156,7 @@ class Plan:
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
     optimization: OptimizationParams = field(default_factory=OptimizationParams)
+    regularization: RegularizationParams = field(default_factory=RegularizationParams)
     runtime: RuntimeParams = field(default_factory=RuntimeParams)
     seed: int = 0
     monitor: str = "acc"
@@ -191,6 +251,9 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     if origin is list and not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if origin is list and args and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        item = typing.get_args(hint)[0]
+        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict and not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping, got {value!r}")
     return value
