@@ -18,6 +18,7 @@ from visiondojo.optimize.lr_finder import scale_lr, suggest_lr
 from visiondojo.optimize.memory import memory_ceiling, saved_activation_bytes
 from visiondojo.optimize.noise_scale import NoiseScaleEMA, is_stable, micro_batch_gradients, unbiased_estimates
 from visiondojo.optimize.optimizers import build_optimizer, choose_optimizer
+from visiondojo.regularize.weight_decay import DecoupledWeightDecay
 from visiondojo.optimize.schedules import MAX_WARMUP_SHARE, WarmupCosine, warmup_steps_for
 from visiondojo.plan import OptimizationParams, RuntimeParams
 from visiondojo.tasks import MultiClassTask
@@ -142,11 +143,12 @@ def test_optimizer_by_regime() -> None:
     assert choose_optimizer(bn_convnet(), 4096, 60)[0] == "lars"
 
 
-@pytest.mark.parametrize("name", ["sgd", "lars"])
-def test_sgd_family_decay_is_decoupled_and_skips_norms(name: str) -> None:
+@pytest.mark.parametrize("name", ["adamw", "lamb", "sgd", "lars"])
+def test_decay_is_decoupled_and_skips_norms(name: str) -> None:
     model = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = build_optimizer(model, OptimizationParams(optimizer=name, lr=0.1, weight_decay=0.5, momentum=0.0))
+    optimizer = build_optimizer(model, OptimizationParams(optimizer=name, lr=0.1, momentum=0.0))
+    DecoupledWeightDecay(optimizer, 0.5)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
@@ -202,8 +204,10 @@ def test_memory_ceiling_bounds_the_batch_by_measured_activations(problem) -> Non
 def test_find_params_records_evidence_for_every_choice(problem) -> None:
     plan = visiondojo.find_params(visiondojo.FMNISTResNet(num_classes=4, width=4), problem(1200), budget=60)
     opt = plan.optimization
-    for field in ("batch_size", "lr", "optimizer", "epochs", "warmup_epochs", "weight_decay", "bn_momentum"):
+    for field in ("batch_size", "lr", "optimizer", "epochs", "warmup_epochs", "bn_momentum"):
         assert f"optimization.{field}" in plan.evidence, field
+    for field in ("weight_decay", "class_balance"):
+        assert f"regularization.{field}" in plan.evidence, field
     measured = plan.measurements
     assert measured["noise_scale"]["steps"] == len(measured["noise_scale"]["trajectory"]) > 0
     assert str(opt.batch_size) in measured["throughput"]  # the chosen batch is one the scan ran

@@ -52,11 +52,11 @@ def test_unknown_key_names_it_and_the_allowed_keys(tmp_path):
         Plan.from_dict({"optimization": {"lrr": 0.1}})
     message = str(caught.value)
     assert "plan.optimization: unknown key 'lrr'" in message
-    assert "allowed keys: optimizer, lr, weight_decay," in message and "budget_s" in message
+    assert "allowed keys: optimizer, lr, betas," in message and "budget_s" in message
     path = tmp_path / "plan.yaml"
     path.write_text("seed: 1\noptimisation:\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match=rf"{path}: unknown key 'optimisation'; allowed keys: data, model, "
-                                          r"optimization, runtime, seed, monitor, evidence, pinned"):
+                                          r"optimization, regularization, runtime, seed, monitor, evidence, pinned"):
         Plan.load(path)
 
 
@@ -96,12 +96,13 @@ def test_set_and_choose_respect_pins():
 
 
 def test_pins_are_respected_and_recorded(tiny_net, problem, quick_fit):
-    pins = {"optimization.weight_decay": 0.0, "optimization.schedule": "constant"}
+    pins = {"regularization.weight_decay": 0.0, "optimization.schedule": "constant"}
     run = quick_fit(tiny_net(), problem(120), epochs=2, batch_size=16, lr=0.005, pin=pins)
     opt = run.plan.optimization
-    assert (opt.epochs, opt.batch_size, opt.lr, opt.weight_decay, opt.schedule) == (2, 16, 0.005, 0.0, "constant")
+    assert (opt.epochs, opt.batch_size, opt.lr, opt.schedule) == (2, 16, 0.005, "constant")
+    assert run.plan.regularization.weight_decay == 0.0
     assert set(run.plan.pinned) == {"optimization.epochs", "optimization.batch_size", "optimization.lr",
-                                    "optimization.weight_decay", "optimization.schedule"}
+                                    "regularization.weight_decay", "optimization.schedule"}
     assert all(run.plan.evidence[k] == "pinned by the user" for k in run.plan.pinned)
     assert len(run.history) == 2
     assert [row["lr"] for row in run.history] == [0.005, 0.005]  # constant after the warmup epoch

@@ -24,7 +24,9 @@ from .engine.progress import TrainingProgress
 from .engine.runtime import Runtime, resolve_runtime
 from .errors import VisionDojoError
 from .models import adapt_model, build_model
-from .plan import Plan
+from .plan import Plan, RegularizationParams
+from .regularize.batch import balanced_sampling
+from .regularize.choose import choose_regularization, regularization_pins
 from .prepare import Prepared, options_from_plan, prepare
 from .report import ReportData, read_history, write_history, write_json, write_report
 from .run import Run
@@ -41,7 +43,7 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
         val_fraction: float = 0.1, data_dir: str | None = None, device: str = "auto", precision: str = "auto",
         channels_last: bool | str = "auto", epochs: int | None = None, batch_size: int | None = None,
         lr: float | None = None, pin: dict[str, Any] | None = None, model_kwargs: dict | None = None,
-        progress: bool | None = None) -> Run:
+        regularization: RegularizationParams | str | Path | None = None, progress: bool | None = None) -> Run:
     """Train ``model`` on ``train_data`` with hyperparameters chosen for it, and write a run folder.
 
     Data: ``(images, labels)`` arrays or tensors, a Dataset or DataLoader, an image folder, a CSV
@@ -49,7 +51,8 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
     ``test_data`` unless given). Without ``val_data`` a stratified ``val_fraction`` is held out.
     ``budget`` ('5m', 300) bounds the whole call: the schedule is planned to end on time.
     ``epochs``, ``batch_size``, ``lr`` and ``pin`` ({'optimization.weight_decay': 0.01, ...}) pin
-    plan fields that the meta-learners then leave alone. The run folder (default
+    plan fields that the meta-learners then leave alone. ``regularization`` (a RegularizationParams,
+    or a file saved from one or a plan.yaml) is used as given, every field of it pinned. The run folder (default
     ``runs/<timestamp>``) is never overwritten unless ``overwrite=True``.
     """
     start = time.perf_counter()
@@ -58,7 +61,7 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
                           strict=strict, val_fraction=val_fraction, data_dir=data_dir)
     prep = prepare(model, train_data, val_data, test_data, options=options, adapt=adapt, seed=seed,
                    model_kwargs=model_kwargs)
-    pins = {**(pin or {}), **{k: v for k, v in (("optimization.epochs", epochs),
+    pins = {**regularization_pins(regularization), **(pin or {}), **{k: v for k, v in (("optimization.epochs", epochs),
                                                   ("optimization.batch_size", batch_size),
                                                   ("optimization.lr", lr)) if v is not None}}
     plan = _find_params(prep, budget_s=budget_s, start=start, seed=seed, device=device, precision=precision,
@@ -70,13 +73,15 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
 def find_params(model: nn.Module | str, train_data: Any, val_data: Any = None, *, task: str | None = None,
                 budget: str | float | None = None, seed: int = 0, adapt: bool = False,
                 device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
-                pin: dict[str, Any] | None = None, **data_options: Any) -> Plan:
+                pin: dict[str, Any] | None = None, regularization: RegularizationParams | str | Path | None = None,
+                **data_options: Any) -> Plan:
     """Inspect the data and model and return the Plan that ``train`` would follow (nothing is trained)."""
     start = time.perf_counter()
     options = DataOptions(task=task, **data_options)
     prep = prepare(model, train_data, val_data, None, options=options, adapt=adapt, seed=seed)
     return _find_params(prep, budget_s=parse_duration(budget), start=start, seed=seed, device=device,
-                        precision=precision, channels_last=channels_last, pins=pin or {})
+                        precision=precision, channels_last=channels_last,
+                        pins={**regularization_pins(regularization), **(pin or {})})
 
 
 def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, test_data: Any = None, *,
@@ -113,6 +118,7 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
         plan.evidence[dotted] = "pinned by the user"
     deadline = start + budget_s if budget_s is not None else None
     choose_optimization(plan, prep, Runtime(runtime_params), deadline=deadline)
+    choose_regularization(plan)
     return plan
 
 
@@ -133,7 +139,9 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     opt = plan.optimization
     workers = plan.runtime.num_workers or None
     train_batches = make_batches(prep.train, opt.batch_size, runtime.device, train=True, seed=plan.seed,
-                                 num_workers=workers)
+                                 num_workers=workers,
+                                 sample_weights=balanced_sampling(plan.regularization, prep.train.targets,
+                                                                  plan.data.class_counts))
     eval_batch = max(opt.batch_size, 256)
     val_batches = make_batches(prep.val, eval_batch, runtime.device, train=False, num_workers=workers)
     test_size = len(prep.test) if prep.test is not None else 0

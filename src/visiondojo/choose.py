@@ -6,7 +6,7 @@
    [efficient minimum, ceiling] and rounded to a measured candidate;
 4. epochs: planned from the measured throughput to fill the budget (cosine schedule); without a
    budget, a plateau schedule and early stopping decide;
-5. optimizer by regime (optimize/optimizers.py), its weight decay, warmup length, BN momentum;
+5. optimizer by regime (optimize/optimizers.py), its weight decay (regularization.weight_decay), warmup length, BN momentum;
 6. learning rate from a range test at the chosen batch (optimize/lr_finder.py).
 
 All of it shares META_SHARE of the budget (or NO_BUDGET_META_S without one). Pinned fields
@@ -97,8 +97,8 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
     length_known = deadline is not None or plan.is_pinned("optimization.epochs")
     name, why = choose_optimizer(prep.model, batch, opt.epochs if length_known else None)
     plan.choose("optimization.optimizer", name, why)
-    plan.choose("optimization.weight_decay", DEFAULT_WEIGHT_DECAY.get(opt.optimizer, opt.weight_decay),
-                f"default for {opt.optimizer}, decoupled, not on norm layers or biases")
+    plan.choose("regularization.weight_decay", DEFAULT_WEIGHT_DECAY[opt.optimizer],
+                f"default for {opt.optimizer}, decoupled (its own step), not on norm layers or biases")
     warmup, why = warmup_steps_for(opt.optimizer, opt.betas[1], batch, steps_per_epoch)
     capped = min(warmup, int(MAX_WARMUP_SHARE * opt.epochs * steps_per_epoch))
     plan.choose("optimization.warmup_epochs", round(capped / steps_per_epoch, 3),

@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace the run files in an existing --out")
     train.add_argument("--data-dir", help="folder holding a built-in dataset's files")
+    train.add_argument("--regularization-params", metavar="FILE",
+                       help="use this saved regularization policy (its own YAML or a plan.yaml) as given")
     _quiet(train)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a finished run on labeled data")
@@ -78,6 +80,8 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or (config.output.dir if config else None)
     overwrite = args.overwrite or (config.output.overwrite if config else False)
     if args.resume or args.plan:
+        if args.regularization_params:
+            raise ConfigError("--regularization-params applies to a new run; a replayed plan keeps its own policy")
         if args.resume and not out:
             raise ConfigError("--resume needs the run folder: pass --out DIR (or output.dir in the config)")
         plan_path = Path(args.plan) if args.plan else require_run(Path(out)) / PLAN
@@ -95,8 +99,9 @@ def _train(args: argparse.Namespace) -> int:
             out=out, overwrite=overwrite, seed=training.seed, adapt=model.adapt, num_classes=data.num_classes,
             class_names=data.class_names, resize=data.resize, strict=data.strict, val_fraction=data.val_fraction,
             data_dir=args.data_dir or data.data_dir, device=training.device, precision=training.precision,
-            channels_last=training.channels_last, pin=training.pins(), model_kwargs=model.kwargs,
-            progress=_progress(args),
+            channels_last=training.channels_last, pin={**training.pins(), **config.regularization.pins()},
+            model_kwargs=model.kwargs, progress=_progress(args),
+            regularization=args.regularization_params or training.regularization_params,
         )
     _print_result(run)
     return 0

@@ -1,4 +1,4 @@
-"""The YAML config of ``visiondojo train``: sections data, model, training, output.
+"""The YAML config of ``visiondojo train``: sections data, model, training, regularization, output.
 
 Validated with pydantic; errors are turned into ConfigError messages that name the bad key
 and the allowed keys or values. ``--set section.key=value`` overrides are applied to the raw
@@ -64,10 +64,37 @@ class TrainingConfig(_Section):
         parse_duration(value, field="training.budget")
         return value
 
+    regularization_params: Optional[str] = None
+    """A saved policy (its own YAML, or a plan.yaml): used as given, the search is skipped."""
+
     def pins(self) -> dict[str, Any]:
-        names = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
+        names = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
                  "early_stopping_patience", "bn_momentum")
-        return {f"optimization.{n}": getattr(self, n) for n in names if getattr(self, n) is not None}
+        pins = {f"optimization.{n}": getattr(self, n) for n in names if getattr(self, n) is not None}
+        if self.weight_decay is not None:
+            pins["regularization.weight_decay"] = self.weight_decay
+        return pins
+
+
+class RegularizationConfig(_Section):
+    """Pins for the regularization part of the plan; a value set here is used as given."""
+
+    augment: Optional[list[dict[str, Any]]] = None
+    """Ops as {name, magnitude, p}, e.g. [{name: hflip, magnitude: 1.0}, {name: translate, magnitude: 0.3}]."""
+    label_smoothing: Optional[float] = None
+    mixup: Optional[float] = None
+    cutmix: Optional[float] = None
+    adaptive_decay: Optional[bool] = None
+    dropout: Optional[float] = None
+    stochastic_depth: Optional[float] = None
+    class_balance: Optional[Literal["auto", "none", "reweight", "resample"]] = None
+    class_balance_beta: Optional[float] = None
+
+    def pins(self) -> dict[str, Any]:
+        values = self.model_dump(exclude_none=True)
+        if values.get("class_balance") == "auto":
+            del values["class_balance"]
+        return {f"regularization.{k}": v for k, v in values.items()}
 
 
 class OutputConfig(_Section):
@@ -79,6 +106,7 @@ class Config(_Section):
     data: DataConfig
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
+    regularization: RegularizationConfig = RegularizationConfig()
     output: OutputConfig = OutputConfig()
 
 

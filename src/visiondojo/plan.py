@@ -197,7 +197,7 @@ class Plan:
         section = getattr(self, section_name, None)
         if section is None or not dataclasses.is_dataclass(section) or name not in _field_names(section):
             raise ConfigError(f"plan has no field {dotted!r}")
-        setattr(section, name, value)
+        setattr(section, name, _coerce(typing.get_type_hints(type(section))[name], value, dotted))
         if pin and dotted not in self.pinned:
             self.pinned.append(dotted)
 
@@ -253,7 +253,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected a list, got {value!r}")
     if origin is list and args and dataclasses.is_dataclass(typing.get_args(hint)[0]):
         item = typing.get_args(hint)[0]
-        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [v if isinstance(v, item) else _build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict and not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping, got {value!r}")
     return value

@@ -11,7 +11,7 @@ import os
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
 
 from ..plan import DataParams
 from .sources import InMemory, Source, Streamed
@@ -24,17 +24,39 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def _checked_sample_weights(sample_weights: torch.Tensor | None, n: int, *, shuffle: bool) -> torch.Tensor | None:
+    """Drawing weights as the samplers need them: one per sample, float64, on the CPU.
+
+    On the CPU because the epoch generators are CPU generators; float64 because that is what
+    ``WeightedRandomSampler`` draws from, so both batchers see the same weights. Weighted draws
+    replace the shuffle, so without one (evaluation, which must see every sample once) they are
+    a caller's mistake rather than something to ignore.
+    """
+    if sample_weights is None:
+        return None
+    if not shuffle:
+        raise ValueError("sample_weights only apply to shuffled (training) batches")
+    if tuple(sample_weights.shape) != (n,):
+        raise ValueError(f"sample_weights has shape {tuple(sample_weights.shape)}; expected ({n},), one per sample")
+    return sample_weights.detach().to("cpu", torch.float64)
+
+
 class DeviceBatches:
-    """Slices of one device-resident tensor: a randperm per epoch, no per-sample Python."""
+    """Slices of one device-resident tensor: a randperm per epoch, no per-sample Python.
+
+    With ``sample_weights`` each epoch instead draws N indices with replacement in proportion to
+    them (class-balanced sampling); an epoch keeps its N samples and so its number of steps.
+    """
 
     def __init__(self, source: InMemory, batch_size: int, device: torch.device, *,
-                 shuffle: bool, drop_last: bool, seed: int = 0):
+                 shuffle: bool, drop_last: bool, seed: int = 0, sample_weights: torch.Tensor | None = None):
         self.images = source.images.to(device, non_blocking=True)
         self.targets = source.targets.to(device, non_blocking=True)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last and len(self.targets) > batch_size
         self.seed = seed
+        self.sample_weights = _checked_sample_weights(sample_weights, len(self.targets), shuffle=shuffle)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -45,11 +67,7 @@ class DeviceBatches:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
-        n = len(self.targets)
-        if self.shuffle:
-            order = torch.randperm(n, generator=epoch_generator(self.seed, self.epoch)).to(self.images.device)
-        else:
-            order = None
+        order = self._epoch_order() if self.shuffle else None
         for step in range(len(self)):
             start = step * self.batch_size
             if order is None:
@@ -58,17 +76,32 @@ class DeviceBatches:
                 index = order[start:start + self.batch_size]
                 yield self.images[index], self.targets[index]
 
+    def _epoch_order(self) -> torch.Tensor:
+        """This epoch's sample indices on the device: a pure function of (seed, epoch)."""
+        n = len(self.targets)
+        generator = epoch_generator(self.seed, self.epoch)
+        if self.sample_weights is None:
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=generator)
+        return order.to(self.images.device)
+
 
 class LoaderBatches:
-    """A DataLoader with persistent workers; the sampler is reseeded per epoch."""
+    """A DataLoader with persistent workers; the sampler is reseeded per epoch.
+
+    ``sample_weights`` as in ``DeviceBatches``, through a ``WeightedRandomSampler``.
+    """
 
     def __init__(self, source: Streamed, batch_size: int, device: torch.device, *,
-                 shuffle: bool, drop_last: bool, seed: int = 0, num_workers: int | None = None):
+                 shuffle: bool, drop_last: bool, seed: int = 0, num_workers: int | None = None,
+                 sample_weights: torch.Tensor | None = None):
         self.device = device
         self.seed = seed
         self.epoch = 0
         self.generator = torch.Generator()
-        sampler = RandomSampler(source.dataset, generator=self.generator) if shuffle else SequentialSampler(source.dataset)
+        weights = _checked_sample_weights(sample_weights, len(source), shuffle=shuffle)
+        sampler = _loader_sampler(source.dataset, self.generator, shuffle=shuffle, sample_weights=weights)
         workers = default_num_workers() if num_workers is None else num_workers
         # The loader draws its workers' base seed from ``generator`` (reseeded per epoch), never
         # from the global RNG, so the model's random stream is the same in a resumed run.
@@ -90,17 +123,31 @@ class LoaderBatches:
             yield images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
 
 
+def _loader_sampler(dataset: Dataset, generator: torch.Generator, *, shuffle: bool,
+                   sample_weights: torch.Tensor | None) -> Sampler[int]:
+    """Weighted draws with replacement, a shuffle, or the dataset's order, all from ``generator``."""
+    if sample_weights is not None:
+        return WeightedRandomSampler(sample_weights, len(sample_weights), replacement=True, generator=generator)
+    return RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+
+
 def default_num_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def make_batches(source: Source, batch_size: int, device: torch.device, *, train: bool, seed: int = 0,
-                 num_workers: int | None = None) -> DeviceBatches | LoaderBatches:
-    """Training batches shuffle and drop a ragged last batch; evaluation batches keep order and every sample."""
+                 num_workers: int | None = None,
+                 sample_weights: torch.Tensor | None = None) -> DeviceBatches | LoaderBatches:
+    """Training batches shuffle and drop a ragged last batch; evaluation batches keep order and every sample.
+
+    ``sample_weights`` (training only; one per sample, e.g. ``regularize.class_balance.sample_weights``)
+    replace the shuffle with draws in proportion to them: class-balanced sampling.
+    """
     if isinstance(source, InMemory):
-        return DeviceBatches(source, batch_size, device, shuffle=train, drop_last=train, seed=seed)
+        return DeviceBatches(source, batch_size, device, shuffle=train, drop_last=train, seed=seed,
+                             sample_weights=sample_weights)
     return LoaderBatches(source, batch_size, device, shuffle=train, drop_last=train, seed=seed,
-                         num_workers=num_workers)
+                         num_workers=num_workers, sample_weights=sample_weights)
 
 
 class Normalizer:

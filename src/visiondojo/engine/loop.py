@@ -1,7 +1,8 @@
 """The training loop: read it top to bottom and you see the whole run.
 
-Per epoch: train steps (normalize on device -> autocast forward -> task loss -> backward ->
-clip -> step -> schedule), validation, history row, checkpoints (last every epoch, best on
+Per epoch: train steps (regularize the batch on device: augment, soft targets, normalize ->
+autocast forward -> task loss (class-weighted) -> backward -> clip -> decoupled weight decay +
+optimizer step -> schedule), validation, history row, checkpoints (last every epoch, best on
 improvement), early stopping, and the budget guard that shortens the schedule when the run
 falls behind its wall-clock plan so it still anneals and ends on time.
 """
@@ -30,6 +31,9 @@ from .runtime import Runtime
 from ..optimize.optimizers import build_optimizer
 from ..optimize.batchnorm import restore_bn_momentum, set_bn_momentum
 from ..optimize.schedules import PLATEAU_FACTOR, build_scheduler, schedule_factor
+from ..regularize.batch import BatchRegularizer, class_weights
+from ..regularize.dropout import apply_dropout
+from ..regularize.weight_decay import DecoupledWeightDecay
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
@@ -47,12 +51,15 @@ class TrainingDiverged(VisionDojoError):
 
 
 def train_step(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, runtime: Runtime,
-               normalizer: Normalizer, images: torch.Tensor, targets: Any,
-               grad_clip_norm: float | None = None) -> torch.Tensor:
-    """One optimizer step; returns the detached loss (no host sync)."""
+               inputs: torch.Tensor, targets: Any, grad_clip_norm: float | None = None,
+               class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimizer step on model-ready ``inputs``; returns the detached loss (no host sync).
+
+    Weight decay, when attached (``regularize.weight_decay``), runs as the optimizer's pre-step hook.
+    """
     with runtime.autocast():
-        outputs = model(normalizer(images))
-        loss = task.loss(outputs, targets)
+        outputs = model(inputs)
+        loss = task.loss(outputs, targets, class_weights)
     optimizer.zero_grad(set_to_none=True)
     if runtime.scaler is not None:
         runtime.scaler.scale(loss).backward()
@@ -109,113 +116,131 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     covers validation and test data) plus ``REPORT_S``.
     """
     progress = progress or TrainingProgress(False)
-    opt = plan.optimization
+    opt, reg = plan.optimization, plan.regularization
     steps_per_epoch = len(train_batches)
+    regularize = BatchRegularizer(reg, task, normalizer, runtime.device, seed=plan.seed)
+    weights = class_weights(reg, plan.data.class_counts, runtime.device)
     optimizer = build_optimizer(model, opt)
+    decay = DecoupledWeightDecay(optimizer, reg.weight_decay, adaptive=reg.adaptive_decay)
     scheduler = build_scheduler(optimizer, opt, steps_per_epoch)
     state = LoopState(planned_epochs=opt.epochs)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if resume:
-        state = _restore(checkpoint_dir / LAST, model, optimizer, scheduler, runtime.scaler)
+        state = _restore(checkpoint_dir / LAST, model, optimizer, scheduler, runtime.scaler, decay)
     else:
         torch.manual_seed(plan.seed)
-    clock_start = time.perf_counter() - state.elapsed_s
+    # Both are undone below, so the returned model is the user's architecture with its own settings.
+    dropout = apply_dropout(model, reg.dropout, reg.stochastic_depth)
     user_bn_momentum = set_bn_momentum(model, opt.bn_momentum)
-    stop_reason = "completed the planned epochs"
-    reserve_s = REPORT_S
+    clock_start = time.perf_counter() - state.elapsed_s
 
-    cycle_start = time.perf_counter()
-    while True:
-        if deadline is not None and state.cycle_s:
-            # Pinned epochs are a ceiling; planned ones may grow when the run is faster than measured.
-            ceiling = opt.epochs if plan.is_pinned("optimization.epochs") else None
-            _budget_guard(state, scheduler, steps_per_epoch, deadline - reserve_s - time.perf_counter(),
-                          ceiling=ceiling)
-        if state.epoch >= state.planned_epochs:
-            break
-        epoch = state.epoch
-        epoch_start = time.perf_counter()
-        model.train()
-        train_batches.set_epoch(epoch)
-        progress.start_epoch(epoch, state.planned_epochs, steps_per_epoch)
-        loss_sum = torch.zeros((), device=runtime.device)
-        seen = 0
-        cut_off = False
-        for i, (images, targets) in enumerate(train_batches):
-            loss = train_step(model, task, optimizer, runtime, normalizer, images, targets, opt.grad_clip_norm)
-            scheduler.step()
-            state.step += 1
-            loss_sum += loss * len(images)
-            seen += len(images)
-            if i % 20 == 19 or i == steps_per_epoch - 1:
-                mean_loss = float(loss_sum) / seen
-                if not math.isfinite(mean_loss):
-                    raise TrainingDiverged(
-                        f"training diverged in epoch {epoch + 1}, step {i + 1}: the loss is {mean_loss}. "
-                        f"Lower optimization.lr (now {opt.lr:g}) or check the data for extreme values."
-                    )
-                progress.update(i + 1, mean_loss, seen / (time.perf_counter() - epoch_start))
-            if deadline is not None and time.perf_counter() > deadline - reserve_s:
-                cut_off = True
+    def save() -> None:
+        _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler, decay)
+
+    try:
+        stop_reason = "completed the planned epochs"
+        reserve_s = REPORT_S
+
+        cycle_start = time.perf_counter()
+        while True:
+            if deadline is not None and state.cycle_s:
+                # Pinned epochs are a ceiling; planned ones may grow when the run is faster than measured.
+                ceiling = opt.epochs if plan.is_pinned("optimization.epochs") else None
+                _budget_guard(state, scheduler, steps_per_epoch, deadline - reserve_s - time.perf_counter(),
+                              ceiling=ceiling)
+            if state.epoch >= state.planned_epochs:
                 break
-        train_s = time.perf_counter() - epoch_start
-        if cut_off:  # no time for validation: the final evaluation comes next
-            progress.end_epoch(f"epoch {epoch + 1} cut short by the time budget", last=True)
-            stop_reason = "the time budget ran out mid-epoch"
-            state.notes.append(f"epoch {epoch + 1} was cut short by the time budget")
-            state.elapsed_s = time.perf_counter() - clock_start
-            _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler)
-            break
-        train_loss = float(loss_sum) / max(seen, 1)
-        val_start = time.perf_counter()
-        val = evaluate(model, task, val_batches, normalizer, runtime).metrics
-        # The slowest validation so far: a steady reserve keeps the budget guard from chasing noise.
-        reserve_s = max(reserve_s, (time.perf_counter() - val_start) * final_eval_ratio + REPORT_S)
-        epoch_s = time.perf_counter() - epoch_start
-        monitored = float(val[plan.monitor])  # type: ignore[arg-type]
-        improved = monitored > state.best_metric
-        if improved:
-            state.best_metric, state.best_epoch, state.epochs_since_best = monitored, epoch, 0
-            checkpoint.save_weights(model, checkpoint_dir / BEST)
-        else:
-            state.epochs_since_best += 1
-        state.history.append({
-            "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": round(train_loss, 6),
-            **{f"val_{k}": v for k, v in val.items() if not isinstance(v, list)},
-            "train_s": round(train_s, 3), "epoch_s": round(epoch_s, 3), "train_images_per_s": round(seen / train_s, 1),
-        })
-        state.epoch += 1
-        state.elapsed_s = time.perf_counter() - clock_start
-        progress.end_epoch(
-            f"epoch {epoch + 1}/{state.planned_epochs}  train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
-            f"val_{plan.monitor} {monitored:.4f}{'  *' if improved else ''}  {seen / train_s:,.0f} img/s  {epoch_s:.1f}s",
-            last=state.epoch >= state.planned_epochs,
-        )
-        if opt.early_stopping_patience is not None and state.epochs_since_best >= opt.early_stopping_patience:
-            if opt.schedule == "plateau" and state.lr_cuts < MAX_LR_CUTS:
-                state.lr_cuts += 1
-                state.epochs_since_best = 0
-                schedule_factor(scheduler).scale *= PLATEAU_FACTOR
-                state.notes.append(f"after epoch {epoch + 1}: validation plateau, learning rate x{PLATEAU_FACTOR:g}")
+            epoch = state.epoch
+            epoch_start = time.perf_counter()
+            model.train()
+            train_batches.set_epoch(epoch)
+            regularize.set_epoch(epoch)
+            progress.start_epoch(epoch, state.planned_epochs, steps_per_epoch)
+            loss_sum = torch.zeros((), device=runtime.device)
+            seen = 0
+            cut_off = False
+            for i, (images, targets) in enumerate(train_batches):
+                inputs, targets = regularize(images, targets)
+                loss = train_step(model, task, optimizer, runtime, inputs, targets, opt.grad_clip_norm, weights)
+                scheduler.step()
+                state.step += 1
+                loss_sum += loss * len(images)
+                seen += len(images)
+                if i % 20 == 19 or i == steps_per_epoch - 1:
+                    mean_loss = float(loss_sum) / seen
+                    if not math.isfinite(mean_loss):
+                        raise TrainingDiverged(
+                            f"training diverged in epoch {epoch + 1}, step {i + 1}: the loss is {mean_loss}. "
+                            f"Lower optimization.lr (now {opt.lr:g}) or check the data for extreme values."
+                        )
+                    progress.update(i + 1, mean_loss, seen / (time.perf_counter() - epoch_start))
+                if deadline is not None and time.perf_counter() > deadline - reserve_s:
+                    cut_off = True
+                    break
+            train_s = time.perf_counter() - epoch_start
+            if cut_off:  # no time for validation: the final evaluation comes next
+                progress.end_epoch(f"epoch {epoch + 1} cut short by the time budget", last=True)
+                stop_reason = "the time budget ran out mid-epoch"
+                state.notes.append(f"epoch {epoch + 1} was cut short by the time budget")
+                state.elapsed_s = time.perf_counter() - clock_start
+                save()
+                break
+            train_loss = float(loss_sum) / max(seen, 1)
+            val_start = time.perf_counter()
+            val = evaluate(model, task, val_batches, normalizer, runtime).metrics
+            # The slowest validation so far: a steady reserve keeps the budget guard from chasing noise.
+            reserve_s = max(reserve_s, (time.perf_counter() - val_start) * final_eval_ratio + REPORT_S)
+            epoch_s = time.perf_counter() - epoch_start
+            monitored = float(val[plan.monitor])  # type: ignore[arg-type]
+            improved = monitored > state.best_metric
+            if improved:
+                state.best_metric, state.best_epoch, state.epochs_since_best = monitored, epoch, 0
+                checkpoint.save_weights(model, checkpoint_dir / BEST)
             else:
-                stop_reason = f"early stopping: no val_{plan.monitor} gain in {opt.early_stopping_patience} epochs"
-                _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler)
-                break
-        _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler)
-        now = time.perf_counter()
-        state.cycle_s = [*state.cycle_s[-(GUARD_WINDOW - 1):], now - cycle_start]
-        cycle_start = now
-    if stop_reason.startswith("completed") and state.planned_epochs < opt.epochs:
-        stop_reason = "the time budget: the schedule was shortened to end on time"
-    if state.replans:
-        state.notes.append(f"the budget guard re-planned the schedule {state.replans} time(s) from the measured "
-                           f"epoch times: {opt.epochs} -> {state.planned_epochs} epochs")
-
-    restore_bn_momentum(model, user_bn_momentum)
+                state.epochs_since_best += 1
+            state.history.append({
+                "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": round(train_loss, 6),
+                **{f"val_{k}": v for k, v in val.items() if not isinstance(v, list)},
+                "train_s": round(train_s, 3), "epoch_s": round(epoch_s, 3), "train_images_per_s": round(seen / train_s, 1),
+            })
+            state.epoch += 1
+            state.elapsed_s = time.perf_counter() - clock_start
+            progress.end_epoch(
+                f"epoch {epoch + 1}/{state.planned_epochs}  train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
+                f"val_{plan.monitor} {monitored:.4f}{'  *' if improved else ''}  {seen / train_s:,.0f} img/s  {epoch_s:.1f}s",
+                last=state.epoch >= state.planned_epochs,
+            )
+            if opt.early_stopping_patience is not None and state.epochs_since_best >= opt.early_stopping_patience:
+                if opt.schedule == "plateau" and state.lr_cuts < MAX_LR_CUTS:
+                    state.lr_cuts += 1
+                    state.epochs_since_best = 0
+                    schedule_factor(scheduler).scale *= PLATEAU_FACTOR
+                    state.notes.append(f"after epoch {epoch + 1}: validation plateau, learning rate x{PLATEAU_FACTOR:g}")
+                else:
+                    stop_reason = f"early stopping: no val_{plan.monitor} gain in {opt.early_stopping_patience} epochs"
+                    save()
+                    break
+            save()
+            now = time.perf_counter()
+            state.cycle_s = [*state.cycle_s[-(GUARD_WINDOW - 1):], now - cycle_start]
+            cycle_start = now
+        if stop_reason.startswith("completed") and state.planned_epochs < opt.epochs:
+            stop_reason = "the time budget: the schedule was shortened to end on time"
+        if state.replans:
+            state.notes.append(f"the budget guard re-planned the schedule {state.replans} time(s) from the measured "
+                               f"epoch times: {opt.epochs} -> {state.planned_epochs} epochs")
+    finally:
+        restore_bn_momentum(model, user_bn_momentum)
+        dropout.restore()
+    notes = [*dropout.describe(), *state.notes]
+    if reg.adaptive_decay and decay.scales:
+        spread = decay.summary()
+        notes.append(f"adaptive weight decay: per-tensor multipliers min {spread['min']:.2f}, "
+                     f"median {spread['median']:.2f}, max {spread['max']:.2f} at the end")
     best = checkpoint_dir / BEST
     if best.exists():
         load_model(model, str(best), device=str(runtime.device))
-    return LoopResult(state.history, state.best_epoch + 1, state.best_metric, stop_reason, state.notes)
+    return LoopResult(state.history, state.best_epoch + 1, state.best_metric, stop_reason, notes)
 
 
 def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: int,
@@ -246,16 +271,17 @@ def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR
 
 def _save_last(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LambdaLR, state: LoopState,
-               scaler: torch.amp.GradScaler | None = None) -> None:
+               scaler: torch.amp.GradScaler | None, decay: DecoupledWeightDecay) -> None:
     saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": checkpoint.rng_state(), "loop": state.__dict__}
+             "rng": checkpoint.rng_state(), "loop": state.__dict__, "weight_decay": decay.state_dict()}
     if scaler is not None:
         saved["scaler"] = scaler.state_dict()
     checkpoint.save_state(directory / LAST, saved)
 
 
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LambdaLR, scaler: torch.amp.GradScaler | None) -> LoopState:
+             scheduler: torch.optim.lr_scheduler.LambdaLR, scaler: torch.amp.GradScaler | None,
+             decay: DecoupledWeightDecay) -> LoopState:
     if not path.exists():
         raise VisionDojoError(f"{path}: no checkpoint to resume from; start the run without --resume")
     saved = checkpoint.load_state(path)
@@ -265,4 +291,6 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     checkpoint.set_rng_state(saved["rng"])
     if scaler is not None and "scaler" in saved:
         scaler.load_state_dict(saved["scaler"])
+    if "weight_decay" in saved:
+        decay.load_state_dict(saved["weight_decay"])
     return LoopState(**saved["loop"])

@@ -37,7 +37,7 @@ def adapt_model(model: nn.Module, in_channels: int, num_outputs: int) -> list[st
                 new.bias.copy_(conv.bias)
         _set_module(model, name, new)
         changes.append(f"input layer {name}: {conv.in_channels} -> {in_channels} input channels")
-    head = _find_head(model)
+    head = find_head(model)
     if head is None:
         raise ModelError("cannot find the classifier head (no nn.Linear in the model); build the model "
                          f"with {num_outputs} outputs yourself")
@@ -52,7 +52,8 @@ def adapt_model(model: nn.Module, in_channels: int, num_outputs: int) -> list[st
     return changes
 
 
-def _find_head(model: nn.Module) -> tuple[str, nn.Module] | None:
+def find_head(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """(qualified name, module) of the classifier head: the last Linear, else the last 1x1 conv."""
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if linears:
         return linears[-1]

@@ -51,7 +51,7 @@ def measure_throughput(model: nn.Module, task: Task, train: Source, runtime: Run
             images, targets = next(batches)
             sync(runtime.device)
             t = time.perf_counter()
-            train_step(probe, task, optimizer, runtime, normalizer, images, targets)
+            train_step(probe, task, optimizer, runtime, normalizer(images), targets)
             sync(runtime.device)
             if step < warmup_steps:
                 continue

@@ -106,7 +106,7 @@ def _cuda_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime,
         torch.cuda.reset_peak_memory_stats(runtime.device)
         try:
             images, targets = next(endless_batches(train, size, runtime, seed))
-            train_step(model, task, optimizer, runtime, normalizer, images, targets)
+            train_step(model, task, optimizer, runtime, normalizer(images), targets)
             torch.cuda.synchronize(runtime.device)
         except torch.cuda.OutOfMemoryError:
             break

@@ -1,10 +1,10 @@
-"""Optimizers with decoupled weight decay that never touches norm layers or biases.
+"""Optimizers over two parameter groups: weights that weight decay may shrink, and the rest.
 
 Decaying a BatchNorm scale or a bias only fights the normalisation (their scale carries no
-capacity to regularise), so they sit in a group with weight_decay=0. Weight decay is
-decoupled from the gradient (Loshchilov & Hutter 2019): AdamW and LAMB do it themselves; for
-SGD and LARS the decay is applied as its own step (``p *= 1 - lr * wd``) just before the
-optimizer's step, so it never passes through momentum or LARS's trust ratio.
+capacity to regularise), so they sit in a group marked ``decay=False``. The optimizers
+themselves never decay: ``regularize/weight_decay.py`` applies decoupled decay as its own step
+(Loshchilov & Hutter 2019), the same way for every optimizer, so it never passes through
+momentum, Adam's moments or a LAMB/LARS trust ratio.
 
 Which optimizer (``choose_optimizer``): AdamW by default; LAMB (You et al. 2020) or LARS (You
 et al. 2017) from timm for large batches, where per-layer trust ratios keep big steps stable;
@@ -29,7 +29,8 @@ DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "lamb": 0.02, "sgd": 5e-4, "lars": 5e-4}
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module) -> list[dict]:
+    """[decayed weights, norms + biases]; ``decay`` tells the weight-decay step which is which."""
     decay, no_decay = [], []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
@@ -39,39 +40,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                 no_decay.append(param)
             else:
                 decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
+    groups = [{"params": decay, "decay": True, "weight_decay": 0.0}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        groups.append({"params": no_decay, "decay": False, "weight_decay": 0.0})
     return groups
-
-
-def _decoupled_decay(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-    """Step pre-hook: shrink decayed weights by lr * wd, outside the gradient path."""
-    with torch.no_grad():
-        for group in optimizer.param_groups:
-            rate = group.get("decoupled_weight_decay", 0.0)
-            if rate:
-                torch._foreach_mul_(group["params"], 1.0 - group["lr"] * rate)
 
 
 def build_optimizer(model: nn.Module, params: OptimizationParams) -> torch.optim.Optimizer:
     name = params.optimizer
     if name not in OPTIMIZERS:
         raise ConfigError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZERS)}")
-    groups = param_groups(model, params.weight_decay)
+    groups = param_groups(model)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=params.lr, betas=tuple(params.betas))
+        return torch.optim.AdamW(groups, lr=params.lr, betas=tuple(params.betas), weight_decay=0.0)
     if name == "lamb":
-        return _timm_optimizer("Lamb")(groups, lr=params.lr, betas=tuple(params.betas))
-    for group in groups:  # SGD and LARS: decay as its own step
-        group["decoupled_weight_decay"], group["weight_decay"] = group["weight_decay"], 0.0
+        return _timm_optimizer("Lamb")(groups, lr=params.lr, betas=tuple(params.betas), weight_decay=0.0)
     if name == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, nesterov=params.momentum > 0)
-    else:
-        optimizer = _timm_optimizer("Lars")(groups, lr=params.lr, momentum=params.momentum,
-                                             nesterov=params.momentum > 0)
-    optimizer.register_step_pre_hook(_decoupled_decay)
-    return optimizer
+        return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, nesterov=params.momentum > 0)
+    return _timm_optimizer("Lars")(groups, lr=params.lr, momentum=params.momentum, nesterov=params.momentum > 0)
 
 
 def _timm_optimizer(name: str) -> type[torch.optim.Optimizer]:

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torchmetrics import MetricCollection
 
+from ..augment.geometry import Geometry
+
 
 class Task(ABC):
     name: str
@@ -19,8 +21,16 @@ class Task(ABC):
     """Validation metric (higher is better) for the best checkpoint and early stopping."""
 
     @abstractmethod
-    def loss(self, outputs: torch.Tensor, targets: Any) -> torch.Tensor:
-        """Mean training loss of a batch."""
+    def loss(self, outputs: torch.Tensor, targets: Any, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean training loss of a batch. ``targets`` may be hard or soft (from ``soft_targets``,
+        possibly smoothed or mixed); ``class_weights`` (K,) reweight classes (class balance)."""
+
+    def soft_targets(self, targets: Any) -> torch.Tensor:
+        """Hard targets -> float targets of the loss's shape, which label smoothing and mixing blend."""
+        raise NotImplementedError(f"{self.name}: soft labels are not supported")
+
+    smoothing_classes: int = 2
+    """Classes label smoothing spreads over: K for softmax tasks, 2 for each sigmoid output."""
 
     @abstractmethod
     def per_sample_loss(self, outputs: torch.Tensor, targets: Any) -> torch.Tensor:
@@ -46,10 +56,10 @@ class Task(ABC):
     def to_device(self, targets: Any, device: torch.device) -> Any:
         return targets.to(device, non_blocking=True)
 
-    def move_targets(self, targets: Any, affine: torch.Tensor | None, size: tuple[int, int]) -> Any:
-        """Apply a per-sample geometric transform (N, 2, 3) to the targets.
+    def move_targets(self, targets: Any, geometry: Geometry) -> Any:
+        """Move the targets with their images (``visiondojo.augment.Geometry``: one matrix per sample).
 
         Class labels do not move with the image, so classification returns them unchanged;
-        boxes, masks and keypoints will.
+        detection and segmentation move boxes, masks and keypoints with ``augment.warp_*``.
         """
         return targets

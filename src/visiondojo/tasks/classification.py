@@ -27,9 +27,15 @@ class MultiClassTask(Task):
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
+        self.smoothing_classes = num_classes
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs.float(), targets)
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return F.cross_entropy(outputs.float(), targets, weight=class_weights)
+
+    def soft_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        if targets.is_floating_point():
+            return targets
+        return F.one_hot(targets, self.num_classes).float()
 
     def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs.float(), targets, reduction="none")
@@ -59,9 +65,17 @@ class BinaryTask(MultiClassTask):
 
     def __init__(self) -> None:
         super().__init__(num_classes=2)
+        self.smoothing_classes = 2
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(outputs.float()[:, 0], targets.float())
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+        targets = targets.float()
+        weight = None
+        if class_weights is not None:  # (2,): weight of class 0 and class 1, blended for soft targets
+            weight = torch.lerp(class_weights[0], class_weights[1], targets)
+        return F.binary_cross_entropy_with_logits(outputs.float()[:, 0], targets, weight=weight)
+
+    def soft_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        return targets.float()
 
     def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(outputs.float()[:, 0], targets.float(), reduction="none")
@@ -81,8 +95,15 @@ class MultiLabelTask(Task):
         self.num_labels = num_labels
         self.threshold = threshold
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(outputs.float(), targets.float())
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+        targets = targets.float()
+        weight = None
+        if class_weights is not None:  # (K,): scales each label's positive term, negatives keep weight 1
+            weight = 1 + targets * (class_weights - 1)
+        return F.binary_cross_entropy_with_logits(outputs.float(), targets, weight=weight)
+
+    def soft_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        return targets.float()
 
     def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(outputs.float(), targets.float(), reduction="none").mean(dim=1)

@@ -1,0 +1,71 @@
+"""A policy of augmentation ops applied to a batch on its device, per sample, from one generator.
+
+Order: all geometric ops fused into one matrix per sample and one resampling, then the color
+ops in the policy's order, then erasing. Each op runs on a sample with probability ``p``; a
+sample it skips gets magnitude 0, which every op treats as an exact no-op, so the batch is
+processed in one piece with no per-sample Python.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..plan import AugmentOp
+from .color import COLOR_OPS
+from .erase import erase
+from .geometry import GEOMETRY_OPS, Geometry, compose, warp_images
+
+PIXEL_OPS = {**COLOR_OPS, "erase": erase}
+OPS = (*GEOMETRY_OPS, *PIXEL_OPS)
+"""Every op name a policy may use."""
+
+
+def check_ops(ops: Sequence[AugmentOp], where: str = "regularization.augment") -> None:
+    """Clear errors for unknown names and out-of-range magnitudes or probabilities."""
+    for i, op in enumerate(ops):
+        if op.name not in OPS:
+            raise ConfigError(f"{where}[{i}]: unknown op {op.name!r}; choose from {', '.join(OPS)}")
+        if not 0.0 <= op.magnitude <= 1.0:
+            raise ConfigError(f"{where}[{i}] ({op.name}): magnitude {op.magnitude} is outside [0, 1]")
+        if not 0.0 <= op.p <= 1.0:
+            raise ConfigError(f"{where}[{i}] ({op.name}): probability p={op.p} is outside [0, 1]")
+
+
+class Augmenter:
+    """Applies ``ops`` to float image batches in [0, 1] units; returns the images and their Geometry.
+
+    The Geometry (None when the policy has no geometric op) is what the task uses to move
+    boxes, masks and keypoints with their images.
+    """
+
+    def __init__(self, ops: Sequence[AugmentOp]):
+        check_ops(ops)
+        self.geometry_ops = [op for op in ops if op.name in GEOMETRY_OPS]
+        pixel = [op for op in ops if op.name in COLOR_OPS]
+        self.pixel_ops = pixel + [op for op in ops if op.name == "erase"]
+
+    def __bool__(self) -> bool:
+        return bool(self.geometry_ops or self.pixel_ops)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Geometry | None]:
+        n = len(images)
+        size = (images.shape[-2], images.shape[-1])
+        geometry = None
+        if self.geometry_ops:
+            matrices = [GEOMETRY_OPS[op.name](_magnitudes(op, n, generator, images.device), size, generator)
+                        for op in self.geometry_ops]
+            geometry = Geometry.from_centred(compose(matrices), size)
+            images = warp_images(images, geometry)
+        for op in self.pixel_ops:
+            m = _magnitudes(op, n, generator, images.device)
+            images = torch.where((m > 0).view(-1, 1, 1, 1), PIXEL_OPS[op.name](images, m, generator), images)
+        return images, geometry
+
+
+def _magnitudes(op: AugmentOp, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(n,) magnitude per sample: the op's magnitude where it fires (probability p), else 0."""
+    fires = torch.rand(n, generator=generator, device=device) < op.p
+    return fires.float() * op.magnitude

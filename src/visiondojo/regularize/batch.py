@@ -1,0 +1,92 @@
+"""The loop's regularization plug-in: raw batch -> augmented model inputs and (soft) targets.
+
+Per training batch, on the device: pixels to [0, 1] units, the augmentation policy (geometry
+moves the task's targets with the images), soft targets with label smoothing, mixup/CutMix,
+then standardization. With nothing to do it is the plain fused normalization, so a run without
+regularization computes exactly what it did before.
+
+Randomness comes from its own generator on the training device, reseeded from (seed, epoch) at
+the start of every epoch: a resumed run replays its augmentations, and the model's own random
+stream (dropout) is untouched by how many draws a policy makes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..augment import Augmenter, mix, smooth
+from ..data.batches import Normalizer
+from ..errors import ConfigError
+from ..plan import RegularizationParams
+from ..tasks import Task
+from .class_balance import MODES, effective_number_weights, sample_weights
+
+_SEED_OFFSET = 7_777_777
+
+
+class BatchRegularizer:
+    def __init__(self, params: RegularizationParams, task: Task, normalizer: Normalizer, device: torch.device,
+                 seed: int = 0):
+        check(params)
+        self.params = params
+        self.task = task
+        self.normalizer = normalizer
+        self.augmenter = Augmenter(params.augment)
+        self.soft = params.label_smoothing > 0 or params.mixup > 0 or params.cutmix > 0
+        self.generator = torch.Generator(device=device)
+        self.seed = seed
+        self.set_epoch(0)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.augmenter) or self.soft
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + epoch + _SEED_OFFSET)
+
+    def __call__(self, images: torch.Tensor, targets: Any) -> tuple[torch.Tensor, Any]:
+        if not self.active:
+            return self.normalizer(images), targets
+        pixels = self.normalizer.unit(images)
+        if self.augmenter:
+            pixels, geometry = self.augmenter(pixels, self.generator)
+            if geometry is not None:
+                targets = self.task.move_targets(targets, geometry)
+        if self.soft:
+            p = self.params
+            targets = self.task.soft_targets(targets)
+            if p.label_smoothing > 0:
+                targets = smooth(targets, p.label_smoothing, self.task.smoothing_classes)
+            pixels, targets, _ = mix(pixels, targets, p.mixup, p.cutmix, self.generator)
+        return self.normalizer.standardize(pixels), targets
+
+
+def check(params: RegularizationParams) -> None:
+    """Clear errors for values outside their ranges (augment ops are checked by the Augmenter)."""
+    where = "regularization"
+    if not 0.0 <= params.label_smoothing < 1.0:
+        raise ConfigError(f"{where}.label_smoothing: {params.label_smoothing} is outside [0, 1); 0.1 is common")
+    for name in ("mixup", "cutmix"):
+        value = getattr(params, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{where}.{name}: magnitude {value} is outside [0, 1] (0 turns it off)")
+    if params.weight_decay < 0:
+        raise ConfigError(f"{where}.weight_decay: {params.weight_decay} is negative")
+    if params.class_balance not in MODES:
+        raise ConfigError(f"{where}.class_balance: {params.class_balance!r} is not one of {', '.join(MODES)}")
+
+
+def class_weights(params: RegularizationParams, class_counts: list[int], device: torch.device) -> torch.Tensor | None:
+    """Loss weights per class for ``class_balance: reweight``, else None."""
+    if params.class_balance != "reweight":
+        return None
+    return effective_number_weights(class_counts, params.class_balance_beta).to(device)
+
+
+def balanced_sampling(params: RegularizationParams, targets: torch.Tensor, class_counts: list[int]) -> torch.Tensor | None:
+    """Per-sample drawing weights for ``class_balance: resample``, else None."""
+    if params.class_balance != "resample":
+        return None
+    return sample_weights(targets, class_counts)
