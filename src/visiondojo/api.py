@@ -25,7 +25,7 @@ from .engine.runtime import Runtime, resolve_runtime
 from .errors import VisionDojoError
 from .models import adapt_model, build_model
 from .plan import Plan, RegularizationParams
-from .regularize.batch import balanced_sampling
+from .regularize.batch import BatchRegularizer, balanced_sampling
 from .regularize.choose import choose_regularization, regularization_pins
 from .prepare import Prepared, options_from_plan, prepare
 from .report import ReportData, read_history, write_history, write_json, write_report
@@ -160,7 +160,9 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     summary = [f"stopped: {result.stop_reason}; best epoch {result.best_epoch} "
                f"(val {plan.monitor} {result.best_metric:.4f})", *result.notes,
                *[f"adapt: {c}" for c in plan.model.changes]]
-    write_report(run_dir / REPORT, _report_data(plan, prep, result.history, evaluations, summary))
+    report = _report_data(plan, prep, result.history, evaluations, summary)
+    report.augmented = _augmented_sample(plan, prep, normalizer, runtime.device)
+    write_report(run_dir / REPORT, report)
     bar.log("visiondojo: done; " + ", ".join(f"{s} {plan.monitor} {m[plan.monitor]:.4f}" for s, m in metrics.items())
             + f"; report: {run_dir / REPORT}")
     return Run(model=model, plan=plan, metrics=metrics, history=result.history, dir=run_dir)
@@ -192,6 +194,18 @@ def _report_data(plan: Plan, prep: Prepared, history: list[dict], evaluations: d
         names = plan.data.class_names
         data.mistakes = [(img, _caption(evaluation.targets[i], predicted[i], names)) for img, i in zip(shown, order)]
     return data
+
+
+def _augmented_sample(plan: Plan, prep: Prepared, normalizer: Normalizer, device: torch.device) -> torch.Tensor | None:
+    """A few training images through the run's augmentation and mixing, for the report."""
+    regularizer = BatchRegularizer(plan.regularization, prep.task, normalizer, device, seed=plan.seed)
+    if not regularizer.active:
+        return None
+    index = torch.arange(min(GALLERY_SIZE, len(prep.train)))
+    images = prep.train.images_at(index).to(device)
+    targets = prep.train.targets[index].to(device)
+    pixels, _ = regularizer.regularize(normalizer.unit(images), targets)
+    return pixels.clamp(0, 1).cpu()
 
 
 def _caption(target: torch.Tensor, predicted: torch.Tensor, names: list[str]) -> str:

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import ConfigError
 from ..plan import AugmentOp
+from . import color, erase as erasing, geometry
 from .color import COLOR_OPS
 from .erase import erase
 from .geometry import GEOMETRY_OPS, Geometry, compose, warp_images
@@ -69,3 +70,32 @@ def _magnitudes(op: AugmentOp, n: int, generator: torch.Generator, device: torch
     """(n,) magnitude per sample: the op's magnitude where it fires (probability p), else 0."""
     fires = torch.rand(n, generator=generator, device=device) < op.p
     return fires.float() * op.magnitude
+
+
+_RANGES = {
+    "hflip": lambda m: f"mirrored left-right with probability {0.5 * m:.2f}",
+    "vflip": lambda m: f"mirrored top-bottom with probability {0.5 * m:.2f}",
+    "rot90": lambda m: f"quarter turns with probability {m:.2f}",
+    "rotate": lambda m: f"angle uniform in +-{geometry.ROTATE_DEG * m:.1f} degrees",
+    "shear": lambda m: f"shear angles uniform in +-{geometry.SHEAR_DEG * m:.1f} degrees",
+    "translate": lambda m: f"shift uniform in +-{100 * geometry.TRANSLATE * m:.1f} % of the size",
+    "zoom": lambda m: f"scale uniform in {1 - geometry.ZOOM * m:.2f}-{1 + geometry.ZOOM * m:.2f}",
+    "brightness": lambda m: f"factor {1 - color.BRIGHTNESS * m:.2f}-{1 + color.BRIGHTNESS * m:.2f}",
+    "contrast": lambda m: f"factor {1 - color.CONTRAST * m:.2f}-{1 + color.CONTRAST * m:.2f}",
+    "saturation": lambda m: f"factor {1 - color.SATURATION * m:.2f}-{1 + color.SATURATION * m:.2f} (RGB only)",
+    "hue": lambda m: f"hue rotated by up to +-{360 * color.HUE_TURNS * m:.0f} degrees (RGB only)",
+    "gamma": lambda m: f"exponent {2 ** -(color.GAMMA_LOG2 * m):.2f}-{2 ** (color.GAMMA_LOG2 * m):.2f}",
+    "autocontrast": lambda m: f"blend of up to {m:.2f} towards the stretched image",
+    "equalize": lambda m: f"blend of up to {m:.2f} towards the equalized image",
+    "solarize": lambda m: f"pixels above a threshold down to {1 - m:.2f} inverted",
+    "posterize": lambda m: f"up to {round(color.POSTERIZE_BITS * m)} low bits dropped",
+    "sharpness": lambda m: f"factor {1 - color.SHARPNESS * m:.2f}-{1 + color.SHARPNESS * m:.2f}",
+    "blur": lambda m: f"Gaussian sigma up to {color.BLUR_SIGMA * m:.3f} x the shorter side",
+    "noise": lambda m: f"Gaussian noise, std up to {color.NOISE_STD * m:.3f}",
+    "erase": lambda m: f"a rectangle of up to {100 * erasing.MAX_AREA * m:.0f} % of the image replaced by noise",
+}
+
+
+def describe(op: AugmentOp) -> str:
+    """The op's magnitude in physical units, e.g. 'angle uniform in +-15.0 degrees'."""
+    return _RANGES[op.name](op.magnitude) if op.name in _RANGES else "unknown op"

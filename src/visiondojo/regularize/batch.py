@@ -49,7 +49,12 @@ class BatchRegularizer:
     def __call__(self, images: torch.Tensor, targets: Any) -> tuple[torch.Tensor, Any]:
         if not self.active:
             return self.normalizer(images), targets
-        pixels = self.normalizer.unit(images)
+        pixels, targets = self.regularize(self.normalizer.unit(images), targets)
+        return self.normalizer.standardize(pixels), targets
+
+    def regularize(self, pixels: torch.Tensor, targets: Any) -> tuple[torch.Tensor, Any]:
+        """Pixels in [0, 1] units -> augmented and mixed pixels, and the targets to match.
+        (The report shows its output: what the model saw.)"""
         if self.augmenter:
             pixels, geometry = self.augmenter(pixels, self.generator)
             if geometry is not None:
@@ -60,7 +65,7 @@ class BatchRegularizer:
             if p.label_smoothing > 0:
                 targets = smooth(targets, p.label_smoothing, self.task.smoothing_classes)
             pixels, targets, _ = mix(pixels, targets, p.mixup, p.cutmix, self.generator)
-        return self.normalizer.standardize(pixels), targets
+        return pixels, targets
 
 
 def check(params: RegularizationParams) -> None:

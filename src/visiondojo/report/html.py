@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..augment.policy import describe
 from ..plan import Plan
 from . import plots
 from .files import write_text_atomic
@@ -37,6 +38,8 @@ class ReportData:
     """(image in [0, 1] as (C, H, W), caption) of the highest-loss errors."""
     mistakes_split: str = ""
     summary: list[str] = field(default_factory=list)
+    augmented: torch.Tensor | None = None
+    """(N, C, H, W) training images in [0, 1] as the model saw them (augmented, mixed)."""
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -89,6 +92,7 @@ def render(data: ReportData) -> str:
         parts.append(f"<h2>Worst mistakes ({data.mistakes_split})</h2><p class=muted>highest-loss misclassified "
                      "images: true label, then prediction</p>"
                      + _img(plots.gallery(images, [m[1] for m in data.mistakes]), "worst mistakes"))
+    parts += _regularization(plan, data.augmented)
     parts += _meta_learning(plan)
     if plan.evidence:
         parts.append("<h2>Why these choices</h2>" + _table(
@@ -97,6 +101,22 @@ def render(data: ReportData) -> str:
     parts.append("<h2>Plan</h2><pre>" + html.escape(plan.to_yaml()) + "</pre>")
     return (f"<!doctype html><html><head><meta charset=utf-8><title>visiondojo report</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def _regularization(plan: Plan, augmented: torch.Tensor | None) -> list[str]:
+    """The regularization policy in physical units, and a sample of what the model saw."""
+    reg = plan.regularization
+    rows = [[f"augment: {op.name}", f"magnitude {op.magnitude:.2f}, p {op.p:.2f}: {describe(op)}"] for op in reg.augment]
+    rows += [["label smoothing", reg.label_smoothing], ["mixup (Beta a)", reg.mixup], ["cutmix (Beta a)", reg.cutmix],
+             ["weight decay", f"{reg.weight_decay:g}" + (" (adaptive per layer)" if reg.adaptive_decay else "")],
+             ["dropout", "model's own" if reg.dropout is None else reg.dropout],
+             ["stochastic depth", "model's own" if reg.stochastic_depth is None else reg.stochastic_depth],
+             ["class balance", reg.class_balance]]
+    parts = ["<h2>Regularization</h2>" + _table(["part", "setting"], rows)]
+    if augmented is not None and len(augmented):
+        parts.append("<p class=muted>training images as the model saw them (augmented and mixed)</p>"
+                     + _img(plots.gallery(augmented, [""] * len(augmented)), "augmented training images"))
+    return parts
 
 
 def _meta_learning(plan: Plan) -> list[str]:
