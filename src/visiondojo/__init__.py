@@ -8,12 +8,13 @@ weights, plan.yaml, metrics.json, history.csv and report.html.
 from .api import evaluate, find_params, fit, load, train
 from .errors import ConfigError, DataError, ModelError, RunExistsError, VisionDojoError
 from .models import FMNISTResNet
-from .plan import Plan
+from .plan import AugmentOp, Plan, RegularizationParams
 from .run import Predictions, Run
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "DataError", "FMNISTResNet", "ModelError", "Plan", "Predictions", "Run", "RunExistsError",
+    "AugmentOp", "ConfigError", "DataError", "FMNISTResNet", "ModelError", "Plan", "Predictions",
+    "RegularizationParams", "Run", "RunExistsError",
     "VisionDojoError", "evaluate", "find_params", "fit", "load", "train",
 ]
