@@ -77,7 +77,7 @@ def test_plan_files_that_are_not_plans(tmp_path):
     with pytest.raises(ConfigError, match="plan file not found"):
         Plan.load(tmp_path / "missing.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="a plan is a YAML mapping, got list"):
+    with pytest.raises(ConfigError, match="a plan file is a YAML mapping, got list"):
         Plan.load(tmp_path / "list.yaml")
 
 

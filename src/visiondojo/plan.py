@@ -133,11 +133,8 @@ class RegularizationParams:
     @classmethod
     def load(cls, path: str | Path) -> "RegularizationParams":
         """Read a policy from its own YAML file or from the ``regularization`` section of a plan.yaml."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: regularization params file not found")
-        data = yaml.safe_load(path.read_text()) or {}
-        if isinstance(data, dict) and isinstance(data.get("regularization"), dict):
+        data = _read_mapping(path, "regularization params")
+        if isinstance(data.get("regularization"), dict):
             data = data["regularization"]
         return _build(cls, data, str(path))
 
@@ -183,13 +180,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: plan file not found")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a plan is a YAML mapping, got {type(data).__name__}")
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(_read_mapping(path, "plan"), where=str(path))
 
     def set(self, dotted: str, value: Any, *, pin: bool = True) -> None:
         """Set ``section.field`` (e.g. ``optimization.lr``) and, by default, pin it."""
@@ -211,6 +202,19 @@ class Plan:
             return
         self.set(dotted, value, pin=False)
         self.evidence[dotted] = why
+
+
+def _read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} file is a YAML mapping, got {type(data).__name__}")
+    return data
 
 
 def _field_names(obj_or_cls: Any) -> list[str]:
