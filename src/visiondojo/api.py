@@ -25,7 +25,7 @@ from .engine.runtime import Runtime, resolve_runtime
 from .errors import VisionDojoError
 from .models import adapt_model, build_model
 from .plan import Plan, RegularizationParams
-from .regularize.batch import BatchRegularizer, balanced_sampling
+from .regularize.batch import BatchRegularizer, balanced_sampling, check as check_regularization
 from .regularize.choose import choose_regularization, regularization_pins
 from .prepare import Prepared, options_from_plan, prepare
 from .report import ReportData, read_history, write_history, write_json, write_report
@@ -116,6 +116,7 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
     for dotted, value in pins.items():
         plan.set(dotted, value)
         plan.evidence[dotted] = "pinned by the user"
+    check_regularization(plan.regularization)  # a bad policy fails before any time is spent
     deadline = start + budget_s if budget_s is not None else None
     choose_optimization(plan, prep, Runtime(runtime_params), deadline=deadline)
     choose_regularization(plan)
@@ -124,6 +125,7 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
 
 def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: bool, resume: bool,
            deadline: float | None, progress: bool | None) -> Run:
+    check_regularization(plan.regularization)  # before the run folder is claimed
     run_dir = claim_run_dir(Path(out) if out is not None else default_run_dir(), overwrite=overwrite, resume=resume)
     if resume:
         plan = Plan.load(run_dir / PLAN)

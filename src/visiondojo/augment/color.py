@@ -88,7 +88,7 @@ _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.5959, -0.2746, -0.3213), (0.2115, -0.52
 
 def hue(images: torch.Tensor, m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Rotate the chroma (I, Q) plane of YIQ: one 3x3 matrix per sample, luma kept."""
-    angle = signed_uniform(m, generator) * HUE_TURNS * 2 * math.pi
+    angle = (signed_uniform(m, generator) * HUE_TURNS * 2 * math.pi).to(images.dtype)
     if images.shape[1] != 3:
         return images
     to_yiq = images.new_tensor(_RGB_TO_YIQ)
@@ -96,7 +96,7 @@ def hue(images: torch.Tensor, m: torch.Tensor, generator: torch.Generator) -> to
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
     rotation = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], dim=1).view(-1, 3, 3)
     matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq
-    return torch.einsum("nij,njhw->nihw", matrix.to(images.dtype), images)
+    return torch.einsum("nij,njhw->nihw", matrix, images)
 
 
 def gamma(images: torch.Tensor, m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

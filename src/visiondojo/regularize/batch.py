@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..augment import Augmenter, mix, smooth
+from ..augment import Augmenter, check_ops, mix, smooth
 from ..data.batches import Normalizer
 from ..errors import ConfigError
 from ..plan import RegularizationParams
@@ -69,8 +69,9 @@ class BatchRegularizer:
 
 
 def check(params: RegularizationParams) -> None:
-    """Clear errors for values outside their ranges (augment ops are checked by the Augmenter)."""
+    """Clear errors for unknown ops and values outside their ranges; run before anything is written."""
     where = "regularization"
+    check_ops(params.augment, f"{where}.augment")
     if not 0.0 <= params.label_smoothing < 1.0:
         raise ConfigError(f"{where}.label_smoothing: {params.label_smoothing} is outside [0, 1); 0.1 is common")
     for name in ("mixup", "cutmix"):

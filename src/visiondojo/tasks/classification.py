@@ -30,7 +30,13 @@ class MultiClassTask(Task):
         self.smoothing_classes = num_classes
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
-        return F.cross_entropy(outputs.float(), targets, weight=class_weights)
+        if class_weights is None or not targets.is_floating_point():
+            return F.cross_entropy(outputs.float(), targets, weight=class_weights)
+        # Soft targets: the weighted mean that torch computes for index targets,
+        # sum_i sum_c w_c y_ic l_ic / sum_i sum_c w_c y_ic, so smoothing or mixing a one-hot
+        # target never changes what the class weights mean.
+        weighted = targets * class_weights
+        return -(weighted * outputs.float().log_softmax(dim=1)).sum() / weighted.sum().clamp_min(1e-12)
 
     def soft_targets(self, targets: torch.Tensor) -> torch.Tensor:
         if targets.is_floating_point():
