@@ -62,18 +62,57 @@ def luminance(images: torch.Tensor) -> torch.Tensor:
     return (images * weights).sum(dim=1, keepdim=True)
 
 
+def mean_luminance(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 1, 1) mean luma, from the per-channel means (no full-size luma image)."""
+    means = images.mean(dim=(2, 3))
+    if images.shape[1] == 3:
+        return (means * images.new_tensor(_LUMA)).sum(dim=1).view(-1, 1, 1, 1)
+    return means.mean(dim=1).view(-1, 1, 1, 1)
+
+
 def _blend(base: torch.Tensor, images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """base + factor * (images - base): factor 0 gives base, 1 the images, above 1 extrapolates."""
     return base + _per_sample(factor) * (images - base)
 
 
+
+
+LINEAR_OPS = {"brightness": BRIGHTNESS, "contrast": CONTRAST}
+"""Ops affine in the pixels per sample (f x, and f x + (1 - f) mean): a run of them is applied
+as one multiply-add, its parameters composed on (N,) tensors instead of full images."""
+
+
+def linear_color(images: torch.Tensor, steps: list[tuple[str, torch.Tensor]], generator: torch.Generator) -> torch.Tensor:
+    """Apply consecutive brightness/contrast ``steps`` [(name, magnitudes)] as ONE x * scale + shift.
+
+    Brightness is x -> f x; contrast is x -> f x + (1 - f) mean, with mean the image's mean luma.
+    Both are affine in x, so the run composes into one scale and shift per sample; the mean of
+    the partly transformed image follows from the original's (brightness scales it, contrast
+    keeps it), so no intermediate image is made. A sample with every magnitude 0 gets scale 1 and
+    shift 0, exactly itself.
+    """
+    mean = mean_luminance(images)
+    scale = torch.ones_like(mean)
+    shift = torch.zeros_like(mean)
+    for name, m in steps:
+        factor = _per_sample(1 + signed_uniform(m, generator) * LINEAR_OPS[name])
+        if name == "brightness":
+            mean = mean * factor
+            shift = shift * factor
+        else:
+            shift = shift * factor + (1 - factor) * mean
+        scale = scale * factor
+    return torch.addcmul(shift, images, scale)
+
+
 def brightness(images: torch.Tensor, m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return images * _per_sample(1 + signed_uniform(m, generator) * BRIGHTNESS)
+    """x -> f x, f uniform in 1 +- 0.5 m."""
+    return linear_color(images, [("brightness", m)], generator)
 
 
 def contrast(images: torch.Tensor, m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    mean = luminance(images).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(mean, images, 1 + signed_uniform(m, generator) * CONTRAST)
+    """x -> f x + (1 - f) mean luma, f uniform in 1 +- 0.5 m."""
+    return linear_color(images, [("contrast", m)], generator)
 
 
 def saturation(images: torch.Tensor, m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

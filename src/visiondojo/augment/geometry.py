@@ -25,7 +25,7 @@ zoom        scale uniform in 1 +- 0.4 * m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,71 @@ SHEAR_DEG = 30.0
 TRANSLATE = 0.3
 ZOOM = 0.4
 
-GeometryOp = Callable[[torch.Tensor, tuple[int, int], torch.Generator], torch.Tensor]
-"""(magnitudes (N,), (height, width), generator) -> (N, 3, 3) forward matrices, centred coordinates."""
+Entry = Union[torch.Tensor, float]
+"""One matrix entry: (N,) per-sample values, or a Python float shared by every sample."""
+
+
+@dataclass
+class Affine:
+    """A 2x3 affine map per sample, ``[[a, b, tx], [c, d, ty]]``, about the image centre.
+
+    Entries an op leaves alone stay Python floats, so composing ops costs tensor arithmetic only
+    where the maps really differ (a flip touches one entry, a translation two), instead of a
+    batched 3x3 product per op: on a CPU these (N,)-sized steps cost their dispatch, not their math.
+    """
+
+    a: Entry = 1.0
+    b: Entry = 0.0
+    tx: Entry = 0.0
+    c: Entry = 0.0
+    d: Entry = 1.0
+    ty: Entry = 0.0
+
+    def then(self, other: "Affine") -> "Affine":
+        """``other`` applied after ``self``: the product other @ self."""
+        o = other
+        return Affine(
+            a=_add(_mul(o.a, self.a), _mul(o.b, self.c)), b=_add(_mul(o.a, self.b), _mul(o.b, self.d)),
+            tx=_add(_add(_mul(o.a, self.tx), _mul(o.b, self.ty)), o.tx),
+            c=_add(_mul(o.c, self.a), _mul(o.d, self.c)), d=_add(_mul(o.c, self.b), _mul(o.d, self.d)),
+            ty=_add(_add(_mul(o.c, self.tx), _mul(o.d, self.ty)), o.ty),
+        )
+
+    def matrix(self, n: int, device: torch.device, size: tuple[int, int]) -> torch.Tensor:
+        """(N, 3, 3) forward matrices in pixel coordinates: T(c) A T(-c), c the image centre."""
+        height, width = size
+        cx, cy = width / 2, height / 2
+        tx = _add(_add(self.tx, cx), _mul(_add(_mul(self.a, cx), _mul(self.b, cy)), -1.0))
+        ty = _add(_add(self.ty, cy), _mul(_add(_mul(self.c, cx), _mul(self.d, cy)), -1.0))
+        entries = [self.a, self.b, tx, self.c, self.d, ty, 0.0, 0.0, 1.0]
+        columns = [e if isinstance(e, torch.Tensor) else torch.full((n,), e, device=device) for e in entries]
+        return torch.stack(columns, dim=1).view(n, 3, 3)
+
+
+def _mul(x: Entry, y: Entry) -> Entry:
+    if isinstance(x, float) and isinstance(y, float):
+        return x * y
+    if (isinstance(x, float) and x == 0.0) or (isinstance(y, float) and y == 0.0):
+        return 0.0
+    if isinstance(x, float) and x == 1.0:
+        return y
+    if isinstance(y, float) and y == 1.0:
+        return x
+    return x * y
+
+
+def _add(x: Entry, y: Entry) -> Entry:
+    if isinstance(x, float) and isinstance(y, float):
+        return x + y
+    if isinstance(x, float) and x == 0.0:
+        return y
+    if isinstance(y, float) and y == 0.0:
+        return x
+    return x + y
+
+
+GeometryOp = Callable[[torch.Tensor, tuple[int, int], torch.Generator], Affine]
+"""(magnitudes (N,), (height, width), generator) -> the per-sample maps about the image centre."""
 
 
 def signed_uniform(m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -44,64 +107,49 @@ def signed_uniform(m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (torch.rand(m.shape, generator=generator, device=m.device) * 2 - 1) * m
 
 
-def _linear(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor,
-            tx: torch.Tensor | None = None, ty: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, 3, 3) matrices [[a, b, tx], [c, d, ty], [0, 0, 1]]."""
-    zero = torch.zeros_like(a)
-    one = torch.ones_like(a)
-    tx = zero if tx is None else tx
-    ty = zero if ty is None else ty
-    return torch.stack([a, b, tx, c, d, ty, zero, zero, one], dim=1).view(-1, 3, 3)
-
-
-def _flip(m: torch.Tensor, generator: torch.Generator, axis: int) -> torch.Tensor:
+def _flip_sign(m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flip = torch.rand(m.shape, generator=generator, device=m.device) < 0.5 * m
-    sign = 1.0 - 2.0 * flip.float()
-    one = torch.ones_like(m)
-    return _linear(sign, 0 * m, 0 * m, one) if axis == 0 else _linear(one, 0 * m, 0 * m, sign)
+    return 1.0 - 2.0 * flip.float()
 
 
-def hflip(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-    return _flip(m, generator, axis=0)
+def hflip(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> Affine:
+    return Affine(a=_flip_sign(m, generator))
 
 
-def vflip(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-    return _flip(m, generator, axis=1)
+def vflip(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> Affine:
+    return Affine(d=_flip_sign(m, generator))
 
 
-def rot90(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+def rot90(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> Affine:
     """Quarter turns with exact cosines and sines, so 4 quarter turns are the identity bit for bit."""
     apply = torch.rand(m.shape, generator=generator, device=m.device) < m
     k = torch.randint(1, 4, m.shape, generator=generator, device=m.device) * apply
     cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device=m.device)[k]
     sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device=m.device)[k]
-    return _linear(cos, -sin, sin, cos)
+    return Affine(a=cos, b=-sin, c=sin, d=cos)
 
 
-def rotate(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+def rotate(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> Affine:
     angle = torch.deg2rad(signed_uniform(m, generator) * ROTATE_DEG)
     cos, sin = angle.cos(), angle.sin()
-    return _linear(cos, -sin, sin, cos)
+    return Affine(a=cos, b=-sin, c=sin, d=cos)
 
 
-def shear(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+def shear(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> Affine:
     sx = torch.tan(torch.deg2rad(signed_uniform(m, generator) * SHEAR_DEG))
     sy = torch.tan(torch.deg2rad(signed_uniform(m, generator) * SHEAR_DEG))
-    # [[1, sx], [0, 1]] @ [[1, 0], [sy, 1]]
-    return _linear(1 + sx * sy, sx, sy, torch.ones_like(m))
+    return Affine(a=1 + sx * sy, b=sx, c=sy)  # [[1, sx], [0, 1]] @ [[1, 0], [sy, 1]]
 
 
-def translate(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+def translate(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> Affine:
     height, width = size
-    tx = signed_uniform(m, generator) * TRANSLATE * width
-    ty = signed_uniform(m, generator) * TRANSLATE * height
-    one = torch.ones_like(m)
-    return _linear(one, 0 * m, 0 * m, one, tx, ty)
+    return Affine(tx=signed_uniform(m, generator) * (TRANSLATE * width),
+                  ty=signed_uniform(m, generator) * (TRANSLATE * height))
 
 
-def zoom(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+def zoom(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> Affine:
     scale = 1 + signed_uniform(m, generator) * ZOOM
-    return _linear(scale, 0 * m, 0 * m, scale)
+    return Affine(a=scale, d=scale)
 
 
 GEOMETRY_OPS: dict[str, GeometryOp] = {
@@ -120,12 +168,12 @@ class Geometry:
     """(height, width), the same before and after."""
 
     @classmethod
-    def from_centred(cls, centred: torch.Tensor, size: tuple[int, int]) -> "Geometry":
-        """Matrices about the image centre (what the ops produce) -> pixel coordinates."""
-        height, width = size
-        shift = _translation(width / 2, height / 2, centred)
-        unshift = _translation(-width / 2, -height / 2, centred)
-        return cls(shift @ centred @ unshift, size)
+    def from_ops(cls, maps: list[Affine], size: tuple[int, int], n: int, device: torch.device) -> "Geometry":
+        """The ops' maps, in order (the first is applied first), as one matrix per sample."""
+        total = Affine()
+        for affine in maps:
+            total = total.then(affine)
+        return cls(total.matrix(n, device, size), size)
 
     @property
     def moved(self) -> torch.Tensor:
@@ -134,26 +182,49 @@ class Geometry:
         return (self.matrix != eye).flatten(1).any(dim=1)
 
     def grid(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The sampling grid of ``grid_sample``: each output pixel's position in the input."""
+        """The sampling grid of ``grid_sample``: each output pixel's position in the input.
+
+        Built by broadcasting from the inverse matrix in closed form: ``affine_grid`` runs one tiny
+        matrix product per sample, which on a CPU costs several times the resampling itself.
+        """
         height, width = self.size
-        n = len(self.matrix)
-        to_norm = torch.tensor([[2 / width, 0, -1], [0, 2 / height, -1], [0, 0, 1]],
-                               device=self.matrix.device, dtype=self.matrix.dtype)
-        theta = to_norm @ torch.linalg.inv(self.matrix) @ torch.linalg.inv(to_norm)
-        return F.affine_grid(theta[:, :2].to(dtype), [n, 1, height, width], align_corners=False)
+        inverse = affine_inverse(self.matrix).to(dtype)  # output pixel -> input pixel
+        # Normalized input coordinate (align_corners=False): 2 * x_in / size - 1, at output pixel centres.
+        scale = inverse.new_tensor([2 / width, 2 / height]).view(1, 2, 1)
+        rows = (inverse * scale).unsqueeze(-1)  # (N, 2, 3, 1): per output coordinate, x/y slopes and offset
+        xs = torch.arange(width, device=inverse.device, dtype=dtype).view(1, 1, width) + 0.5
+        ys = torch.arange(height, device=inverse.device, dtype=dtype).view(1, height, 1) + 0.5
+        # (N, 2, H, W) in one broadcast add of a column term and a row term; grid_sample takes the
+        # (N, H, W, 2) view as it is, so the planes are never interleaved in memory.
+        planes = rows[:, :, 0:1] * xs + (rows[:, :, 1:2] * ys + (rows[:, :, 2:3] - 1))
+        return planes.permute(0, 2, 3, 1)
 
 
-def _translation(tx: float, ty: float, like: torch.Tensor) -> torch.Tensor:
-    out = torch.eye(3, device=like.device, dtype=like.dtype)
-    out[0, 2], out[1, 2] = tx, ty
-    return out
+def affine_inverse(matrix: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) affine matrices -> (N, 2, 3) inverses, in closed form (no batched LU)."""
+    a, b, tx = matrix[:, 0, 0], matrix[:, 0, 1], matrix[:, 0, 2]
+    c, d, ty = matrix[:, 1, 0], matrix[:, 1, 1], matrix[:, 1, 2]
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    return torch.stack([ia, ib, -(ia * tx + ib * ty), ic, id_, -(ic * tx + id_ * ty)], dim=1).view(-1, 2, 3)
+
+
+def keep_unmoved(changed: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``new`` where ``changed`` (N,) else ``old``, so untouched samples stay bit for bit.
+
+    On a CPU, when every sample changed, the select is skipped (checking is free there); on a
+    GPU the check would stall the stream, while the select costs next to nothing.
+    """
+    if new.device.type == "cpu" and bool(changed.all()):
+        return new
+    return torch.where(changed.view(-1, *([1] * (new.ndim - 1))), new, old)
 
 
 def warp_images(images: torch.Tensor, geometry: Geometry, grid: torch.Tensor | None = None) -> torch.Tensor:
     """(N, C, H, W) float images resampled bilinearly; outside the input is 0. Unmoved samples are exact."""
     grid = geometry.grid(images.dtype) if grid is None else grid
     warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return torch.where(geometry.moved.view(-1, 1, 1, 1), warped, images)
+    return keep_unmoved(geometry.moved, warped, images)
 
 
 def warp_masks(masks: torch.Tensor, geometry: Geometry, ignore_index: int = 255,
@@ -164,7 +235,7 @@ def warp_masks(masks: torch.Tensor, geometry: Geometry, ignore_index: int = 255,
     shifted = (masks.to(torch.float32) + 1).unsqueeze(1)  # 0 now means "came from outside"
     warped = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
     warped = torch.where(warped == 0, torch.full_like(warped, ignore_index + 1), warped) - 1
-    return torch.where(geometry.moved.view(-1, 1, 1), warped.to(masks.dtype), masks)
+    return keep_unmoved(geometry.moved, warped.to(masks.dtype), masks)
 
 
 def apply_points(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -210,16 +281,3 @@ def warp_keypoints(keypoints: torch.Tensor, visible: torch.Tensor, geometry: Geo
         moved = torch.where(mirrored.view(-1, 1, 1), moved[:, flip_index], moved)
         visible = torch.where(mirrored.view(-1, 1), visible[:, flip_index], visible)
     return moved, visible
-
-
-def identity(n: int, device: torch.device) -> torch.Tensor:
-    return torch.eye(3, device=device).expand(n, 3, 3).clone()
-
-
-def compose(matrices: list[torch.Tensor]) -> torch.Tensor:
-    """Ops applied in list order: the first op's matrix is applied first."""
-    out = matrices[0]
-    for matrix in matrices[1:]:
-        out = matrix @ out
-    return out
-

@@ -15,9 +15,9 @@ import torch
 from ..errors import ConfigError
 from ..plan import AugmentOp
 from . import color, erase as erasing, geometry
-from .color import COLOR_OPS
+from .color import COLOR_OPS, LINEAR_OPS, linear_color
 from .erase import erase
-from .geometry import GEOMETRY_OPS, Geometry, compose, warp_images
+from .geometry import GEOMETRY_OPS, Geometry, keep_unmoved, warp_images
 
 PIXEL_OPS = {**COLOR_OPS, "erase": erase}
 OPS = (*GEOMETRY_OPS, *PIXEL_OPS)
@@ -56,18 +56,28 @@ class Augmenter:
         size = (images.shape[-2], images.shape[-1])
         geometry = None
         if self.geometry_ops:
-            matrices = [GEOMETRY_OPS[op.name](_magnitudes(op, n, generator, images.device), size, generator)
-                        for op in self.geometry_ops]
-            geometry = Geometry.from_centred(compose(matrices), size)
+            maps = [GEOMETRY_OPS[op.name](_magnitudes(op, n, generator, images.device), size, generator)
+                    for op in self.geometry_ops]
+            geometry = Geometry.from_ops(maps, size, n, images.device)
             images = warp_images(images, geometry)
+        linear: list[tuple[str, torch.Tensor]] = []  # a run of brightness/contrast, applied as one
         for op in self.pixel_ops:
             m = _magnitudes(op, n, generator, images.device)
-            images = torch.where((m > 0).view(-1, 1, 1, 1), PIXEL_OPS[op.name](images, m, generator), images)
+            if op.name in LINEAR_OPS:
+                linear.append((op.name, m))
+                continue
+            if linear:
+                images, linear = linear_color(images, linear, generator), []
+            images = keep_unmoved(m > 0, PIXEL_OPS[op.name](images, m, generator), images)
+        if linear:
+            images = linear_color(images, linear, generator)
         return images, geometry
 
 
 def _magnitudes(op: AugmentOp, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """(n,) magnitude per sample: the op's magnitude where it fires (probability p), else 0."""
+    if op.p >= 1:
+        return torch.full((n,), float(op.magnitude), device=device)
     fires = torch.rand(n, generator=generator, device=device) < op.p
     return fires.float() * op.magnitude
 
