@@ -202,7 +202,8 @@ RUNNERS: dict[str, Callable[[float, int], Result]] = {
 # --- orchestration -----------------------------------------------------------------------------
 
 
-def run_contender_here(name: str, budget_s: float, seed: int, out: Path) -> None:
+def run_contender_here(name: str, budget_s: float, seed: int, out: Path,
+                       runner: Callable[[str, float, int], Result] | None = None) -> None:
     """Child-process side: train one contender and write its figures, including this process's peak RSS.
 
     ``cpu_utilization`` (CPU seconds / (wall seconds x threads)) shows whether the contender had the
@@ -212,7 +213,7 @@ def run_contender_here(name: str, budget_s: float, seed: int, out: Path) -> None
     torch.set_num_threads(threads)
     log(f"{name}: start (budget {budget_s:g}s, seed {seed}, {threads} torch threads)")
     start, cpu_start = time.perf_counter(), cpu_seconds()
-    result = RUNNERS[name](budget_s, seed)
+    result = runner(name, budget_s, seed) if runner is not None else RUNNERS[name](budget_s, seed)
     wall_s = time.perf_counter() - start
     result["wall_s"] = round(wall_s, 1)
     result["peak_rss_mb"] = peak_rss_mb()
@@ -224,11 +225,12 @@ def run_contender_here(name: str, budget_s: float, seed: int, out: Path) -> None
         f"CPU utilization {result['cpu_utilization']:.2f}")
 
 
-def run_contender_in_child(name: str, budget_s: float, seed: int) -> Result:
-    """Re-invoke this script for one contender, so each gets a fresh process and its own peak RSS."""
+def run_contender_in_child(name: str, budget_s: float, seed: int, script: Path | None = None) -> Result:
+    """Re-invoke ``script`` (default: this one) for one contender, so each gets a fresh process and
+    its own peak RSS; the script runs ``run_contender_here`` for ``--contender NAME``."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / f"{name}.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--contender", name, "--budget", str(budget_s),
+        command = [sys.executable, str((script or Path(__file__)).resolve()), "--contender", name, "--budget", str(budget_s),
                    "--seed", str(seed), "--out", str(out)]
         subprocess.run(command, check=True)
         return json.loads(out.read_text())

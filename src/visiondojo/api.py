@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_model
 from torch import nn
 
-from .choose import choose_optimization
+from .choose import choose_optimization, plan_length_for_budget
 from .data.batches import Normalizer, make_batches
 from .data.sources import DataOptions, align_classes, as_source
 from .data.inspect import check_geometry, check_targets
@@ -65,7 +65,7 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
                                                   ("optimization.batch_size", batch_size),
                                                   ("optimization.lr", lr)) if v is not None}}
     plan = _find_params(prep, budget_s=budget_s, start=start, seed=seed, device=device, precision=precision,
-                        channels_last=channels_last, pins=pins)
+                        channels_last=channels_last, pins=pins, progress=progress)
     deadline = start + budget_s if budget_s is not None else None
     return _train(prep, plan, out=out, overwrite=overwrite, resume=False, deadline=deadline, progress=progress)
 
@@ -74,14 +74,14 @@ def find_params(model: nn.Module | str, train_data: Any, val_data: Any = None, *
                 budget: str | float | None = None, seed: int = 0, adapt: bool = False,
                 device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
                 pin: dict[str, Any] | None = None, regularization: RegularizationParams | str | Path | None = None,
-                **data_options: Any) -> Plan:
+                progress: bool | None = False, **data_options: Any) -> Plan:
     """Inspect the data and model and return the Plan that ``train`` would follow (nothing is trained)."""
     start = time.perf_counter()
     options = DataOptions(task=task, **data_options)
     prep = prepare(model, train_data, val_data, None, options=options, adapt=adapt, seed=seed)
     return _find_params(prep, budget_s=parse_duration(budget), start=start, seed=seed, device=device,
                         precision=precision, channels_last=channels_last,
-                        pins={**regularization_pins(regularization), **(pin or {})})
+                        pins={**regularization_pins(regularization), **(pin or {})}, progress=progress)
 
 
 def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, test_data: Any = None, *,
@@ -106,7 +106,7 @@ def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, 
 
 
 def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: int, device: str, precision: str,
-                 channels_last: bool | str, pins: dict[str, Any]) -> Plan:
+                 channels_last: bool | str, pins: dict[str, Any], progress: bool | None = False) -> Plan:
     runtime_params, runtime_evidence = resolve_runtime(prep.model, device, precision, channels_last)
     plan = Plan(data=prep.data, model=prep.model_params, runtime=runtime_params, seed=seed,
                 monitor=prep.task.monitor, evidence=dict(runtime_evidence))
@@ -118,8 +118,12 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
         plan.evidence[dotted] = "pinned by the user"
     check_regularization(plan.regularization)  # a bad policy fails before any time is spent
     deadline = start + budget_s if budget_s is not None else None
-    choose_optimization(plan, prep, Runtime(runtime_params), deadline=deadline)
-    choose_regularization(plan)
+    runtime = Runtime(runtime_params)
+    speed = choose_optimization(plan, prep, runtime, deadline=deadline)
+    searched = choose_regularization(plan, prep, runtime, speed, deadline=deadline,
+                                     log=TrainingProgress(progress).log)
+    if searched and deadline is not None and not plan.is_pinned("optimization.epochs"):
+        plan_length_for_budget(plan, prep, speed, deadline, 0.0)  # the search's time is spent too
     return plan
 
 

@@ -58,8 +58,11 @@ NO_BUDGET_MAX_EPOCHS = 200
 NO_BUDGET_PATIENCE = 6
 
 
-def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadline: float | None) -> None:
-    """Fill ``plan.optimization`` and its evidence; ``deadline`` is a perf_counter() time or None."""
+def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadline: float | None) -> Throughput:
+    """Fill ``plan.optimization`` and its evidence; ``deadline`` is a perf_counter() time or None.
+
+    Returns the throughput measured at the chosen batch (the policy search sizes its proxies
+    from it, and the run length is re-planned with it after the search)."""
     clock = Stopwatch()
     allowance = META_SHARE * (deadline - time.perf_counter()) if deadline is not None else NO_BUDGET_META_S
     normalizer = Normalizer(prep.data, runtime.device, plan.runtime.channels_last)
@@ -82,7 +85,7 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
 
     # 4: run length.
     if deadline is not None:
-        _plan_length_for_budget(plan, prep, speed, deadline, allowance - clock.elapsed)
+        plan_length_for_budget(plan, prep, speed, deadline, allowance - clock.elapsed)
     elif not plan.is_pinned("optimization.epochs"):
         plan.choose("optimization.schedule", "plateau", "no time budget: learning rate cut 5x on each validation "
                     "plateau, early stopping ends the run")
@@ -117,7 +120,8 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
     share = f" ({total / opt.budget_s:.1%} of the budget)" if opt.budget_s else ""
     plan.evidence["meta_learning"] = f"{total:.1f}s{share}: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
     if deadline is not None and not plan.is_pinned("optimization.epochs"):
-        _plan_length_for_budget(plan, prep, speed, deadline, 0.0)  # again, with the meta-learners' time spent
+        plan_length_for_budget(plan, prep, speed, deadline, 0.0)  # again, with the meta-learners' time spent
+    return speed
 
 
 def _choose_batch(plan: Plan, args: tuple, allowance: float, max_batch: int,
@@ -174,7 +178,7 @@ def _throughput_curve(args: tuple, plan: Plan, ceiling: int, seconds: float) -> 
     return speeds
 
 
-def _plan_length_for_budget(plan: Plan, prep: Prepared, speed: Throughput, deadline: float, still_to_spend: float) -> None:
+def plan_length_for_budget(plan: Plan, prep: Prepared, speed: Throughput, deadline: float, still_to_spend: float) -> None:
     test_size = len(prep.test) if prep.test is not None else 0
     final_s = (len(prep.val) + test_size) / speed.eval_images_per_s + REPORT_S
     remaining = deadline - time.perf_counter() - final_s - max(still_to_spend, 0.0)

@@ -89,6 +89,9 @@ class AugmentOp:
     name: str
     magnitude: float = 0.5
     p: float = 1.0
+    group: str = ""
+    """Ops sharing a group form a menu: each sample gets exactly one of them (with probability p,
+    the first op's), chosen uniformly. Empty: the op stands alone."""
 
 
 CLASS_BALANCE = ("none", "reweight", "resample")

@@ -3,7 +3,8 @@
 Order: all geometric ops fused into one matrix per sample and one resampling, then the color
 ops in the policy's order, then erasing. Each op runs on a sample with probability ``p``; a
 sample it skips gets magnitude 0, which every op treats as an exact no-op, so the batch is
-processed in one piece with no per-sample Python.
+processed in one piece with no per-sample Python. Ops that share a ``group`` are a menu: each
+sample draws one of them (the policy search's groups of interchangeable ops), the others get 0.
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ class Augmenter:
 
     def __init__(self, ops: Sequence[AugmentOp]):
         check_ops(ops)
+        grouped: dict[str, list[AugmentOp]] = {}
+        self.menus = []
+        for op in ops:  # an op alone is a menu of one
+            if not op.group:
+                self.menus.append([op])
+            elif op.group not in grouped:
+                grouped[op.group] = [op]
+                self.menus.append(grouped[op.group])
+            else:
+                grouped[op.group].append(op)
         self.geometry_ops = [op for op in ops if op.name in GEOMETRY_OPS]
         pixel = [op for op in ops if op.name in COLOR_OPS]
         self.pixel_ops = pixel + [op for op in ops if op.name == "erase"]
@@ -51,18 +62,32 @@ class Augmenter:
     def __bool__(self) -> bool:
         return bool(self.geometry_ops or self.pixel_ops)
 
+    def _magnitudes(self, n: int, generator: torch.Generator, device: torch.device) -> dict[int, torch.Tensor]:
+        """(n,) magnitude per sample for every op (keyed by id): the op's magnitude where it fires,
+        else 0. A group's members share one draw: each sample picks one member of the menu."""
+        out: dict[int, torch.Tensor] = {}
+        for members in self.menus:
+            fires = _fires(members[0].p, n, generator, device)
+            pick = (torch.randint(len(members), (n,), generator=generator, device=device)
+                    if len(members) > 1 else None)
+            for j, op in enumerate(members):
+                on = fires if pick is None else (pick == j if fires is None else fires & (pick == j))
+                out[id(op)] = (torch.full((n,), float(op.magnitude), device=device) if on is None
+                               else on.float() * op.magnitude)
+        return out
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Geometry | None]:
         n = len(images)
         size = (images.shape[-2], images.shape[-1])
+        magnitudes = self._magnitudes(n, generator, images.device)
         geometry = None
         if self.geometry_ops:
-            maps = [GEOMETRY_OPS[op.name](_magnitudes(op, n, generator, images.device), size, generator)
-                    for op in self.geometry_ops]
+            maps = [GEOMETRY_OPS[op.name](magnitudes[id(op)], size, generator) for op in self.geometry_ops]
             geometry = Geometry.from_ops(maps, size, n, images.device)
             images = warp_images(images, geometry)
         linear: list[tuple[str, torch.Tensor]] = []  # a run of brightness/contrast, applied as one
         for op in self.pixel_ops:
-            m = _magnitudes(op, n, generator, images.device)
+            m = magnitudes[id(op)]
             if op.name in LINEAR_OPS:
                 linear.append((op.name, m))
                 continue
@@ -74,12 +99,9 @@ class Augmenter:
         return images, geometry
 
 
-def _magnitudes(op: AugmentOp, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """(n,) magnitude per sample: the op's magnitude where it fires (probability p), else 0."""
-    if op.p >= 1:
-        return torch.full((n,), float(op.magnitude), device=device)
-    fires = torch.rand(n, generator=generator, device=device) < op.p
-    return fires.float() * op.magnitude
+def _fires(p: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
+    """(n,) bool: the samples an op (or a menu) runs on, None for all of them."""
+    return None if p >= 1 else torch.rand(n, generator=generator, device=device) < p
 
 
 _RANGES = {

@@ -1,30 +1,67 @@
-"""find_params' regularization choices that need no training: class balance, and user policies.
+"""find_params' regularization choices: class balance, and the augmentation-policy search.
 
-The weight decay rate is chosen with the optimizer (``choose.py``); the augmentation policy and
-soft labels are left off unless given (the policy search drives them). A saved policy passed
-to ``fit`` pins every regularization field, so nothing here changes it.
+The weight decay rate is chosen with the optimizer (``choose.py``). The augmentation policy and
+the soft labels come from the policy search (``search.py``) within ``SEARCH_SHARE`` of the time
+left, unless the user pinned them (a saved policy passed to ``fit`` pins every field).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from ..engine.runtime import Runtime
 from ..errors import ConfigError
+from ..optimize.length import Throughput, epoch_seconds
 from ..plan import Plan, RegularizationParams
+from ..prepare import Prepared
 from .class_balance import choose_class_balance, imbalance_ratio
+from .search import search_policy
+
+SEARCH_SHARE = 0.2
+"""Share of the time left after the optimization meta-learners that the policy search may use."""
+NO_BUDGET_SEARCH_EPOCHS = 10
+"""Without a budget, the search may take as long as this many epochs of the full training set."""
+SOFT_FIELDS = ("label_smoothing", "mixup", "cutmix")
 
 
-def choose_regularization(plan: Plan) -> None:
+def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: Throughput, *,
+                          deadline: float | None, log: Callable[[str], None] = lambda message: None) -> bool:
+    """Fill ``plan.regularization``; returns whether the policy search ran (and spent time)."""
     counts = plan.data.class_counts
     if counts:
         mode, why = choose_class_balance(counts)
         plan.choose("regularization.class_balance", mode, why)
         plan.measurements["imbalance_ratio"] = round(imbalance_ratio(counts), 3)
-    reg = plan.regularization
-    if not reg.augment and not plan.is_pinned("regularization.augment"):
-        plan.evidence.setdefault("regularization.augment", "no augmentation policy given")
+    if plan.is_pinned("regularization.augment"):
+        return False
+    if deadline is not None:
+        allowance = SEARCH_SHARE * (deadline - time.perf_counter())
+    else:
+        allowance = NO_BUDGET_SEARCH_EPOCHS * epoch_seconds(speed, len(prep.train), len(prep.val))
+    search_soft = not any(plan.is_pinned(f"regularization.{name}") for name in SOFT_FIELDS)
+    result = search_policy(plan, prep.model, prep.task, prep.train, prep.val, runtime, allowance,
+                           speed.train_images_per_s, speed.eval_images_per_s, search_soft=search_soft, log=log)
+    if result is None:
+        plan.evidence["regularization.augment"] = (f"no augmentation: {allowance:.1f}s for the policy search is too "
+                                                   "little for its proxy trainings on this data")
+        return False
+    base, best = result.trials[0].score, max(t.score for t in result.trials)
+    chosen = sorted({op.group for op in result.augment})
+    plan.choose("regularization.augment", result.augment,
+                f"policy search: {len(result.trials)} proxy trainings ({result.subset_size} images x "
+                f"{result.proxy_epochs} epochs, {result.seconds:.0f}s of {allowance:.0f}s) over {len(result.groups)} "
+                f"groups of {result.space['pairs']} (op, magnitude) pairs, instead of {result.space['policies']} "
+                f"policies: {', '.join(chosen) or 'no augmentation'} (proxy {plan.monitor} {best:.4f}, "
+                f"{base:.4f} without augmentation); {result.stopped}")
+    if search_soft:
+        for name in SOFT_FIELDS:
+            plan.choose(f"regularization.{name}", float(result.soft.get(name, 0.0)),
+                        "policy search: soft-label option with the best proxy score (with the chosen augmentation)")
+    plan.measurements["augment_search"] = result.summary()
+    return True
 
 
 def regularization_pins(policy: RegularizationParams | str | Path | dict[str, Any] | None) -> dict[str, Any]:

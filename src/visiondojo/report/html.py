@@ -93,6 +93,7 @@ def render(data: ReportData) -> str:
                      "images: true label, then prediction</p>"
                      + _img(plots.gallery(images, [m[1] for m in data.mistakes]), "worst mistakes"))
     parts += _regularization(plan, data.augmented)
+    parts += _augment_search(plan)
     parts += _meta_learning(plan)
     if plan.evidence:
         parts.append("<h2>Why these choices</h2>" + _table(
@@ -116,6 +117,27 @@ def _regularization(plan: Plan, augmented: torch.Tensor | None) -> list[str]:
     if augmented is not None and len(augmented):
         parts.append("<p class=muted>training images as the model saw them (augmented and mixed)</p>"
                      + _img(plots.gallery(augmented, [""] * len(augmented)), "augmented training images"))
+    return parts
+
+
+def _augment_search(plan: Plan) -> list[str]:
+    """The policy search's evidence: distances and groups, and every proxy training it ran."""
+    search = plan.measurements.get("augment_search")
+    if not search:
+        return []
+    space = search["space"]
+    parts = [f"<h2>Augmentation search</h2><p class=muted>{space['proxy_trainings']} proxy trainings of "
+             f"{search['subset_size']} images x {search['proxy_epochs']} epochs ({search['seconds']:.0f} s) over "
+             f"{space['groups']} groups of {space['pairs']} (op, magnitude) pairs; the full space holds "
+             f"{html.escape(str(space['policies']))} policies. {html.escape(search['stopped'])}.</p>",
+             _img(plots.augment_distances(search["distances"], search["groups"]), "augmentation distances and groups"),
+             _table(["group", "distance", "choices (op, magnitude)"],
+                    [[g["name"], g["distance"], ", ".join(f"{op} {m:g}" for op, m in g["pairs"])]
+                     for g in search["groups"]])]
+    rows = [[", ".join(f"{k} {v}" for k, v in t["groups"].items()) or "none",
+             ", ".join(f"{k} {v:g}" for k, v in t["soft"].items()) or "none", t["score"], t["seconds"]]
+            for t in search["trials"]]
+    parts.append(_table(["augmentation groups", "soft labels", f"proxy {plan.monitor}", "seconds"], rows))
     return parts
 
 

@@ -92,3 +92,23 @@ def noise_scale(trajectory: Sequence[float], batch_size: int) -> bytes:
     axis.set_ylabel("batch size")
     axis.legend()
     return _png(fig)
+
+
+def augment_distances(distances: Sequence[dict[str, Any]], groups: Sequence[dict[str, Any]]) -> bytes:
+    """Distance of every (op, magnitude) pair, one row per op, marked by the group it fell into."""
+    group_of = {(op, magnitude): g["name"] for g in groups for op, magnitude in g["pairs"]}
+    names = sorted({g["name"] for g in groups})
+    colors = {name: plt.cm.tab20(i % 20) for i, name in enumerate(names)}
+    ops = list(dict.fromkeys(d["op"] for d in distances))
+    fig, axis = plt.subplots(figsize=(8, 0.3 * len(ops) + 1.5))
+    for row, op in enumerate(ops):
+        for d in (d for d in distances if d["op"] == op):
+            name = group_of.get((op, d["magnitude"]))
+            axis.scatter(max(d["distance"], 1e-4), row, s=20 + 60 * d["magnitude"],
+                         color=colors[name] if name else "lightgray", edgecolors="black", linewidths=0.3)
+    axis.set_yticks(range(len(ops)), ops)
+    axis.set_xscale("log")
+    axis.set_xlabel("distance from clean data (diagonal Fréchet / clean variance); marker size = magnitude")
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[n], label=n) for n in names]
+    axis.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _png(fig)

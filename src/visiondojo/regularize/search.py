@@ -1,0 +1,219 @@
+"""The augmentation-policy search: a level per family of grouped ops, scored by proxy trainings.
+
+1. Proxy 0 trains a copy of the model briefly on a subset, without augmentation: its score is
+   the bar to beat, and the trained copy is the model the distances are measured with.
+2. ``distance.py`` measures every (op, magnitude) pair; ``groups.py`` clusters each family's
+   pairs into weak / medium / strong groups.
+3. Greedy coordinate ascent over families, then soft labels: for each family, every level is
+   tried together with the levels already chosen for the other families (ops interact, so a
+   proxy scores the combination, never an op alone), and the best is kept when it beats the
+   current best by ``MIN_GAIN``. Then label smoothing, mixup and CutMix options, the same way.
+
+A proxy is the real training loop (``engine.loop.run_training``) with the plan's optimizer,
+batch and learning rate on a subset of the data for ``PROXY_EPOCHS`` epochs, scored by the
+plan's monitored metric on a validation subset. Every proxy uses the same subset, seed and
+initial weights, so differences between proxies are the policy's, not the draw's.
+
+The search stays inside its allowance: proxies are sized from the measured throughput so that
+the planned ones fit, and the search stops early when the next proxy would not.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..data.batches import Normalizer, make_batches
+from ..data.sources import Source
+from ..engine.runtime import Runtime
+from ..optimize.probe import model_copy
+from ..plan import AugmentOp, Plan, RegularizationParams
+from .distance import MAGNITUDES, Distance, measure_distances
+from .groups import FAMILIES, Group, group_pairs
+
+PROXY_EPOCHS = 4
+MIN_SUBSET = 512
+MAX_VAL_IMAGES = 2000
+DISTANCE_SHARE = 0.12
+"""Share of the search allowance for the distance analysis."""
+MAX_DISTANCE_IMAGES = 1024
+MIN_DISTANCE_IMAGES = 128
+MIN_GAIN = 0.002
+"""A proxy must beat the best so far by this much (in the monitored metric) to change the policy:
+below it, differences are within the noise of a short training on a subset."""
+SOFT_OPTIONS: tuple[dict[str, float], ...] = (
+    {"label_smoothing": 0.1},
+    {"label_smoothing": 0.1, "mixup": 0.2},
+    {"label_smoothing": 0.1, "cutmix": 1.0},
+)
+RGB_ONLY = ("saturation", "hue")
+
+
+@dataclass
+class Trial:
+    groups: dict[str, str]
+    """family -> level."""
+    soft: dict[str, float]
+    score: float
+    seconds: float
+
+
+@dataclass
+class SearchResult:
+    augment: list[AugmentOp]
+    soft: dict[str, float]
+    distances: list[Distance]
+    groups: list[Group]
+    trials: list[Trial]
+    subset_size: int
+    proxy_epochs: int
+    seconds: float
+    stopped: str
+    space: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able evidence for plan.measurements."""
+        return {
+            "distances": [dataclasses.asdict(d) for d in self.distances],
+            "groups": [{"name": g.name, "distance": g.distance, "pairs": [list(p) for p in g.pairs]}
+                       for g in self.groups],
+            "trials": [dataclasses.asdict(t) for t in self.trials],
+            "subset_size": self.subset_size, "proxy_epochs": self.proxy_epochs,
+            "seconds": round(self.seconds, 2), "stopped": self.stopped, "space": self.space,
+        }
+
+
+def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, val: Source, runtime: Runtime,
+                  allowance_s: float, train_images_per_s: float, eval_images_per_s: float, *,
+                  search_soft: bool = True, log: Callable[[str], None] = lambda message: None) -> SearchResult | None:
+    """Search a policy within ``allowance_s`` seconds; None when not even the planned proxies fit.
+
+    ``search_soft=False`` keeps the plan's soft labels (the user pinned them) and searches the
+    augmentation only.
+    """
+    start = time.perf_counter()
+    ops = [op for family in FAMILIES.values() for op in family
+           if not (op in RGB_ONLY and plan.data.channels != 3)]
+    planned = 1 + len(FAMILIES) * 3 + (len(SOFT_OPTIONS) if search_soft else 0)
+    reg = plan.regularization
+    start_soft = {} if search_soft else {name: getattr(reg, name) for name in ("label_smoothing", "mixup", "cutmix")}
+    proxy_images = (1 - DISTANCE_SHARE) * allowance_s * train_images_per_s / planned
+    subset_size = min(len(train), int(proxy_images / PROXY_EPOCHS))
+    if subset_size < MIN_SUBSET:
+        return None
+    generator = torch.Generator().manual_seed(plan.seed + 4242)
+    subset = train.subset(torch.randperm(len(train), generator=generator)[:subset_size])
+    val_subset = val.subset(torch.randperm(len(val), generator=generator)[:MAX_VAL_IMAGES])
+    normalizer = Normalizer(plan.data, runtime.device, plan.runtime.channels_last)
+    proxy = _Proxy(plan, model, task, subset, val_subset, runtime, normalizer)
+
+    # 1. The bar to beat, and the briefly trained model the distances are measured with.
+    trials: list[Trial] = []
+    n_pairs = len(ops) * len(MAGNITUDES)
+    distance_images = int(min(MAX_DISTANCE_IMAGES, len(subset),
+                              max(MIN_DISTANCE_IMAGES, DISTANCE_SHARE * allowance_s * eval_images_per_s / n_pairs)))
+    t = time.perf_counter()
+    score, distances = proxy.run(_policy(plan, [], start_soft), measure=lambda trained: _distances(
+        trained, task, subset, distance_images, ops, normalizer, runtime, plan.seed))
+    trials.append(Trial({}, start_soft, score, round(time.perf_counter() - t, 2)))
+    log(f"policy search: no augmentation scores {score:.4f} on the proxy ({subset_size} images x {PROXY_EPOCHS} epochs)")
+    groups = group_pairs(distances)
+    by_family: dict[str, list[Group]] = {}
+    for group in groups:
+        by_family.setdefault(group.family, []).append(group)
+
+    # 2. Greedy over families, then soft labels: each step tries its options on top of the best so far.
+    steps: list[Callable[[Trial], list[tuple[dict[str, str], dict[str, float]]]]] = [
+        lambda best, f=family, levels=[g.level for g in family_groups]: [({**best.groups, f: level}, best.soft)
+                                                                         for level in levels]
+        for family, family_groups in by_family.items()
+    ]
+    if search_soft:
+        steps.append(lambda best: [(best.groups, dict(option)) for option in SOFT_OPTIONS])
+    best, stopped = trials[0], "tried every planned combination"
+    for options_of in steps:
+        step: list[Trial] = []
+        for chosen, soft in options_of(best):
+            if time.perf_counter() - start + max(t.seconds for t in trials) > allowance_s:
+                stopped = f"the search allowance ran out after {len(trials)} proxy trainings"
+                break
+            t = time.perf_counter()
+            score, _ = proxy.run(_policy(plan, _ops(chosen, groups), soft))
+            step.append(Trial(chosen, soft, score, round(time.perf_counter() - t, 2)))
+            log(f"policy search: {_describe(chosen, soft)} scores {score:.4f}")
+        trials += step
+        top = max(step, key=lambda trial: trial.score, default=best)
+        if top.score > best.score + MIN_GAIN:
+            best = top
+        if stopped != "tried every planned combination":
+            break
+    space = {"ops": len(ops), "magnitudes": len(MAGNITUDES), "pairs": n_pairs,
+             "policies": f"{len(MAGNITUDES) + 1}^{len(ops)} = {float((len(MAGNITUDES) + 1) ** len(ops)):.3g}",
+             "groups": len(groups), "proxy_trainings": len(trials)}
+    return SearchResult(_ops(best.groups, groups), best.soft, distances, groups, trials, subset_size,
+                        PROXY_EPOCHS, time.perf_counter() - start, stopped, space)
+
+
+def _ops(chosen: dict[str, str], groups: list[Group]) -> list[AugmentOp]:
+    """Policy ops of the chosen level of each family, in family order (geometry first anyway)."""
+    return [op for g in groups if chosen.get(g.family) == g.level for op in g.ops()]
+
+
+def _policy(plan: Plan, augment: list[AugmentOp], soft: dict[str, float]) -> RegularizationParams:
+    """The plan's regularization with this augmentation and these soft labels."""
+    return dataclasses.replace(plan.regularization, augment=augment, label_smoothing=soft.get("label_smoothing", 0.0),
+                               mixup=soft.get("mixup", 0.0), cutmix=soft.get("cutmix", 0.0))
+
+
+def _describe(chosen: dict[str, str], soft: dict[str, float]) -> str:
+    parts = [f"{family} {level}" for family, level in chosen.items()] + [f"{k} {v:g}" for k, v in soft.items()]
+    return ", ".join(parts) or "no augmentation"
+
+
+def _distances(model: torch.nn.Module, task: Any, subset: Source, count: int, ops: list[str],
+               normalizer: Normalizer, runtime: Runtime, seed: int) -> list[Distance]:
+    index = torch.arange(count)
+    pixels = normalizer.unit(subset.images_at(index).to(runtime.device))
+    targets = subset.targets[index].to(runtime.device)
+    return measure_distances(model, task, pixels, targets, ops, normalizer, runtime, seed=seed)
+
+
+class _Proxy:
+    """Short trainings of a fresh copy of the model on one subset, with the plan's optimizer."""
+
+    def __init__(self, plan: Plan, model: torch.nn.Module, task: Any, train: Source, val: Source,
+                 runtime: Runtime, normalizer: Normalizer):
+        self.model, self.task, self.runtime, self.normalizer = model, task, runtime, normalizer
+        self.plan = copy.deepcopy(plan)
+        opt = self.plan.optimization
+        self.batch_size = max(8, min(opt.batch_size, len(train) // 8))  # at least 8 steps per epoch
+        steps = len(train) // self.batch_size
+        warmup_steps = min(opt.warmup_epochs * max(plan.data.train_size // max(opt.batch_size, 1), 1),
+                           0.1 * PROXY_EPOCHS * steps)
+        opt.epochs, opt.schedule, opt.batch_size = PROXY_EPOCHS, "cosine", self.batch_size
+        opt.warmup_epochs = warmup_steps / max(steps, 1)
+        opt.early_stopping_patience, opt.budget_s = None, None
+        self.train, self.val = train, val
+
+    def run(self, policy: RegularizationParams,
+            measure: Callable[[torch.nn.Module], Any] | None = None) -> tuple[float, Any]:
+        """(best validation score, ``measure(trained model)``) of one proxy training."""
+        from ..engine.loop import run_training
+
+        plan = copy.deepcopy(self.plan)
+        plan.regularization = policy
+        device = self.runtime.device
+        train_batches = make_batches(self.train, self.batch_size, device, train=True, seed=plan.seed)
+        val_batches = make_batches(self.val, max(self.batch_size, 256), device, train=False)
+        with model_copy(self.model, self.runtime) as model, tempfile.TemporaryDirectory() as folder:
+            result = run_training(model, self.task, plan, train_batches, val_batches, self.runtime, self.normalizer,
+                                  Path(folder))
+            measured = measure(model) if measure is not None else None
+        return result.best_metric, measured

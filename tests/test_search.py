@@ -1,0 +1,154 @@
+"""The augmentation-policy search: distances, groups, the greedy search and its budget, replay."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+
+import visiondojo
+from visiondojo.data.batches import Normalizer
+from visiondojo.data.sources import DataOptions, as_source
+from visiondojo.engine.runtime import Runtime
+from visiondojo.plan import RegularizationParams, RuntimeParams
+from visiondojo.regularize.distance import Distance, measure_distances
+from visiondojo.regularize.groups import group_pairs
+from visiondojo.regularize.search import search_policy
+
+from conftest import FAST, TinyNet, make_problem, state_dicts_equal
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A TinyNet trained briefly on the stripes problem, and 512 of its training images in [0, 1]."""
+    images, labels = make_problem(600, size=16, seed=5)
+    run = visiondojo.fit(TinyNet(), (images, labels), out=tmp_path_factory.mktemp("run") / "r",
+                         pin={"regularization.augment": []}, **FAST)
+    runtime = Runtime(RuntimeParams())
+    normalizer = Normalizer(run.plan.data, runtime.device)
+    pixels = normalizer.unit(torch.as_tensor(images[:512]).unsqueeze(1))
+    return run, pixels, torch.as_tensor(labels[:512]), normalizer, runtime
+
+
+def _distances(trained, ops, magnitudes):
+    run, pixels, labels, normalizer, runtime = trained
+    task = visiondojo.tasks.make_task(run.plan.data)
+    return measure_distances(run.model, task, pixels, labels, ops, normalizer, runtime, magnitudes=magnitudes)
+
+
+def test_identity_has_zero_distance(trained) -> None:
+    rows = _distances(trained, ["rotate", "brightness", "erase"], (0.0,))
+    assert all(row.distance == pytest.approx(0.0, abs=1e-9) and row.loss_shift == pytest.approx(0.0, abs=1e-6)
+               for row in rows)
+
+
+@pytest.mark.parametrize("op", ["rotate", "translate", "brightness", "noise", "erase"])
+def test_distance_grows_with_magnitude(trained, op: str) -> None:
+    rows = _distances(trained, [op], (0.25, 0.5, 1.0))
+    distances = [row.distance for row in rows]
+    assert distances == sorted(distances) and distances[0] > 0, distances
+
+
+def test_grouping_is_deterministic_and_orders_levels() -> None:
+    rows = [Distance(op, m, d, 0.0) for op, m, d in [
+        ("rotate", 0.2, 0.010), ("rotate", 1.0, 0.50), ("shear", 0.2, 0.012), ("shear", 1.0, 0.45),
+        ("translate", 0.5, 0.10), ("zoom", 0.5, 0.09), ("brightness", 0.5, 0.05), ("hue", 1.0, 0.0),
+    ]]
+    first, second = group_pairs(rows), group_pairs(list(rows))
+    assert [(g.name, g.pairs) for g in first] == [(g.name, g.pairs) for g in second]
+    spatial = {g.level: g for g in first if g.family == "spatial"}
+    assert set(spatial) == {"weak", "medium", "strong"}
+    assert spatial["weak"].distance < spatial["medium"].distance < spatial["strong"].distance
+    assert set(spatial["weak"].pairs) == {("rotate", 0.2), ("shear", 0.2)}
+    assert set(spatial["strong"].pairs) == {("rotate", 1.0), ("shear", 1.0)}
+    assert all(("hue", 1.0) not in g.pairs for g in first)  # no effect on the data: dropped
+
+
+def _search_inputs(n: int = 1500):
+    images, labels = make_problem(n, size=12, seed=9)
+    plan = visiondojo.find_params(TinyNet(), (images, labels), pin={"optimization.batch_size": 32,
+                                                                    "optimization.lr": 0.01,
+                                                                    "regularization.augment": []})
+    source = as_source((images, labels), DataOptions(), role="train")
+    train, val = source.subset(torch.arange(0, n - 300)), source.subset(torch.arange(n - 300, n))
+    task = visiondojo.tasks.make_task(plan.data)
+    return plan, train, val, task
+
+
+def test_search_respects_its_allowance() -> None:
+    plan, train, val, task = _search_inputs()
+    allowance = 3.0
+    result = search_policy(plan, TinyNet(), task, train, val, Runtime(RuntimeParams()), allowance,
+                           train_images_per_s=40_000, eval_images_per_s=100_000)
+    assert result is not None
+    longest = max(t.seconds for t in result.trials)
+    assert result.seconds <= allowance + 1.5 * longest  # it never starts a proxy it expects to overrun
+    assert result.space["proxy_trainings"] == len(result.trials) >= 2
+    assert result.trials[0].groups == {} and result.trials[0].soft == {}
+
+
+SYNTHETIC = [Distance(op, m, d, 0.0) for op, m, d in [
+    ("rotate", 0.2, 0.01), ("rotate", 0.6, 0.1), ("rotate", 1.0, 1.0),
+    ("brightness", 0.2, 0.01), ("brightness", 0.6, 0.1), ("brightness", 1.0, 1.0),
+]]
+
+
+def test_search_scores_combinations(monkeypatch) -> None:
+    """Color only pays off on top of medium geometry: a search scoring ops alone would miss it."""
+    from visiondojo.regularize import search
+
+    def fake_run(self, policy, measure=None):
+        groups = {op.group for op in policy.augment}
+        score = 0.80 + 0.05 * ("spatial/medium" in groups)
+        score += 0.03 * ({"spatial/medium", "color/weak"} <= groups) - 0.02 * ("color/weak" in groups and
+                                                                            "spatial/medium" not in groups)
+        score += 0.01 * (policy.label_smoothing > 0 and policy.mixup == 0 and policy.cutmix == 0)
+        return score, (SYNTHETIC if measure is not None else None)
+
+    monkeypatch.setattr(search._Proxy, "run", fake_run)
+    plan, train, val, task = _search_inputs()
+    result = search_policy(plan, TinyNet(), task, train, val, Runtime(RuntimeParams()), 1e6,
+                           train_images_per_s=1e6, eval_images_per_s=1e6)
+    assert {op.group for op in result.augment} == {"spatial/medium", "color/weak"}
+    assert result.soft == {"label_smoothing": 0.1}
+    color_trials = [t for t in result.trials if "color" in t.groups]
+    assert color_trials and all(t.groups.get("spatial") == "medium" for t in color_trials)
+    assert result.space["proxy_trainings"] == 1 + 3 + 3 + 3 == len(result.trials)
+    assert result.stopped == "tried every planned combination"
+
+
+def test_too_small_allowance_skips_the_search() -> None:
+    plan, train, val, task = _search_inputs()
+    assert search_policy(plan, TinyNet(), task, train, val, Runtime(RuntimeParams()), 0.01,
+                         train_images_per_s=1000, eval_images_per_s=1000) is None
+
+
+def test_fit_searches_by_default_and_the_policy_replays(tmp_path, monkeypatch) -> None:
+    from visiondojo.regularize import search
+
+    monkeypatch.setattr(search, "MIN_SUBSET", 128)  # proxies on a few hundred images, whatever the CPU speed
+    images, labels = make_problem(2000, size=12, seed=11)
+    run = visiondojo.fit(TinyNet(), (images, labels), out=tmp_path / "searched", budget=10, progress=False,
+                         pin={"optimization.batch_size": 32, "optimization.lr": 0.01, "optimization.epochs": 3})
+    search = run.plan.measurements["augment_search"]
+    assert search["space"]["proxy_trainings"] == len(search["trials"]) >= 2
+    assert "regularization.augment" in run.plan.evidence and not run.plan.is_pinned("regularization.augment")
+    assert "Augmentation search" in (run.dir / "report.html").read_text()
+    saved = RegularizationParams.load(run.dir / "plan.yaml")
+    assert saved == run.plan.regularization
+
+    # The plan replays exactly (no second search).
+    replay = visiondojo.train(TinyNet(), (images, labels), plan=run.dir / "plan.yaml", out=tmp_path / "replay",
+                              progress=False)
+    assert state_dicts_equal(replay.model, run.model)
+
+    # A saved policy is used as given: no search.
+    given = visiondojo.fit(TinyNet(), (images, labels), out=tmp_path / "given", regularization=run.dir / "plan.yaml",
+                           progress=False, **{k: v for k, v in FAST.items() if k != "progress"})
+    assert "augment_search" not in given.plan.measurements
+    assert given.plan.regularization.augment == run.plan.regularization.augment
+    assert yaml.safe_load((given.dir / "plan.yaml").read_text())["regularization"]["augment"] == \
+        [vars(op) for op in run.plan.regularization.augment]
+    assert math.isfinite(given.metrics["val"]["acc"])
