@@ -4,10 +4,11 @@
    the bar to beat, and the trained copy is the model the distances are measured with.
 2. ``distance.py`` measures every (op, magnitude) pair; ``groups.py`` clusters each family's
    pairs into weak / medium / strong groups.
-3. Greedy coordinate ascent over families, then soft labels: for each family, every level is
-   tried together with the levels already chosen for the other families (ops interact, so a
-   proxy scores the combination, never an op alone), and the best is kept when it beats the
-   current best by ``MIN_GAIN``. Then label smoothing, mixup and CutMix options, the same way.
+3. Greedy coordinate ascent over families, then soft labels: for each family, its levels are
+   tried weak to strong together with the levels already chosen for the other families (ops
+   interact, so a proxy scores the combination, never an op alone), stopping at the first level
+   that scores below the one before; the best is kept when it beats the current best by
+   ``MIN_GAIN``. Then label smoothing, mixup and CutMix options, the same way.
 
 A proxy is the real training loop (``engine.loop.run_training``) with the plan's optimizer,
 batch and learning rate on a subset of the data for ``PROXY_EPOCHS`` epochs, scored by the
@@ -45,6 +46,9 @@ DISTANCE_SHARE = 0.12
 """Share of the search allowance for the distance analysis."""
 MAX_DISTANCE_IMAGES = 1024
 MIN_DISTANCE_IMAGES = 128
+PLANNED_LEVELS = 2
+"""Levels per family the proxies are sized for: a family's levels stop at the first that scores
+below the one before, so three levels are rarely all tried."""
 MIN_GAIN = 0.002
 """A proxy must beat the best so far by this much (in the monitored metric) to change the policy:
 below it, differences are within the noise of a short training on a subset."""
@@ -101,7 +105,7 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
     start = time.perf_counter()
     ops = [op for family in FAMILIES.values() for op in family
            if not (op in RGB_ONLY and plan.data.channels != 3)]
-    planned = 1 + len(FAMILIES) * 3 + (len(SOFT_OPTIONS) if search_soft else 0)
+    planned = 1 + len(FAMILIES) * PLANNED_LEVELS + (len(SOFT_OPTIONS) if search_soft else 0)
     reg = plan.regularization
     start_soft = {} if search_soft else {name: getattr(reg, name) for name in ("label_smoothing", "mixup", "cutmix")}
     proxy_images = (1 - DISTANCE_SHARE) * allowance_s * train_images_per_s / planned
@@ -130,24 +134,29 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
         by_family.setdefault(group.family, []).append(group)
 
     # 2. Greedy over families, then soft labels: each step tries its options on top of the best so far.
-    steps: list[Callable[[Trial], list[tuple[dict[str, str], dict[str, float]]]]] = [
-        lambda best, f=family, levels=[g.level for g in family_groups]: [({**best.groups, f: level}, best.soft)
-                                                                         for level in levels]
+    #    A family's levels go weak to strong and stop at the first that scores below the level before
+    #    it: stronger versions of an op that already hurts only hurt more.
+    Options = list[tuple[dict[str, str], dict[str, float]]]
+    steps: list[tuple[Callable[[Trial], Options], bool]] = [
+        (lambda best, f=family, levels=[g.level for g in family_groups]: [({**best.groups, f: level}, best.soft)
+                                                                          for level in levels], True)
         for family, family_groups in by_family.items()
     ]
     if search_soft:
-        steps.append(lambda best: [(best.groups, dict(option)) for option in SOFT_OPTIONS])
+        steps.append((lambda best: [(best.groups, dict(option)) for option in SOFT_OPTIONS], False))
     best, stopped = trials[0], "tried every planned combination"
-    for options_of in steps:
+    for options_of, ordered in steps:
         step: list[Trial] = []
         for chosen, soft in options_of(best):
-            if time.perf_counter() - start + max(t.seconds for t in trials) > allowance_s:
-                stopped = f"the search allowance ran out after {len(trials)} proxy trainings"
+            if time.perf_counter() - start + max(t.seconds for t in trials + step) > allowance_s:
+                stopped = f"the search allowance ran out after {len(trials) + len(step)} proxy trainings"
                 break
             t = time.perf_counter()
             score, _ = proxy.run(_policy(plan, _ops(chosen, groups), soft))
             step.append(Trial(chosen, soft, score, round(time.perf_counter() - t, 2)))
             log(f"policy search: {_describe(chosen, soft)} scores {score:.4f}")
+            if ordered and len(step) > 1 and step[-1].score < step[-2].score - MIN_GAIN:
+                break
         trials += step
         top = max(step, key=lambda trial: trial.score, default=best)
         if top.score > best.score + MIN_GAIN:
