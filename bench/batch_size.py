@@ -62,7 +62,7 @@ def run(name: str, epochs: int, seed: int, budget: float | None = None) -> dict[
     if name == "default":
         pins = {"optimization.batch_size": 64, "optimization.lr": 1e-3, "optimization.optimizer": "adamw",
                 "optimization.schedule": "constant", "optimization.warmup_epochs": 0.0,
-                "optimization.weight_decay": 0.01, "optimization.epochs": epochs,
+                "regularization.weight_decay": 0.01, "optimization.epochs": epochs,
                 "optimization.early_stopping_patience": None, "optimization.bn_momentum": None}
         result = visiondojo.fit(model, train, test, seed=seed, pin=pins, out=out, overwrite=True, progress=True)
     else:

@@ -50,7 +50,7 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
     manifest, or a built-in name (``fashion-mnist``, ``digits``; their test split is used as
     ``test_data`` unless given). Without ``val_data`` a stratified ``val_fraction`` is held out.
     ``budget`` ('5m', 300) bounds the whole call: the schedule is planned to end on time.
-    ``epochs``, ``batch_size``, ``lr`` and ``pin`` ({'optimization.weight_decay': 0.01, ...}) pin
+    ``epochs``, ``batch_size``, ``lr`` and ``pin`` ({'regularization.weight_decay': 0.01, ...}) pin
     plan fields that the meta-learners then leave alone. ``regularization`` (a RegularizationParams,
     or a file saved from one or a plan.yaml) is used as given, every field of it pinned. The run folder (default
     ``runs/<timestamp>``) is never overwritten unless ``overwrite=True``.
@@ -193,10 +193,7 @@ def _report_data(plan: Plan, prep: Prepared, history: list[dict], evaluations: d
     losses = torch.where(wrong, evaluation.losses, torch.full_like(evaluation.losses, -1.0))
     order = losses.argsort(descending=True)[: min(GALLERY_SIZE, int(wrong.sum()))]
     if len(order):
-        raw = source.images_at(order).float() * plan.data.pixel_scale
-        low = raw.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
-        high = raw.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
-        shown = ((raw - low) / (high - low).clamp_min(1e-6)) if plan.data.pixel_scale == 1.0 else raw.clamp(0, 1)
+        shown = (source.images_at(order).float() * plan.data.pixel_scale + plan.data.pixel_offset).clamp(0, 1)
         names = plan.data.class_names
         data.mistakes = [(img, _caption(evaluation.targets[i], predicted[i], names)) for img, i in zip(shown, order)]
     return data

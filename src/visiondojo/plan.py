@@ -19,6 +19,8 @@ import yaml
 from .errors import ConfigError
 
 TASKS = ("binary", "multiclass", "multilabel")
+MOVED = {"optimization.weight_decay": "regularization.weight_decay"}
+"""Plan fields that moved between sections, so an older plan.yaml gets a useful error."""
 
 
 @dataclass
@@ -33,7 +35,10 @@ class DataParams:
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.5])
     pixel_scale: float = 1.0 / 255.0
-    """Factor that maps stored pixel values to [0, 1]-like units before mean/std (1 for floats)."""
+    """Factor that maps stored pixel values to [0, 1] units before mean/std (1/255 for bytes)."""
+    pixel_offset: float = 0.0
+    """Added after ``pixel_scale``: float data stored in another range (standardized, or
+    min-max) is mapped to [0, 1], the range the augmentation ops work in."""
     class_names: list[str] = field(default_factory=list)
     class_counts: list[int] = field(default_factory=list)
     train_size: int = 0
@@ -190,7 +195,8 @@ class Plan:
         section_name, _, name = dotted.partition(".")
         section = getattr(self, section_name, None)
         if section is None or not dataclasses.is_dataclass(section) or name not in _field_names(section):
-            raise ConfigError(f"plan has no field {dotted!r}")
+            moved = f" (it moved to {MOVED[dotted]})" if dotted in MOVED else ""
+            raise ConfigError(f"plan has no field {dotted!r}{moved}")
         setattr(section, name, _coerce(typing.get_type_hints(type(section))[name], value, dotted))
         if pin and dotted not in self.pinned:
             self.pinned.append(dotted)
@@ -233,7 +239,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in allowed:
-            raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
+            moved = MOVED.get(f"{where.rsplit('.', 1)[-1]}.{key}")
+            hint = f" (it moved to {moved})" if moved else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             value = _build(hint, value, f"{where}.{key}")

@@ -85,7 +85,7 @@ def load_images(images: Any, plan: Plan) -> torch.Tensor:
         batch = resize_batch(batch_to_nchw(to_tensor(images, "images"), "images"), size)
     if batch.shape[1] != data.channels:
         raise DataError(f"images have {batch.shape[1]} channels but the model was trained on {data.channels}")
-    trained_on_bytes = data.pixel_scale != 1.0
+    trained_on_bytes = data.pixel_scale == 1.0 / 255.0 and data.pixel_offset == 0.0
     if trained_on_bytes and batch.dtype != torch.uint8:
         batch = batch * 255.0 if float(batch.max()) <= 1.0 else batch
     elif not trained_on_bytes and batch.dtype == torch.uint8:

@@ -54,20 +54,21 @@ def _strength(m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(m.shape, generator=generator, device=m.device) * m
 
 
+def _luma(channels: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over dim 1 (R, G, B) with Python-scalar weights: no host tensor, no GPU sync."""
+    r, g, b = _LUMA
+    return channels[:, 0:1] * r + channels[:, 1:2] * g + channels[:, 2:3] * b
+
+
 def luminance(images: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W): the luma of RGB images, the image itself for other channel counts."""
-    if images.shape[1] != 3:
-        return images.mean(dim=1, keepdim=True)
-    weights = images.new_tensor(_LUMA).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
+    """(N, 1, H, W): the luma of RGB images, the channel mean for other channel counts."""
+    return _luma(images) if images.shape[1] == 3 else images.mean(dim=1, keepdim=True)
 
 
 def mean_luminance(images: torch.Tensor) -> torch.Tensor:
     """(N, 1, 1, 1) mean luma, from the per-channel means (no full-size luma image)."""
     means = images.mean(dim=(2, 3))
-    if images.shape[1] == 3:
-        return (means * images.new_tensor(_LUMA)).sum(dim=1).view(-1, 1, 1, 1)
-    return means.mean(dim=1).view(-1, 1, 1, 1)
+    return (_luma(means) if images.shape[1] == 3 else means.mean(dim=1, keepdim=True)).view(-1, 1, 1, 1)
 
 
 def _blend(base: torch.Tensor, images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -122,19 +123,30 @@ def saturation(images: torch.Tensor, m: torch.Tensor, generator: torch.Generator
     return _blend(luminance(images), images, factor)
 
 
-_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.5959, -0.2746, -0.3213), (0.2115, -0.5227, 0.3112))
+def _hue_basis() -> tuple[list[list[float]], ...]:
+    """Constant 3x3 matrices A, B, C with T^-1 R(theta) T = A + cos(theta) B + sin(theta) C, for T
+    the RGB -> YIQ transform and R(theta) the rotation of the (I, Q) plane; computed once, so a
+    batch needs no matrix inverse and no host tensor."""
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]],
+                          dtype=torch.float64)
+    back = torch.linalg.inv(to_yiq)
+    parts = (torch.diag(torch.tensor([1.0, 0, 0], dtype=torch.float64)),
+             torch.diag(torch.tensor([0.0, 1, 1], dtype=torch.float64)),
+             torch.tensor([[0.0, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=torch.float64))
+    return tuple((back @ part @ to_yiq).tolist() for part in parts)
+
+
+_HUE_A, _HUE_B, _HUE_C = _hue_basis()
 
 
 def hue(images: torch.Tensor, m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Rotate the chroma (I, Q) plane of YIQ: one 3x3 matrix per sample, luma kept."""
-    angle = (signed_uniform(m, generator) * HUE_TURNS * 2 * math.pi).to(images.dtype)
+    angle = signed_uniform(m, generator).float() * (HUE_TURNS * 2 * math.pi)
     if images.shape[1] != 3:
         return images
-    to_yiq = images.new_tensor(_RGB_TO_YIQ)
     cos, sin = angle.cos(), angle.sin()
-    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
-    rotation = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], dim=1).view(-1, 3, 3)
-    matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq
+    entries = [_HUE_A[i][j] + cos * _HUE_B[i][j] + sin * _HUE_C[i][j] for i in range(3) for j in range(3)]
+    matrix = torch.stack(entries, dim=1).view(-1, 3, 3).to(images.dtype)
     return torch.einsum("nij,njhw->nihw", matrix, images)
 
 
@@ -188,7 +200,9 @@ def _depthwise(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 def sharpness(images: torch.Tensor, m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """PIL's ImageEnhance.Sharpness: blend with a 3x3 smoothed image (centre weight 5 of 13)."""
-    kernel = images.new_tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]]).div(13).view(1, 1, 3, 3)
+    kernel = torch.ones(1, 1, 3, 3, device=images.device, dtype=images.dtype)
+    kernel[..., 1, 1] = 5.0
+    kernel = kernel / 13
     smooth = _depthwise(images, kernel)
     return _blend(smooth, images, 1 + signed_uniform(m, generator) * SHARPNESS)
 
@@ -199,10 +213,10 @@ def blur(images: torch.Tensor, m: torch.Tensor, generator: torch.Generator) -> t
     sigma_max = BLUR_SIGMA * min(h, w)
     sigma = _strength(m, generator) * sigma_max
     radius = max(1, math.ceil(3 * sigma_max))
-    x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    # sigma 0 -> exp(-x^2 / tiny): exactly the delta kernel, so the sample is unchanged.
-    kernel = torch.exp(-(x[None] ** 2) / (2 * sigma[:, None].to(images.dtype).clamp_min(1e-6) ** 2))
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, K)
+    x = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
+    # sigma 0 -> exp(-x^2 / tiny): exactly the delta kernel, so the sample is unchanged (float32: no underflow).
+    kernel = torch.exp(-(x[None] ** 2) / (2 * sigma[:, None].float().clamp_min(1e-6) ** 2))
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0).to(images.dtype)  # (N*C, K)
     flat = images.reshape(1, n * c, h, w)
     flat = F.pad(flat, (radius, radius, radius, radius), mode="replicate")
     flat = F.conv2d(flat, kernel.view(n * c, 1, 1, -1), groups=n * c)

@@ -124,8 +124,9 @@ def rot90(m: torch.Tensor, size: tuple[int, int], generator: torch.Generator) ->
     """Quarter turns with exact cosines and sines, so 4 quarter turns are the identity bit for bit."""
     apply = torch.rand(m.shape, generator=generator, device=m.device) < m
     k = torch.randint(1, 4, m.shape, generator=generator, device=m.device) * apply
-    cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device=m.device)[k]
-    sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device=m.device)[k]
+    even = (k % 2 == 0).float()
+    cos = even * (1 - k.float())  # k = 0, 1, 2, 3 -> 1, 0, -1, 0
+    sin = (1 - even) * (2 - k.float())  # -> 0, 1, 0, -1
     return Affine(a=cos, b=-sin, c=sin, d=cos)
 
 
@@ -188,16 +189,16 @@ class Geometry:
         matrix product per sample, which on a CPU costs several times the resampling itself.
         """
         height, width = self.size
-        inverse = affine_inverse(self.matrix).to(dtype)  # output pixel -> input pixel
+        inverse = affine_inverse(self.matrix.float())  # output pixel -> input pixel
         # Normalized input coordinate (align_corners=False): 2 * x_in / size - 1, at output pixel centres.
-        scale = inverse.new_tensor([2 / width, 2 / height]).view(1, 2, 1)
-        rows = (inverse * scale).unsqueeze(-1)  # (N, 2, 3, 1): per output coordinate, x/y slopes and offset
-        xs = torch.arange(width, device=inverse.device, dtype=dtype).view(1, 1, width) + 0.5
-        ys = torch.arange(height, device=inverse.device, dtype=dtype).view(1, height, 1) + 0.5
+        # Python-scalar factors (no host tensor, so no GPU sync); float32 whatever the images' dtype.
+        rows = torch.stack([inverse[:, 0] * (2 / width), inverse[:, 1] * (2 / height)], dim=1).unsqueeze(-1)
+        xs = torch.arange(width, device=inverse.device, dtype=torch.float32).view(1, 1, width) + 0.5
+        ys = torch.arange(height, device=inverse.device, dtype=torch.float32).view(1, height, 1) + 0.5
         # (N, 2, H, W) in one broadcast add of a column term and a row term; grid_sample takes the
         # (N, H, W, 2) view as it is, so the planes are never interleaved in memory.
         planes = rows[:, :, 0:1] * xs + (rows[:, :, 1:2] * ys + (rows[:, :, 2:3] - 1))
-        return planes.permute(0, 2, 3, 1)
+        return planes.permute(0, 2, 3, 1).to(dtype)
 
 
 def affine_inverse(matrix: torch.Tensor) -> torch.Tensor:

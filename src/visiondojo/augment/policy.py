@@ -34,6 +34,12 @@ def check_ops(ops: Sequence[AugmentOp], where: str = "regularization.augment") -
             raise ConfigError(f"{where}[{i}] ({op.name}): magnitude {op.magnitude} is outside [0, 1]")
         if not 0.0 <= op.p <= 1.0:
             raise ConfigError(f"{where}[{i}] ({op.name}): probability p={op.p} is outside [0, 1]")
+    first: dict[str, AugmentOp] = {}
+    for i, op in enumerate(ops):
+        leader = first.setdefault(op.group, op) if op.group else op
+        if leader.p != op.p:
+            raise ConfigError(f"{where}[{i}] ({op.name}): p={op.p} differs from p={leader.p} of its group "
+                              f"{op.group!r}; a group fires as one menu, so give its ops one probability")
 
 
 class Augmenter:

@@ -153,16 +153,16 @@ def make_batches(source: Source, batch_size: int, device: torch.device, *, train
 class Normalizer:
     """Raw pixels (uint8 or float) -> normalized float32 on the device, optionally channels_last.
 
-    One fused multiply-add per pixel: x * (scale / std) - mean / std. Augmentation works in
+    One fused multiply-add per pixel: x * (scale / std) + (offset - mean) / std. Augmentation works in
     between, on pixels in [0, 1]-like units: ``unit`` goes there, ``standardize`` the rest of the way.
     """
 
     def __init__(self, params: DataParams, device: torch.device, channels_last: bool = False):
         std = torch.tensor(params.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         mean = torch.tensor(params.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.scale = params.pixel_scale
+        self.scale, self.offset = params.pixel_scale, params.pixel_offset
         self.gain = params.pixel_scale / std
-        self.bias = -mean / std
+        self.bias = (params.pixel_offset - mean) / std
         self.inv_std = 1.0 / std
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -171,8 +171,8 @@ class Normalizer:
         return out.contiguous(memory_format=self.memory_format)
 
     def unit(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw pixels -> float32 in [0, 1]-like units (stored value times pixel_scale)."""
-        return images.to(torch.float32) * self.scale
+        """Raw pixels -> float32 in [0, 1] units (stored value * pixel_scale + pixel_offset)."""
+        return images.to(torch.float32) * self.scale + self.offset
 
     def standardize(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1]-like pixels (from ``unit``) -> the model's input: (x - mean) / std."""

@@ -19,6 +19,10 @@ _STATS_SAMPLES_IN_MEMORY = 20_000
 _STATS_SAMPLES_STREAMED = 512
 
 
+FLOAT_SLACK = 0.5
+"""Float pixels this far outside [0, 1] (noise, sharpening) still count as [0, 1] data."""
+
+
 def infer_task(targets: torch.Tensor) -> str:
     if targets.ndim == 2:
         return "multilabel"
@@ -36,8 +40,8 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
     check_targets(train, task, num_classes)
     channels, height, width = image_geometry(train)
     images = _stats_sample(train)
-    pixel_scale = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
-    mean, std = channel_stats(images, pixel_scale)
+    pixel_scale, pixel_offset = pixel_range(images)
+    mean, std = channel_stats(images, pixel_scale, pixel_offset)
     counts = class_counts(train.targets, task, num_classes)
     _warn_imbalance(counts, train.origin)
     class_names = list(options.class_names or train.class_names or [str(i) for i in range(num_classes)])
@@ -47,7 +51,7 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
         )
     return DataParams(
         task=task, num_classes=num_classes, channels=channels, height=height, width=width,
-        mean=mean, std=std, pixel_scale=pixel_scale, class_names=[str(n) for n in class_names],
+        mean=mean, std=std, pixel_scale=pixel_scale, pixel_offset=pixel_offset, class_names=[str(n) for n in class_names],
         class_counts=counts, train_size=len(train),
         resize=list(options.resize) if options.resize is not None else None,
     )
@@ -130,14 +134,33 @@ def _stats_sample(source: Source) -> torch.Tensor:
     return source.images_at(indices)
 
 
-def channel_stats(images: torch.Tensor, pixel_scale: float) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in scaled units, accumulated in float64 in chunks."""
+def pixel_range(images: torch.Tensor) -> tuple[float, float]:
+    """(scale, offset) that map stored pixels to [0, 1] units: x * scale + offset.
+
+    Bytes are 0..255. Floats in a [0, 1]-like range (a little noise outside is fine) stay as they
+    are; floats up to 255 are bytes stored as floats; anything else (standardized data, other
+    ranges) is mapped min-max over the inspected sample, so augmentation ops that assume [0, 1]
+    (equalize, posterize, solarize, erasing) see the range they expect.
+    """
+    if images.dtype == torch.uint8:
+        return 1.0 / 255.0, 0.0
+    low, high = float(images.min()), float(images.max())
+    if low >= -FLOAT_SLACK and high <= 1.0 + FLOAT_SLACK:
+        return 1.0, 0.0
+    if low >= -FLOAT_SLACK and high <= 255.0 + FLOAT_SLACK:
+        return 1.0 / 255.0, 0.0
+    span = max(high - low, 1e-12)
+    return round(1.0 / span, 9), round(-low / span, 9)
+
+
+def channel_stats(images: torch.Tensor, pixel_scale: float, pixel_offset: float = 0.0) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units, accumulated in float64 in chunks."""
     channels = images.shape[1]
     total = torch.zeros(channels, dtype=torch.float64)
     total_sq = torch.zeros(channels, dtype=torch.float64)
     count = 0
     for chunk in images.split(4096):
-        values = chunk.to(torch.float64).mul_(pixel_scale).transpose(0, 1).reshape(channels, -1)
+        values = chunk.to(torch.float64).mul_(pixel_scale).add_(pixel_offset).transpose(0, 1).reshape(channels, -1)
         total += values.sum(dim=1)
         total_sq += values.square().sum(dim=1)
         count += values.shape[1]

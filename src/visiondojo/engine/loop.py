@@ -131,7 +131,11 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         torch.manual_seed(plan.seed)
     # Both are undone below, so the returned model is the user's architecture with its own settings.
     dropout = apply_dropout(model, reg.dropout, reg.stochastic_depth)
-    user_bn_momentum = set_bn_momentum(model, opt.bn_momentum)
+    try:
+        user_bn_momentum = set_bn_momentum(model, opt.bn_momentum)
+    except BaseException:
+        dropout.restore()
+        raise
     clock_start = time.perf_counter() - state.elapsed_s
 
     def save() -> None:

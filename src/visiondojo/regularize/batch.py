@@ -21,7 +21,8 @@ from ..data.batches import Normalizer
 from ..errors import ConfigError
 from ..plan import RegularizationParams
 from ..tasks import Task
-from .class_balance import MODES, effective_number_weights, sample_weights
+from .class_balance import MODES, check_beta, effective_number_weights, sample_weights
+from .dropout import check_rate
 
 _SEED_OFFSET = 7_777_777
 
@@ -80,6 +81,10 @@ def check(params: RegularizationParams) -> None:
             raise ConfigError(f"{where}.{name}: magnitude {value} is outside [0, 1] (0 turns it off)")
     if params.weight_decay < 0:
         raise ConfigError(f"{where}.weight_decay: {params.weight_decay} is negative")
+    check_rate(params.dropout, "dropout")
+    check_rate(params.stochastic_depth, "stochastic_depth")
+    if params.class_balance == "reweight":
+        check_beta(params.class_balance_beta)
     if params.class_balance not in MODES:
         raise ConfigError(f"{where}.class_balance: {params.class_balance!r} is not one of {', '.join(MODES)}")
 

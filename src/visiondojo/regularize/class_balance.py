@@ -54,7 +54,7 @@ def effective_number_weights(class_counts: list[int], beta: float) -> torch.Tens
     normalization: no target ever selects them, and a share of the total for them would only
     shrink the weights that matter. Returns float32, shape (K,); beta = 0 gives all ones.
     """
-    _check_beta(beta)
+    check_beta(beta)
     counts = torch.tensor(class_counts, dtype=torch.float64)
     present = counts > 0
     # float64: for beta near 1 and small n, 1 - beta^n is a small difference of numbers near 1.
@@ -66,7 +66,7 @@ def effective_number_weights(class_counts: list[int], beta: float) -> torch.Tens
     return weights.to(torch.float32)
 
 
-def _check_beta(beta: float) -> None:
+def check_beta(beta: float) -> None:
     # beta = 1 makes E_n = 0 / 0; the limit (inverse class frequency) is reached with beta -> 1.
     if not (isinstance(beta, Real) and 0.0 <= beta < 1.0):
         raise ConfigError(

@@ -76,8 +76,8 @@ def apply_dropout(model: nn.Module, dropout: float | None, stochastic_depth: flo
     half-modified. Call ``restore()`` on the result before applying new rates to the same model:
     a second call without it would stack a second hook on a model without dropout layers.
     """
-    _check_rate(dropout, "dropout")
-    _check_rate(stochastic_depth, "stochastic_depth")
+    check_rate(dropout, "dropout")
+    check_rate(stochastic_depth, "stochastic_depth")
     changes = DropoutChanges()
     if dropout is not None:
         _apply_dropout_rate(model, dropout, changes)
@@ -86,7 +86,8 @@ def apply_dropout(model: nn.Module, dropout: float | None, stochastic_depth: flo
     return changes
 
 
-def _check_rate(rate: float | None, name: str) -> None:
+def check_rate(rate: float | None, name: str) -> None:
+    """ConfigError naming ``regularization.<name>`` unless ``rate`` is None or in [0, 1)."""
     # A rate of 1 drops everything (and divides by zero when rescaling), so the interval is open.
     if rate is not None and not 0.0 <= rate < 1.0:
         raise ConfigError(f"regularization.{name} = {rate} is outside [0, 1); use a rate such as 0.1, "

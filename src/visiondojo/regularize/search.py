@@ -11,8 +11,9 @@
    ``MIN_GAIN``. Then label smoothing, mixup and CutMix options, the same way.
 
 A proxy is the real training loop (``engine.loop.run_training``) with the plan's optimizer,
-batch and learning rate on a subset of the data for ``PROXY_EPOCHS`` epochs, scored by the
-plan's monitored metric on a validation subset. Every proxy uses the same subset, seed and
+learning rate and batch (smaller when the subset would give fewer than 8 steps per epoch) on a
+subset of the data for ``PROXY_EPOCHS`` epochs, scored by the plan's monitored metric on a
+validation subset. Proxies draw batches uniformly, also when the plan resamples classes. Every proxy uses the same subset, seed and
 initial weights, so differences between proxies are the policy's, not the draw's.
 
 The search stays inside its allowance: proxies are sized from the measured throughput so that
@@ -106,15 +107,18 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
     ops = [op for family in FAMILIES.values() for op in family
            if not (op in RGB_ONLY and plan.data.channels != 3)]
     planned = 1 + len(FAMILIES) * PLANNED_LEVELS + (len(SOFT_OPTIONS) if search_soft else 0)
+    val_images = min(len(val), MAX_VAL_IMAGES)
     reg = plan.regularization
     start_soft = {} if search_soft else {name: getattr(reg, name) for name in ("label_smoothing", "mixup", "cutmix")}
-    proxy_images = (1 - DISTANCE_SHARE) * allowance_s * train_images_per_s / planned
-    subset_size = min(len(train), int(proxy_images / PROXY_EPOCHS))
+    # Each proxy: PROXY_EPOCHS epochs of training on the subset, each followed by a validation pass.
+    proxy_s = (1 - DISTANCE_SHARE) * allowance_s / planned
+    train_s = proxy_s - PROXY_EPOCHS * val_images / eval_images_per_s
+    subset_size = min(len(train), int(train_s * train_images_per_s / PROXY_EPOCHS))
     if subset_size < MIN_SUBSET:
         return None
     generator = torch.Generator().manual_seed(plan.seed + 4242)
     subset = train.subset(torch.randperm(len(train), generator=generator)[:subset_size])
-    val_subset = val.subset(torch.randperm(len(val), generator=generator)[:MAX_VAL_IMAGES])
+    val_subset = val.subset(torch.randperm(len(val), generator=generator)[:val_images])
     normalizer = Normalizer(plan.data, runtime.device, plan.runtime.channels_last)
     proxy = _Proxy(plan, model, task, subset, val_subset, runtime, normalizer)
 
@@ -124,9 +128,14 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
     distance_images = int(min(MAX_DISTANCE_IMAGES, len(subset),
                               max(MIN_DISTANCE_IMAGES, DISTANCE_SHARE * allowance_s * eval_images_per_s / n_pairs)))
     t = time.perf_counter()
-    score, distances = proxy.run(_policy(plan, [], start_soft), measure=lambda trained: _distances(
-        trained, task, subset, distance_images, ops, normalizer, runtime, plan.seed))
-    trials.append(Trial({}, start_soft, score, round(time.perf_counter() - t, 2)))
+    measured: dict[str, float] = {}
+
+    def distances_of(trained: torch.nn.Module) -> list[Distance]:
+        measured["trained_s"] = time.perf_counter() - t  # the proxy alone, without the distance analysis
+        return _distances(trained, task, subset, distance_images, ops, normalizer, runtime, plan.seed)
+
+    score, distances = proxy.run(_policy(plan, [], start_soft), measure=distances_of)
+    trials.append(Trial({}, start_soft, score, round(measured["trained_s"], 2)))
     log(f"policy search: no augmentation scores {score:.4f} on the proxy ({subset_size} images x {PROXY_EPOCHS} epochs)")
     groups = group_pairs(distances)
     by_family: dict[str, list[Group]] = {}

@@ -75,10 +75,13 @@ class BinaryTask(MultiClassTask):
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
         targets = targets.float()
-        weight = None
-        if class_weights is not None:  # (2,): weight of class 0 and class 1, blended for soft targets
-            weight = torch.lerp(class_weights[0], class_weights[1], targets)
-        return F.binary_cross_entropy_with_logits(outputs.float()[:, 0], targets, weight=weight)
+        if class_weights is None:
+            return F.binary_cross_entropy_with_logits(outputs.float()[:, 0], targets)
+        # (2,): weight of class 0 and class 1, blended for soft targets; a weighted mean, as torch's
+        # cross entropy takes, so class weights shift the balance, not the loss scale.
+        weight = torch.lerp(class_weights[0], class_weights[1], targets)
+        losses = F.binary_cross_entropy_with_logits(outputs.float()[:, 0], targets, reduction="none")
+        return (weight * losses).sum() / weight.sum().clamp_min(1e-12)
 
     def soft_targets(self, targets: torch.Tensor) -> torch.Tensor:
         return targets.float()
@@ -103,10 +106,13 @@ class MultiLabelTask(Task):
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
         targets = targets.float()
-        weight = None
-        if class_weights is not None:  # (K,): scales each label's positive term, negatives keep weight 1
-            weight = 1 + targets * (class_weights - 1)
-        return F.binary_cross_entropy_with_logits(outputs.float(), targets, weight=weight)
+        if class_weights is None:
+            return F.binary_cross_entropy_with_logits(outputs.float(), targets)
+        # (K,): scales each label's positive term, negatives keep weight 1; a weighted mean, so the
+        # weights shift the balance between positives and negatives, not the loss scale.
+        weight = 1 + targets * (class_weights - 1)
+        losses = F.binary_cross_entropy_with_logits(outputs.float(), targets, reduction="none")
+        return (weight * losses).sum() / weight.sum().clamp_min(1e-12)
 
     def soft_targets(self, targets: torch.Tensor) -> torch.Tensor:
         return targets.float()
