@@ -389,3 +389,30 @@ def test_a_test_folder_missing_a_class_is_scored_on_the_right_labels(tmp_path, i
     run = visiondojo.fit(tiny_net(outputs=3), train, test_data=test, epochs=8, batch_size=16, lr=0.01,
                          out=tmp_path / "run", progress=False)
     assert run.metrics["test"]["acc"] >= 0.9
+
+
+@pytest.mark.parametrize("low, high, expected", [
+    (0.0, 1.0, (1.0, 0.0)),            # [0, 1] floats stay as they are
+    (-0.2, 1.3, (1.0, 0.0)),           # a little noise outside is still [0, 1] data
+    (0.0, 255.0, (1 / 255, 0.0)),      # bytes stored as floats
+    (-2.0, 3.0, (0.2, 0.4)),           # standardized data: min-max to [0, 1]
+])
+def test_float_pixels_are_mapped_to_the_unit_range(low: float, high: float, expected: tuple[float, float]) -> None:
+    """Augmentation ops assume [0, 1]; inspection finds the map x * scale + offset that gets there."""
+    from visiondojo.data.inspect import pixel_range
+
+    images = torch.linspace(low, high, 2 * 8 * 8).view(2, 1, 8, 8)
+    scale, offset = pixel_range(images)
+    assert (scale, offset) == pytest.approx(expected)
+    mapped = images * scale + offset
+    if expected[0] not in (1.0, 1 / 255):
+        assert float(mapped.min()) == pytest.approx(0.0, abs=1e-6) and float(mapped.max()) == pytest.approx(1.0)
+
+
+def test_a_moved_plan_key_says_where_it_went() -> None:
+    from visiondojo.plan import Plan
+
+    with pytest.raises(ConfigError, match="moved to regularization.weight_decay"):
+        Plan.from_dict({"optimization": {"weight_decay": 0.01}})
+    with pytest.raises(ConfigError, match="moved to regularization.weight_decay"):
+        Plan().set("optimization.weight_decay", 0.01)

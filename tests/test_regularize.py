@@ -55,21 +55,28 @@ def test_multiclass_class_weights_are_torchs_weighted_cross_entropy() -> None:
 
 
 def test_binary_class_weights_weigh_each_sample_by_its_class() -> None:
-    """Class 1 weighs w1, class 0 w0, a soft target t blends them (1 - t) w0 + t w1; mean over samples.
-    By hand: logits (0, 2), targets (1, 0), weights (0.5, 2): (2 log 2 + 0.5 log(1 + e^2)) / 2."""
+    """Class 1 weighs w1, class 0 w0, a soft target t blends them (1 - t) w0 + t w1; a weighted mean
+    over samples, as torch's weighted cross entropy. By hand: logits (0, 2), targets (1, 0),
+    weights (0.5, 2): (2 log 2 + 0.5 log(1 + e^2)) / (2 + 0.5)."""
     weights = torch.tensor([0.5, 2.0])
     loss = BinaryTask().loss(torch.tensor([[0.0], [2.0]]), torch.tensor([1, 0]), weights)
-    assert float(loss) == pytest.approx((2 * math.log(2) + 0.5 * math.log(1 + math.e**2)) / 2, rel=1e-6)
+    assert float(loss) == pytest.approx((2 * math.log(2) + 0.5 * math.log(1 + math.e**2)) / 2.5, rel=1e-6)
     soft = BinaryTask().loss(torch.tensor([[0.0]]), torch.tensor([0.25]), weights)
-    assert float(soft) == pytest.approx((0.75 * 0.5 + 0.25 * 2.0) * math.log(2), rel=1e-6)
+    assert float(soft) == pytest.approx(math.log(2), rel=1e-6)  # one sample: its weight cancels
+    # Uniform weights change nothing: the weights set the balance, not the loss scale.
+    logits, targets = torch.tensor([[0.3], [-1.0], [2.0]]), torch.tensor([1, 0, 1])
+    assert torch.allclose(BinaryTask().loss(logits, targets, torch.tensor([3.0, 3.0])), BinaryTask().loss(logits, targets))
 
 
 def test_multilabel_class_weights_scale_positives_only() -> None:
-    """Label k's positive term weighs w_k, negatives keep 1. By hand, at logits 0 every term is
-    log 2: targets [[1,0,1],[0,0,1]], weights (2, 3, 4) -> weights [[2,1,4],[1,1,4]], mean 13/6."""
+    """Label k's positive term weighs w_k, negatives keep 1, as a weighted mean. By hand, logits
+    (1, 0, 0) for both rows, targets [[1,0,1],[0,0,1]], weights (2, 3, 4) -> element weights
+    [[2,1,4],[1,1,4]]: (2 log(1+e^-1) + 1 log 2 + 4 log 2 + 1 log(1+e) + 1 log 2 + 4 log 2) / 13."""
     targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
-    loss = MultiLabelTask(3).loss(torch.zeros(2, 3), targets, torch.tensor([2.0, 3.0, 4.0]))
-    assert float(loss) == pytest.approx(13 / 6 * math.log(2), rel=1e-6)
+    logits = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    loss = MultiLabelTask(3).loss(logits, targets, torch.tensor([2.0, 3.0, 4.0]))
+    by_hand = (2 * math.log(1 + math.exp(-1)) + 10 * math.log(2) + math.log(1 + math.e)) / 13
+    assert float(loss) == pytest.approx(by_hand, rel=1e-6)
 
 
 @pytest.mark.parametrize("weights", [None, [0.5, 1.0, 2.0, 0.25]],
@@ -402,3 +409,17 @@ def test_inserted_dropout_is_removed_after_training(quick_fit: Callable[..., vis
     assert len(run.model[-1]._forward_pre_hooks) == 0
     notes = json.loads((run.dir / "metrics.json").read_text())["notes"]
     assert any("inserted dropout p=0.3" in note for note in notes), notes
+
+
+def test_policy_errors_name_the_field_before_training() -> None:
+    from visiondojo.errors import ConfigError
+    from visiondojo.regularize.batch import check
+
+    for params, field in [(RegularizationParams(dropout=1.0), "regularization.dropout"),
+                          (RegularizationParams(stochastic_depth=-0.1), "regularization.stochastic_depth"),
+                          (RegularizationParams(class_balance="reweight", class_balance_beta=1.0),
+                           "regularization.class_balance_beta"),
+                          (RegularizationParams(augment=[AugmentOp("rotate", 0.5, 1.0, group="g"),
+                                                         AugmentOp("shear", 0.5, 0.5, group="g")]), "group 'g'")]:
+        with pytest.raises(ConfigError, match=field):
+            check(params)
