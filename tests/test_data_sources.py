@@ -410,6 +410,7 @@ def test_float_pixels_are_mapped_to_the_unit_range(low: float, high: float, expe
 
 
 def test_a_moved_plan_key_says_where_it_went() -> None:
+    from visiondojo.errors import ConfigError
     from visiondojo.plan import Plan
 
     with pytest.raises(ConfigError, match="moved to regularization.weight_decay"):
