@@ -69,7 +69,7 @@ def test_grouping_is_deterministic_and_orders_levels() -> None:
 def _search_inputs(n: int = 1500):
     images, labels = make_problem(n, size=12, seed=9)
     plan = visiondojo.find_params(TinyNet(), (images, labels), pin={"optimization.batch_size": 32,
-                                                                    "optimization.lr": 0.01,
+                                                                    "optimization.lr": 0.01, "optimization.epochs": 4,
                                                                     "regularization.augment": []})
     source = as_source((images, labels), DataOptions(), role="train")
     train, val = source.subset(torch.arange(0, n - 300)), source.subset(torch.arange(n - 300, n))
