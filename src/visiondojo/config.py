@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .durations import parse_duration
 from .errors import ConfigError
+from .plan import read_mapping
 
 
 class _Section(BaseModel):
@@ -132,15 +133,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict[st
     if raw is None:
         raw = {}
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"{path}: config file not found")
-            try:
-                raw = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{path}: a config is a mapping with sections data, model, training, output")
+            raw = read_mapping(path, "config")
     for assignment in overrides:
         apply_override(raw, assignment)
     try:

@@ -141,7 +141,7 @@ class RegularizationParams:
     @classmethod
     def load(cls, path: str | Path) -> "RegularizationParams":
         """Read a policy from its own YAML file or from the ``regularization`` section of a plan.yaml."""
-        data = _read_mapping(path, "regularization params")
+        data = read_mapping(path, "regularization params")
         if isinstance(data.get("regularization"), dict):
             data = data["regularization"]
         return _build(cls, data, str(path))
@@ -188,7 +188,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        return cls.from_dict(_read_mapping(path, "plan"), where=str(path))
+        return cls.from_dict(read_mapping(path, "plan"), where=str(path))
 
     def set(self, dotted: str, value: Any, *, pin: bool = True) -> None:
         """Set ``section.field`` (e.g. ``optimization.lr``) and, by default, pin it."""
@@ -213,7 +213,8 @@ class Plan:
         self.evidence[dotted] = why
 
 
-def _read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (plan, policy, config); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: {what} file not found")

@@ -15,7 +15,7 @@ MAX_AREA = 0.4
 ASPECT = 3.0
 
 
-def rectangles(m: torch.Tensor, area: torch.Tensor, size: tuple[int, int], generator: torch.Generator,
+def rectangles(area: torch.Tensor, size: tuple[int, int], generator: torch.Generator,
                aspect: float = ASPECT, centred_anywhere: bool = False) -> torch.Tensor:
     """(N, 1, H, W) bool: one rectangle per sample covering ``area`` (a share of the image, (N,)).
 
@@ -23,12 +23,12 @@ def rectangles(m: torch.Tensor, area: torch.Tensor, size: tuple[int, int], gener
     centre is uniform over the image and it is clipped (CutMix's rule).
     """
     height, width = size
-    device = m.device
-    log_ratio = (torch.rand(m.shape, generator=generator, device=device) * 2 - 1) * math.log(aspect)
+    device = area.device
+    log_ratio = (torch.rand(area.shape, generator=generator, device=device) * 2 - 1) * math.log(aspect)
     ratio = log_ratio.exp()
     h = (area * height * width * ratio).sqrt().clamp(max=height)
     w = (area * height * width / ratio).sqrt().clamp(max=width)
-    u, v = torch.rand((2, len(m)), generator=generator, device=device)
+    u, v = torch.rand((2, len(area)), generator=generator, device=device)
     if centred_anywhere:
         top, left = v * height - h / 2, u * width - w / 2
     else:
@@ -42,6 +42,6 @@ def rectangles(m: torch.Tensor, area: torch.Tensor, size: tuple[int, int], gener
 
 def erase(images: torch.Tensor, m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     area = torch.rand(m.shape, generator=generator, device=m.device) * m * MAX_AREA
-    region = rectangles(m, area, images.shape[-2:], generator)
+    region = rectangles(area, images.shape[-2:], generator)
     fill = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
     return torch.where(region, fill, images)

@@ -65,7 +65,7 @@ def mix(images: torch.Tensor, targets: torch.Tensor, mixup: float, cutmix: float
 
     ``masks`` (N, H, W) (segmentation) are cut and pasted with the images; mixup leaves a
     sample's mask alone, since a pixel cannot take two classes.
-    Returns (images, targets, masks); the mixing weights are ``lam`` per sample in (0, 1].
+    Returns (images, targets, masks); the mixing weight of a sample's own target is ``lam`` in [0, 1].
     """
     n = len(images)
     device = images.device
@@ -86,7 +86,7 @@ def mix(images: torch.Tensor, targets: torch.Tensor, mixup: float, cutmix: float
         out = torch.where(use_cut.view(-1, 1, 1, 1), out, mixed)
     if cutmix > 0:
         lam_cut = sample_beta(cutmix, n, generator, device)
-        region = rectangles(use_cut.float(), 1 - lam_cut, images.shape[-2:], generator, aspect=1.0,
+        region = rectangles(1 - lam_cut, images.shape[-2:], generator, aspect=1.0,
                             centred_anywhere=True) & use_cut.view(-1, 1, 1, 1)
         out = torch.where(region, images[partner], out)
         pasted = region.flatten(1).float().mean(dim=1)

@@ -152,18 +152,15 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
     # 2. Greedy over families, then soft labels: each step tries its options on top of the best so far.
     #    A family's levels go weak to strong and stop at the first that scores below the level before
     #    it: stronger versions of an op that already hurts only hurt more.
-    Options = list[tuple[dict[str, str], dict[str, float]]]
-    steps: list[tuple[Callable[[Trial], Options], bool]] = [
-        (lambda best, f=family, levels=[g.level for g in family_groups]: [({**best.groups, f: level}, best.soft)
-                                                                          for level in levels], True)
-        for family, family_groups in by_family.items()
-    ]
+    steps: list[tuple[str | None, list[str]]] = [(f, [g.level for g in gs]) for f, gs in by_family.items()]
     if search_soft:
-        steps.append((lambda best: [(best.groups, dict(option)) for option in SOFT_OPTIONS], False))
-    best, stopped = trials[0], "tried every planned combination"
-    for options_of, ordered in steps:
+        steps.append((None, []))  # the soft-label options
+    best, stopped = trials[0], None
+    for family, levels in steps:
+        options = ([({**best.groups, family: level}, best.soft) for level in levels] if family is not None
+                   else [(best.groups, dict(option)) for option in SOFT_OPTIONS])
         step: list[Trial] = []
-        for chosen, soft in options_of(best):
+        for chosen, soft in options:
             if time.perf_counter() - start + max(t.seconds for t in trials + step) > allowance_s:
                 stopped = f"the search allowance ran out after {len(trials) + len(step)} proxy trainings"
                 break
@@ -171,19 +168,19 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
             score, _ = proxy.run(_policy(plan, _ops(chosen, groups), soft))
             step.append(Trial(chosen, soft, score, round(time.perf_counter() - t, 2)))
             log(f"policy search: {_describe(chosen, soft)} scores {score:.4f}")
-            if ordered and len(step) > 1 and step[-1].score < step[-2].score - MIN_GAIN:
+            if family is not None and len(step) > 1 and step[-1].score < step[-2].score - MIN_GAIN:
                 break
         trials += step
         top = max(step, key=lambda trial: trial.score, default=best)
         if top.score > best.score + MIN_GAIN:
             best = top
-        if stopped != "tried every planned combination":
+        if stopped:
             break
     space = {"ops": len(ops), "magnitudes": len(MAGNITUDES), "pairs": n_pairs,
              "policies": f"{len(MAGNITUDES) + 1}^{len(ops)} = {float((len(MAGNITUDES) + 1) ** len(ops)):.3g}",
              "groups": len(groups), "proxy_trainings": len(trials)}
     return SearchResult(_ops(best.groups, groups), best.soft, distances, groups, trials, subset_size,
-                        epochs, time.perf_counter() - start, stopped, space)
+                        epochs, time.perf_counter() - start, stopped or "tried every planned combination", space)
 
 
 def _ops(chosen: dict[str, str], groups: list[Group]) -> list[AugmentOp]:
