@@ -113,12 +113,36 @@ def test_search_scores_combinations(monkeypatch) -> None:
                            train_images_per_s=1e6, eval_images_per_s=1e6)
     assert {op.group for op in result.augment} == {"spatial/medium", "color/weak"}
     assert result.soft == {"label_smoothing": 0.1}
-    color_trials = [t for t in result.trials if "color" in t.groups and not t.soft]  # the color step
+    color_trials = [t for t in result.trials if "color" in t.groups]  # the color step
     assert color_trials and all(t.groups.get("spatial") == "medium" for t in color_trials)
     # color medium scores below color weak, so color strong is never tried (stronger only hurts more)
     assert [t.groups["color"] for t in color_trials] == ["weak", "medium"]
-    assert result.space["proxy_trainings"] == 1 + 3 + 2 + 3 == len(result.trials)
+    # no augmentation, 3 wide levels (none helps), 3 soft options, 3 spatial levels, 2 color levels
+    assert [t.groups for t in result.trials[1:4]] == [{"wide": "weak"}, {"wide": "medium"}, {"wide": "strong"}]
+    assert result.space["proxy_trainings"] == 1 + 3 + 3 + 3 + 2 == len(result.trials)
     assert result.stopped == "tried every planned combination"
+
+
+def test_wide_menu_holds_every_group_up_to_its_level(monkeypatch) -> None:
+    """A wide menu is one menu across families; a level that does not beat the best so far ends the step."""
+    from visiondojo.regularize import search
+
+    def fake_run(self, policy, measure=None):
+        groups = {op.group for op in policy.augment}
+        score = 0.80 + 0.04 * ("wide/medium" in groups) - 0.03 * ("wide/strong" in groups)
+        score -= 0.01 * any(g.startswith(("spatial", "color")) for g in groups)  # stacking on top hurts
+        return score, (SYNTHETIC if measure is not None else None)
+
+    monkeypatch.setattr(search._Proxy, "run", fake_run)
+    plan, train, val, task = _search_inputs()
+    result = search_policy(plan, TinyNet(), task, train, val, Runtime(RuntimeParams()), 1e6,
+                           train_images_per_s=1e6, eval_images_per_s=1e6, search_soft=False)
+    assert {op.group for op in result.augment} == {"wide/medium"}
+    weak_and_medium = {(r.op, r.magnitude) for r in SYNTHETIC if r.magnitude < 1.0}
+    assert {(op.name, op.magnitude) for op in result.augment} == weak_and_medium
+    # each family's first stacked level scores below the best: one proxy per family
+    assert [t.groups for t in result.trials[4:]] == [{"wide": "medium", "spatial": "weak"},
+                                                     {"wide": "medium", "color": "weak"}]
 
 
 def test_too_small_allowance_skips_the_search() -> None:

@@ -4,11 +4,21 @@
    the bar to beat, and the trained copy is the model the distances are measured with.
 2. ``distance.py`` measures every (op, magnitude) pair; ``groups.py`` clusters each family's
    pairs into weak / medium / strong groups.
-3. Greedy coordinate ascent over families, then soft labels: for each family, its levels are
-   tried weak to strong together with the levels already chosen for the other families (ops
-   interact, so a proxy scores the combination, never an op alone), stopping at the first level
-   that scores below the one before; the best is kept when it beats the current best by
-   ``MIN_GAIN``. Then label smoothing, mixup and CutMix options, the same way.
+3. Greedy coordinate ascent, each step trying its options on top of the best policy so far (ops
+   interact, so a proxy scores the combination, never an op alone), keeping the best option when
+   it beats the best so far by ``MIN_GAIN``:
+
+   a. *wide* menus: one menu of every group up to a level, across all families (each sample gets
+      one (op, magnitude) of all of them; TrivialAugment's wide single-op menu is the strong end),
+      levels weak to strong;
+   b. the soft-label options: label smoothing, mixup, CutMix;
+   c. per family, a stacked level of its own (a second op from that family on top), weak to strong.
+
+   Within a step, levels go weak to strong and stop at the first that scores below the one
+   before it (the first level is compared with the best so far): stronger versions of what
+   already hurts only hurt more. The steps are ordered by what they gave on Fashion-MNIST: a wide
+   menu was the best single policy, soft labels are three proxies, and the family refinements fill
+   whatever allowance is left.
 
 A proxy is the real training loop (``engine.loop.run_training``) with the plan's optimizer,
 learning rate and batch (smaller when the subset would give fewer than 8 steps per epoch) on a
@@ -43,7 +53,7 @@ from ..engine.runtime import Runtime
 from ..optimize.probe import model_copy
 from ..plan import AugmentOp, Plan, RegularizationParams
 from .distance import MAGNITUDES, Distance, measure_distances
-from .groups import FAMILIES, Group, group_pairs
+from .groups import FAMILIES, LEVELS, Group, group_pairs
 
 PROXY_EPOCHS = (4, 30)
 """Range of proxy epochs: a proxy trains as many epochs as the real run will (clamped to this)."""
@@ -54,8 +64,11 @@ DISTANCE_SHARE = 0.12
 MAX_DISTANCE_IMAGES = 1024
 MIN_DISTANCE_IMAGES = 128
 PLANNED_LEVELS = 2
-"""Levels per family the proxies are sized for: a family's levels stop at the first that scores
-below the one before, so three levels are rarely all tried."""
+"""Wide levels the proxies are sized for: levels stop at the first that scores below the one
+before, so three are rarely all tried. Family refinements are sized at one proxy each (the first
+level stops them when it does not help); they come last and get what is left."""
+WIDE = "wide"
+"""The pseudo-family of the wide menus: ``{"wide": "medium"}`` is one menu of every group up to medium."""
 MIN_GAIN = 0.002
 """A proxy must beat the best so far by this much (in the monitored metric) to change the policy:
 below it, differences are within the noise of a short training on a subset."""
@@ -112,7 +125,7 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
     start = time.perf_counter()
     ops = [op for family in FAMILIES.values() for op in family
            if not (op in RGB_ONLY and plan.data.channels != 3)]
-    planned = 1 + len(FAMILIES) * PLANNED_LEVELS + (len(SOFT_OPTIONS) if search_soft else 0)
+    planned = 1 + PLANNED_LEVELS + (len(SOFT_OPTIONS) if search_soft else 0) + len(FAMILIES)
     val_images = min(len(val), MAX_VAL_IMAGES)
     reg = plan.regularization
     start_soft = {} if search_soft else {name: getattr(reg, name) for name in ("label_smoothing", "mixup", "cutmix")}
@@ -149,12 +162,12 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
     for group in groups:
         by_family.setdefault(group.family, []).append(group)
 
-    # 2. Greedy over families, then soft labels: each step tries its options on top of the best so far.
-    #    A family's levels go weak to strong and stop at the first that scores below the level before
-    #    it: stronger versions of an op that already hurts only hurt more.
-    steps: list[tuple[str | None, list[str]]] = [(f, [g.level for g in gs]) for f, gs in by_family.items()]
+    # 2. Greedy: wide menus, soft labels, then a stacked level per family, each on top of the best so far.
+    steps: list[tuple[str | None, list[str]]] = [(WIDE, [level for level in LEVELS if any(
+        LEVELS.index(g.level) <= LEVELS.index(level) for g in groups)])]
     if search_soft:
         steps.append((None, []))  # the soft-label options
+    steps += [(f, [g.level for g in gs]) for f, gs in by_family.items()]
     best, stopped = trials[0], None
     for family, levels in steps:
         options = ([({**best.groups, family: level}, best.soft) for level in levels] if family is not None
@@ -168,7 +181,8 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
             score, _ = proxy.run(_policy(plan, _ops(chosen, groups), soft))
             step.append(Trial(chosen, soft, score, round(time.perf_counter() - t, 2)))
             log(f"policy search: {_describe(chosen, soft)} scores {score:.4f}")
-            if family is not None and len(step) > 1 and step[-1].score < step[-2].score - MIN_GAIN:
+            previous = step[-2].score if len(step) > 1 else best.score
+            if family is not None and step[-1].score < previous - MIN_GAIN:
                 break
         trials += step
         top = max(step, key=lambda trial: trial.score, default=best)
@@ -184,8 +198,14 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
 
 
 def _ops(chosen: dict[str, str], groups: list[Group]) -> list[AugmentOp]:
-    """Policy ops of the chosen level of each family, in family order (geometry first anyway)."""
-    return [op for g in groups if chosen.get(g.family) == g.level for op in g.ops()]
+    """Policy ops: the wide menu (every group up to its level, as one menu) when chosen, then the
+    chosen level of each family as a menu of its own."""
+    ops = []
+    if WIDE in chosen:
+        cap = LEVELS.index(chosen[WIDE])
+        ops += [AugmentOp(op, magnitude, group=f"{WIDE}/{chosen[WIDE]}")
+                for g in groups if LEVELS.index(g.level) <= cap for op, magnitude in g.pairs]
+    return ops + [op for g in groups if chosen.get(g.family) == g.level for op in g.ops()]
 
 
 def _policy(plan: Plan, augment: list[AugmentOp], soft: dict[str, float]) -> RegularizationParams:
