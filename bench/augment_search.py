@@ -23,7 +23,6 @@ accuracy, the search's time, and its number of proxy trainings next to the size 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -32,7 +31,7 @@ from typing import Any
 
 import torch
 
-from fmnist import log, run_contender_in_child, run_contender_here, run_visiondojo
+from fmnist import contender_parser, log, run_contender_in_child, run_contender_here, run_visiondojo
 from visiondojo.augment import OPS
 from visiondojo.plan import AugmentOp
 
@@ -60,12 +59,7 @@ def run(name: str, budget_s: float, seed: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=600.0)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--contenders", default=",".join(CONTENDERS))
-    parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser = contender_parser(__doc__, CONTENDERS, 600.0)
     args = parser.parse_args()
     if args.contender is not None:
         run_contender_here(args.contender, args.budget, args.seed, args.out, runner=run)

@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import harmonic_mean
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -202,6 +202,17 @@ RUNNERS: dict[str, Callable[[float, int], Result]] = {
 # --- orchestration -----------------------------------------------------------------------------
 
 
+def contender_parser(doc: str, contenders: Sequence[str], budget_s: float) -> argparse.ArgumentParser:
+    """The arguments every multi-contender benchmark takes (``--contender`` is the child-process side)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=budget_s)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--contenders", default=",".join(contenders))
+    parser.add_argument("--contender", choices=contenders, help=argparse.SUPPRESS)
+    return parser
+
+
 def run_contender_here(name: str, budget_s: float, seed: int, out: Path,
                        runner: Callable[[str, float, int], Result] | None = None) -> None:
     """Child-process side: train one contender and write its figures, including this process's peak RSS.
@@ -225,13 +236,15 @@ def run_contender_here(name: str, budget_s: float, seed: int, out: Path,
         f"CPU utilization {result['cpu_utilization']:.2f}")
 
 
-def run_contender_in_child(name: str, budget_s: float, seed: int, script: Path | None = None) -> Result:
+def run_contender_in_child(name: str, budget_s: float, seed: int, script: Path | None = None,
+                           extra: Sequence[str] = ()) -> Result:
     """Re-invoke ``script`` (default: this one) for one contender, so each gets a fresh process and
-    its own peak RSS; the script runs ``run_contender_here`` for ``--contender NAME``."""
+    its own peak RSS; the script runs ``run_contender_here`` for ``--contender NAME`` (plus ``extra``
+    arguments of its own)."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / f"{name}.json"
         command = [sys.executable, str((script or Path(__file__)).resolve()), "--contender", name, "--budget", str(budget_s),
-                   "--seed", str(seed), "--out", str(out)]
+                   "--seed", str(seed), "--out", str(out), *extra]
         subprocess.run(command, check=True)
         return json.loads(out.read_text())
 

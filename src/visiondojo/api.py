@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from torch import nn
 
 from .choose import choose_optimization, plan_length_for_budget
 from .data.batches import Normalizer, make_batches
-from .data.sources import DataOptions, align_classes, as_source
+from .data.sources import DataOptions, Source, align_classes, as_source
 from .data.inspect import check_geometry, check_targets
 from .durations import parse_duration
 from .engine.checkpoint import save_weights
@@ -31,6 +32,11 @@ from .prepare import Prepared, options_from_plan, prepare
 from .report import ReportData, read_history, write_history, write_json, write_report
 from .run import Run
 from .rundir import CHECKPOINTS, HISTORY, METRICS, PLAN, REPORT, WEIGHTS, claim_run_dir, default_run_dir
+from .ssl.choose import PRETRAIN_SHARE, choose_ssl
+from .ssl.noisy_student import noisy_student
+from .ssl.pretrain import pretrain
+from .ssl.stages import pretrain_seconds, ssl_active, teacher_deadline
+from .ssl.unlabeled import as_unlabeled, check_unlabeled, concat_sources
 from .tasks import make_task
 
 GALLERY_SIZE = 16
@@ -43,7 +49,8 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
         val_fraction: float = 0.1, data_dir: str | None = None, device: str = "auto", precision: str = "auto",
         channels_last: bool | str = "auto", epochs: int | None = None, batch_size: int | None = None,
         lr: float | None = None, pin: dict[str, Any] | None = None, model_kwargs: dict | None = None,
-        regularization: RegularizationParams | str | Path | None = None, progress: bool | None = None) -> Run:
+        regularization: RegularizationParams | str | Path | None = None, unlabeled: Any = None,
+        feature_layer: str | None = None, progress: bool | None = None) -> Run:
     """Train ``model`` on ``train_data`` with hyperparameters chosen for it, and write a run folder.
 
     Data: ``(images, labels)`` arrays or tensors, a Dataset or DataLoader, an image folder, a CSV
@@ -52,8 +59,12 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
     ``budget`` ('5m', 300) bounds the whole call: the schedule is planned to end on time.
     ``epochs``, ``batch_size``, ``lr`` and ``pin`` ({'regularization.weight_decay': 0.01, ...}) pin
     plan fields that the meta-learners then leave alone. ``regularization`` (a RegularizationParams,
-    or a file saved from one or a plan.yaml) is used as given, every field of it pinned. The run folder (default
-    ``runs/<timestamp>``) is never overwritten unless ``overwrite=True``.
+    or a file saved from one or a plan.yaml) is used as given, every field of it pinned. ``unlabeled``
+    images (in any form ``train_data`` takes; labels, if any, are ignored) are learned from too
+    (``visiondojo.ssl``: representation pretraining and/or Noisy Student, chosen for the data and
+    budget); ``feature_layer`` names the module whose input is the model's feature vector when
+    its classifier head is not the last Linear. The run folder (default ``runs/<timestamp>``) is
+    never overwritten unless ``overwrite=True``.
     """
     start = time.perf_counter()
     budget_s = parse_duration(budget)
@@ -61,33 +72,40 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
                           strict=strict, val_fraction=val_fraction, data_dir=data_dir)
     prep = prepare(model, train_data, val_data, test_data, options=options, adapt=adapt, seed=seed,
                    model_kwargs=model_kwargs)
+    extra = _unlabeled_source(unlabeled, prep)
     pins = {**regularization_pins(regularization), **(pin or {}), **{k: v for k, v in (("optimization.epochs", epochs),
                                                   ("optimization.batch_size", batch_size),
-                                                  ("optimization.lr", lr)) if v is not None}}
+                                                  ("optimization.lr", lr), ("ssl.feature_layer", feature_layer))
+                                                  if v is not None}}
     plan = _find_params(prep, budget_s=budget_s, start=start, seed=seed, device=device, precision=precision,
-                        channels_last=channels_last, pins=pins, progress=progress)
+                        channels_last=channels_last, pins=pins, progress=progress, unlabeled=extra)
     deadline = start + budget_s if budget_s is not None else None
-    return _train(prep, plan, out=out, overwrite=overwrite, resume=False, deadline=deadline, progress=progress)
+    return _train(prep, plan, out=out, overwrite=overwrite, resume=False, deadline=deadline, progress=progress,
+                  unlabeled=extra)
 
 
 def find_params(model: nn.Module | str, train_data: Any, val_data: Any = None, *, task: str | None = None,
                 budget: str | float | None = None, seed: int = 0, adapt: bool = False,
                 device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
                 pin: dict[str, Any] | None = None, regularization: RegularizationParams | str | Path | None = None,
-                progress: bool | None = False, **data_options: Any) -> Plan:
+                unlabeled: Any = None, progress: bool | None = False, **data_options: Any) -> Plan:
     """Inspect the data and model and return the Plan that ``train`` would follow (nothing is trained)."""
     start = time.perf_counter()
     options = DataOptions(task=task, **data_options)
     prep = prepare(model, train_data, val_data, None, options=options, adapt=adapt, seed=seed)
     return _find_params(prep, budget_s=parse_duration(budget), start=start, seed=seed, device=device,
                         precision=precision, channels_last=channels_last,
-                        pins={**regularization_pins(regularization), **(pin or {})}, progress=progress)
+                        pins={**regularization_pins(regularization), **(pin or {})}, progress=progress,
+                        unlabeled=_unlabeled_source(unlabeled, prep))
 
 
 def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, test_data: Any = None, *,
           plan: Plan | str | Path, out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
-          budget: str | float | None = None, progress: bool | None = None, **data_options: Any) -> Run:
+          budget: str | float | None = None, unlabeled: Any = None, progress: bool | None = None,
+          **data_options: Any) -> Run:
     """Train exactly as ``plan`` says (a Plan or a plan.yaml path). ``model`` None builds ``plan.model.spec``.
+
+    A plan that learns from unlabeled images (``plan.ssl``) needs the same ``unlabeled`` data again.
 
     ``resume=True`` continues the run in ``out`` from its last checkpoint. ``budget`` (not the
     plan's) makes the run respect a new wall-clock limit, re-planning its remaining epochs.
@@ -102,11 +120,27 @@ def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, 
     # (the plan's own budget was spent on planning those epochs, on that machine).
     budget_s = parse_duration(budget)
     deadline = start + budget_s if budget_s is not None else None
-    return _train(prep, plan, out=out, overwrite=overwrite, resume=resume, deadline=deadline, progress=progress)
+    extra = _unlabeled_source(unlabeled, prep)
+    if extra is None and ssl_active(plan.ssl):
+        raise VisionDojoError("this plan learns from unlabeled images (its ssl section); pass them again as "
+                              "unlabeled=... (CLI: data.unlabeled in the config)")
+    return _train(prep, plan, out=out, overwrite=overwrite, resume=resume, deadline=deadline, progress=progress,
+                  unlabeled=extra)
+
+
+def _unlabeled_source(unlabeled: Any, prep: Prepared) -> Source | None:
+    if unlabeled is None:
+        return None
+    source = as_unlabeled(unlabeled, prep.options)
+    check_unlabeled(source, prep.data, prep.train)
+    if isinstance(unlabeled, (str, Path)):
+        prep.data.sources["unlabeled"] = str(unlabeled)  # so a replay from the plan finds them again
+    return source
 
 
 def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: int, device: str, precision: str,
-                 channels_last: bool | str, pins: dict[str, Any], progress: bool | None = False) -> Plan:
+                 channels_last: bool | str, pins: dict[str, Any], progress: bool | None = False,
+                 unlabeled: Source | None = None) -> Plan:
     runtime_params, runtime_evidence = resolve_runtime(prep.model, device, precision, channels_last)
     plan = Plan(data=prep.data, model=prep.model_params, runtime=runtime_params, seed=seed,
                 monitor=prep.task.monitor, evidence=dict(runtime_evidence))
@@ -119,6 +153,8 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
     check_regularization(plan.regularization)  # a bad policy fails before any time is spent
     deadline = start + budget_s if budget_s is not None else None
     runtime = Runtime(runtime_params)
+    choose_ssl(plan, prep, unlabeled, runtime, deadline=deadline)
+    deadline = teacher_deadline(plan, deadline, pretrain_seconds(plan))
     speed = choose_optimization(plan, prep, runtime, deadline=deadline)
     searched = choose_regularization(plan, prep, runtime, speed, deadline=deadline,
                                      log=TrainingProgress(progress).log)
@@ -128,8 +164,11 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
 
 
 def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: bool, resume: bool,
-           deadline: float | None, progress: bool | None) -> Run:
+           deadline: float | None, progress: bool | None, unlabeled: Source | None = None) -> Run:
     check_regularization(plan.regularization)  # before the run folder is claimed
+    if resume and unlabeled is not None and ssl_active(plan.ssl):
+        raise VisionDojoError("resuming a run that learns from unlabeled images is not supported yet; "
+                              "start it again without --resume (in a new run folder)")
     run_dir = claim_run_dir(Path(out) if out is not None else default_run_dir(), overwrite=overwrite, resume=resume)
     if resume:
         plan = Plan.load(run_dir / PLAN)
@@ -142,6 +181,11 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
         bar.log(f"adapt: {change}")
     model = runtime.prepare_model(prep.model)
     normalizer = Normalizer(plan.data, runtime.device, plan.runtime.channels_last)
+    semi = unlabeled is not None and ssl_active(plan.ssl)
+    if semi and plan.ssl.pretrain != "none":
+        _pretrain(model, prep, plan, unlabeled, runtime, normalizer, deadline, bar)
+    initial_state = ({k: v.clone() for k, v in model.state_dict().items()}
+                     if semi and plan.ssl.noisy_student_rounds else None)
     opt = plan.optimization
     workers = plan.runtime.num_workers or None
     train_batches = make_batches(prep.train, opt.batch_size, runtime.device, train=True, seed=plan.seed,
@@ -151,9 +195,22 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     eval_batch = max(opt.batch_size, 256)
     val_batches = make_batches(prep.val, eval_batch, runtime.device, train=False, num_workers=workers)
     test_size = len(prep.test) if prep.test is not None else 0
+    final_eval_ratio = 1 + test_size / len(prep.val)
     result = run_training(model, prep.task, plan, train_batches, val_batches, runtime, normalizer,
-                          run_dir / CHECKPOINTS, deadline=deadline, final_eval_ratio=1 + test_size / len(prep.val),
-                          resume=resume, progress=bar)
+                          run_dir / CHECKPOINTS, deadline=teacher_deadline(plan, deadline) if semi else deadline,
+                          final_eval_ratio=final_eval_ratio, resume=resume, progress=bar)
+    history, notes = result.history, result.notes
+    if initial_state is not None:
+        assert unlabeled is not None
+        students = noisy_student(model, initial_state, result.best_metric, prep.task, plan, prep.train, prep.val,
+                                 unlabeled, val_batches, runtime, normalizer, run_dir / CHECKPOINTS,
+                                 deadline=deadline, final_eval_ratio=final_eval_ratio, progress=bar)
+        plan.measurements["noisy_student"] = students.summary()
+        history = [{"stage": "teacher", **row} for row in result.history] + students.history
+        notes = [*notes, f"noisy student: {students.stopped}"]
+        result = students.result or result
+    if semi:
+        plan.save(run_dir / PLAN)  # with the SSL stages' measurements
     save_weights(model, run_dir / WEIGHTS)
     evaluations = {"val": evaluate_batches(model, prep.task, val_batches, normalizer, runtime, collect=True)}
     if prep.test is not None:
@@ -161,17 +218,30 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
         evaluations["test"] = evaluate_batches(model, prep.task, test_batches, normalizer, runtime, collect=True)
     metrics = {split: e.metrics for split, e in evaluations.items()}
     write_json(run_dir / METRICS, {**metrics, "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
-                                   "notes": result.notes})
-    write_history(run_dir / HISTORY, result.history)
+                                   "notes": notes})
+    write_history(run_dir / HISTORY, history)
     summary = [f"stopped: {result.stop_reason}; best epoch {result.best_epoch} "
-               f"(val {plan.monitor} {result.best_metric:.4f})", *result.notes,
+               f"(val {plan.monitor} {result.best_metric:.4f})", *notes,
                *[f"adapt: {c}" for c in plan.model.changes]]
     report = _report_data(plan, prep, result.history, evaluations, summary)
     report.augmented = _augmented_sample(plan, prep, normalizer, runtime.device)
     write_report(run_dir / REPORT, report)
     bar.log("visiondojo: done; " + ", ".join(f"{s} {plan.monitor} {m[plan.monitor]:.4f}" for s, m in metrics.items())
             + f"; report: {run_dir / REPORT}")
-    return Run(model=model, plan=plan, metrics=metrics, history=result.history, dir=run_dir)
+    return Run(model=model, plan=plan, metrics=metrics, history=history, dir=run_dir)
+
+
+def _pretrain(model: nn.Module, prep: Prepared, plan: Plan, unlabeled: Source, runtime: Runtime,
+              normalizer: Normalizer, deadline: float | None, bar: TrainingProgress) -> None:
+    """Representation pretraining of ``model`` in place on the labeled + unlabeled images."""
+    ssl = plan.ssl
+    limit = None if deadline is None else time.perf_counter() + PRETRAIN_SHARE * (deadline - time.perf_counter())
+    bar.log(f"ssl: {ssl.pretrain} pretraining, {ssl.pretrain_epochs} epochs over {len(prep.train) + len(unlabeled)} "
+            "images")
+    result = pretrain(model, concat_sources(prep.train, unlabeled), ssl, normalizer, runtime,
+                      channels=plan.data.channels, height=plan.data.height, width=plan.data.width, seed=plan.seed,
+                      deadline=limit, progress=bar)
+    plan.measurements["ssl_pretrain"] = dataclasses.asdict(result)
 
 
 def _report_data(plan: Plan, prep: Prepared, history: list[dict], evaluations: dict[str, Evaluation],

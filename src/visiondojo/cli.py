@@ -89,7 +89,8 @@ def _train(args: argparse.Namespace) -> int:
         sources = _sources(config, plan, plan_path)
         run = api.train(config.model.spec if config else None, sources.get("train"), sources.get("val"),
                         sources.get("test"), plan=plan_path, out=out, overwrite=overwrite, resume=args.resume,
-                        budget=args.budget, progress=_progress(args), data_dir=args.data_dir)
+                        budget=args.budget, unlabeled=sources.get("unlabeled"), progress=_progress(args),
+                        data_dir=args.data_dir)
     else:
         if config is None:
             raise ConfigError("train needs a CONFIG.yaml (or --plan plan.yaml to replay a run)")
@@ -102,6 +103,7 @@ def _train(args: argparse.Namespace) -> int:
             channels_last=training.channels_last, pin={**training.pins(), **config.regularization.pins()},
             model_kwargs=model.kwargs, progress=_progress(args),
             regularization=args.regularization_params or training.regularization_params,
+            unlabeled=data.unlabeled, feature_layer=model.feature_layer,
         )
     _print_result(run)
     return 0
@@ -117,7 +119,8 @@ def _config(args: argparse.Namespace) -> Config | None:
 
 def _sources(config: Config | None, plan: Plan, plan_path: Path) -> dict[str, Any]:
     if config is not None:
-        return {"train": config.data.train, "val": config.data.val, "test": config.data.test}
+        return {"train": config.data.train, "val": config.data.val, "test": config.data.test,
+                "unlabeled": config.data.unlabeled}
     if "train" not in plan.data.sources:
         raise ConfigError(
             f"{plan_path}: the plan does not say where its data came from (it was trained on data passed "

@@ -27,6 +27,8 @@ class DataConfig(_Section):
     """Image folder, CSV manifest, or built-in dataset name (fashion-mnist, digits)."""
     val: Optional[str] = None
     test: Optional[str] = None
+    unlabeled: Optional[str] = None
+    """Images without labels to learn from too (an image folder, CSV manifest or built-in name)."""
     task: Optional[Literal["binary", "multiclass", "multilabel"]] = None
     num_classes: Optional[int] = None
     class_names: Optional[list[str]] = None
@@ -40,6 +42,8 @@ class ModelConfig(_Section):
     spec: str = "fmnist-resnet"
     adapt: bool = False
     kwargs: dict[str, Any] = {}
+    feature_layer: Optional[str] = None
+    """Module whose input is the feature vector (default: the classifier head, found automatically)."""
 
 
 class TrainingConfig(_Section):

@@ -147,6 +147,44 @@ class RegularizationParams:
         return _build(cls, data, str(path))
 
 
+SSL_PRETRAIN = ("none", "simclr", "barlow_twins")
+
+
+@dataclass
+class SSLParams:
+    """Learning from unlabeled images (``visiondojo.ssl``); all of it is off without unlabeled data.
+
+    Order: optional representation pretraining (SimCLR or Barlow Twins) on labeled + unlabeled
+    images, supervised training of the whole model (the teacher), then Noisy Student rounds.
+    """
+
+    pretrain: str = "none"
+    """``none``, ``simclr`` (NT-Xent over two views) or ``barlow_twins`` (cross-correlation to identity)."""
+    pretrain_epochs: int = 0
+    """Passes over the labeled + unlabeled images."""
+    pretrain_batch_size: int = 256
+    pretrain_lr: float = 0.001
+    temperature: float = 0.2
+    """SimCLR's softmax temperature."""
+    projector_dim: int = 128
+    """Output width of the projection head (attached for pretraining only, then removed)."""
+    feature_layer: str | None = None
+    """Module whose input is the feature vector (None: the classifier head, found automatically)."""
+    noisy_student_rounds: int = 0
+    """Most teacher -> student rounds; rounds stop early when a student does not beat its teacher."""
+    student_epochs: int = 0
+    """Epochs of each student over labeled + pseudo-labeled images."""
+    pseudo_threshold: float | None = None
+    """Teacher confidence a pseudo-label needs to be kept (None: calibrated on validation each round)."""
+    labeled_share: float = 0.125
+    """Share of each student batch drawn from the labeled images: the weight of the unlabeled loss
+    is (1 - labeled_share) / labeled_share relative to the labeled loss."""
+    student_dropout: float = 0.0
+    """Dropout before the student's head (its noise, with the augmentation policy and stochastic depth)."""
+    teacher_share: float = 1.0
+    """Share of the training time (after pretraining) for the teacher; the students share the rest."""
+
+
 @dataclass
 class RuntimeParams:
     device: str = "cpu"
@@ -162,6 +200,7 @@ class Plan:
     model: ModelParams = field(default_factory=ModelParams)
     optimization: OptimizationParams = field(default_factory=OptimizationParams)
     regularization: RegularizationParams = field(default_factory=RegularizationParams)
+    ssl: SSLParams = field(default_factory=SSLParams)
     runtime: RuntimeParams = field(default_factory=RuntimeParams)
     seed: int = 0
     monitor: str = "acc"

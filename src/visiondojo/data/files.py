@@ -75,7 +75,7 @@ def scan_image_folder(root: Path, *, resize: tuple[int, int] | None, strict: boo
             f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     targets = torch.tensor(labels, dtype=torch.int64)
-    return _scan(paths, targets, [d.name for d in class_dirs], str(root), resize, strict)
+    return scan_files(paths, targets, [d.name for d in class_dirs], str(root), resize, strict)
 
 
 def scan_manifest(
@@ -107,10 +107,10 @@ def scan_manifest(
         targets[i, [index[n] for n in names]] = 1.0
     if not multi_hot and bool((targets.sum(dim=1) == 1).all()):
         targets = targets.argmax(dim=1)
-    return _scan([p for p, _ in rows], targets, class_names, str(csv_path), resize, strict)
+    return scan_files([p for p, _ in rows], targets, class_names, str(csv_path), resize, strict)
 
 
-def _scan(
+def scan_files(
     paths: list[Path], targets: torch.Tensor, class_names: list[str], origin: str,
     resize: tuple[int, int] | None, strict: bool,
 ) -> ImageFiles:

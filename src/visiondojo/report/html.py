@@ -94,6 +94,7 @@ def render(data: ReportData) -> str:
                      + _img(plots.gallery(images, [m[1] for m in data.mistakes]), "worst mistakes"))
     parts += _regularization(plan, data.augmented)
     parts += _augment_search(plan)
+    parts += _semi_supervised(plan)
     parts += _meta_learning(plan)
     if plan.evidence:
         parts.append("<h2>Why these choices</h2>" + _table(
@@ -138,6 +139,37 @@ def _augment_search(plan: Plan) -> list[str]:
              ", ".join(f"{k} {v:g}" for k, v in t["soft"].items()) or "none", t["score"], t["seconds"]]
             for t in search["trials"]]
     parts.append(_table(["augmentation groups", "soft labels", f"proxy {plan.monitor}", "seconds"], rows))
+    return parts
+
+
+def _semi_supervised(plan: Plan) -> list[str]:
+    """What was learned from unlabeled images: the choice, pretraining, and every Noisy Student round."""
+    measured, ssl = plan.measurements, plan.ssl
+    if "ssl_choice" not in measured:
+        return []
+    choice = measured["ssl_choice"]
+    parts = [f"<h2>Semi-supervised learning</h2><p class=muted>{choice['labeled']} labeled and "
+             f"{choice['unlabeled']} unlabeled training images; the reasons for each choice are under "
+             "'Why these choices' (ssl.*).</p>",
+             _table(["stage", "setting"], [
+                 ["representation pretraining", ssl.pretrain if ssl.pretrain == "none" else
+                  f"{ssl.pretrain}, {ssl.pretrain_epochs} epochs, batch {ssl.pretrain_batch_size}"],
+                 ["noisy student", f"up to {ssl.noisy_student_rounds} round(s) of {ssl.student_epochs} epochs, "
+                                   f"{ssl.labeled_share:.0%} labeled images per batch, dropout {ssl.student_dropout:g}"
+                  if ssl.noisy_student_rounds else "off"]])]
+    pretrained = measured.get("ssl_pretrain")
+    if pretrained:
+        parts.append(f"<p class=muted>pretraining: {pretrained['epochs']} epochs, {pretrained['steps']} steps in "
+                     f"{pretrained['seconds']:.0f} s ({html.escape(pretrained['stopped'])}); loss per epoch "
+                     + ", ".join(f"{loss:.3f}" for loss in pretrained["losses"]) + "</p>")
+    students = measured.get("noisy_student")
+    if students:
+        rows = [[r["round"], r["threshold"], r["kept"], ", ".join(map(str, r["counts"])), r["epochs"],
+                 r["teacher_metric"], r["student_metric"], "yes" if r["accepted"] else "no", r["seconds"]]
+                for r in students["rounds"]]
+        parts.append(_table(["round", "confidence threshold", "pseudo-labels", "per class", "epochs",
+                             f"teacher val {plan.monitor}", f"student val {plan.monitor}", "accepted", "seconds"], rows)
+                     + f"<p class=muted>{html.escape(students['stopped'])}</p>")
     return parts
 
 

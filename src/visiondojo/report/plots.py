@@ -21,8 +21,16 @@ def _png(fig: Any) -> bytes:
 
 
 def learning_curves(history: list[dict[str, Any]], monitor: str) -> bytes:
-    epochs = [row["epoch"] for row in history]
+    """Losses, the monitored metric and the learning rate per epoch; runs in stages (teacher,
+    students) are drawn one after the other with a dotted line where each stage begins."""
+    staged = any("stage" in row for row in history)
+    epochs = list(range(1, len(history) + 1)) if staged else [row["epoch"] for row in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    if staged:
+        for i, row in enumerate(history):
+            if i and row.get("stage") != history[i - 1].get("stage"):
+                for axis in (left, right):
+                    axis.axvline(i + 0.5, color="tab:gray", linestyle=":", linewidth=1)
     left.plot(epochs, [row["train_loss"] for row in history], label="train loss")
     left.plot(epochs, [row["val_loss"] for row in history], label="val loss")
     left.set_xlabel("epoch")

@@ -1,0 +1,148 @@
+"""Noisy Student (Xie et al. 2020): teacher -> pseudo-labels -> noised student -> new teacher.
+
+Each round:
+
+1. the teacher (first the supervised model) labels the unlabeled images (``pseudo.py``:
+   a validation-calibrated confidence threshold, class-balanced);
+2. a student of the same architecture starts from the model's initial weights (after any
+   representation pretraining) and trains on labeled + pseudo-labeled images with noise: the
+   plan's augmentation policy, dropout before its head (``SSLParams.student_dropout``) and the
+   model's stochastic depth. Each batch draws ``labeled_share`` of its images from the labeled
+   set, so the weight of the unlabeled loss is (1 - share) / share of the labeled one;
+3. the student replaces the teacher when its validation score is higher; otherwise the rounds
+   stop and the teacher is kept.
+
+The student trains with the teacher's plan (optimizer, learning rate, batch, policy), only its
+length, warmup and BatchNorm momentum resized to the larger data. With a deadline, the time
+left is split evenly over the rounds still to run, and the loop's budget guard keeps each
+student inside its share.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.batches import Normalizer, make_batches
+from ..data.sources import Source
+from ..engine.loop import LoopResult, run_training
+from ..engine.progress import TrainingProgress
+from ..engine.runtime import Runtime
+from ..optimize.batchnorm import bn_momentum_for
+from ..optimize.schedules import MAX_WARMUP_SHARE
+from ..plan import Plan
+from ..tasks import Task
+from .pseudo import choose_threshold, predict, select
+from .unlabeled import concat_sources
+
+
+@dataclass
+class Round:
+    round: int
+    threshold: float
+    threshold_why: str
+    kept: int
+    counts: list[int]
+    labeled_share: float
+    epochs: int
+    teacher_metric: float
+    student_metric: float
+    accepted: bool
+    seconds: float
+
+
+@dataclass
+class NoisyStudentResult:
+    rounds: list[Round]
+    history: list[dict[str, Any]]
+    """Every student's epochs, with a ``stage`` column."""
+    best_metric: float
+    stopped: str
+    result: LoopResult | None
+    """The accepted student's training (None when the teacher was kept)."""
+
+    def summary(self) -> dict[str, Any]:
+        return {"rounds": [asdict(r) for r in self.rounds], "stopped": self.stopped}
+
+
+def student_plan(teacher: Plan, steps_per_epoch: int) -> Plan:
+    """The teacher's plan for a student: same optimizer, learning rate, batch and policy; its length,
+    warmup (the same number of steps) and BatchNorm momentum fitted to the student's data, and its
+    dropout raised to the student noise."""
+    plan = copy.deepcopy(teacher)
+    opt, ssl = plan.optimization, plan.ssl
+    teacher_steps = max(1, teacher.data.train_size // max(opt.batch_size, 1))
+    opt.epochs = ssl.student_epochs or opt.epochs
+    warmup_steps = min(opt.warmup_epochs * teacher_steps, MAX_WARMUP_SHARE * opt.epochs * steps_per_epoch)
+    opt.warmup_epochs = round(warmup_steps / steps_per_epoch, 4)
+    if opt.bn_momentum is not None:
+        opt.bn_momentum = bn_momentum_for(steps_per_epoch)
+    reg = plan.regularization
+    reg.dropout = max(reg.dropout or 0.0, ssl.student_dropout) or reg.dropout
+    reg.class_balance = "none"  # the draws are balanced by class already (pseudo.PseudoLabels.sample_weights)
+    if "optimization.epochs" not in plan.pinned:
+        plan.pinned.append("optimization.epochs")  # the budget guard may shorten, never lengthen, a student
+    return plan
+
+
+def noisy_student(model: nn.Module, initial_state: dict[str, torch.Tensor], teacher_metric: float, task: Task,
+                  plan: Plan, train: Source, val: Source, unlabeled: Source, val_batches: Any, runtime: Runtime,
+                  normalizer: Normalizer, folder: Path, *, deadline: float | None,
+                  final_eval_ratio: float = 1.0, progress: TrainingProgress | None = None) -> NoisyStudentResult:
+    """Run up to ``plan.ssl.noisy_student_rounds`` rounds; on return ``model`` holds the best weights."""
+    ssl = plan.ssl
+    rounds: list[Round] = []
+    history: list[dict[str, Any]] = []
+    best, accepted_result = teacher_metric, None
+    stopped = f"ran the planned {ssl.noisy_student_rounds} round(s)"
+    val_targets = val.targets
+    for r in range(1, ssl.noisy_student_rounds + 1):
+        start = time.perf_counter()
+        if ssl.pseudo_threshold is None:
+            threshold, why = choose_threshold(predict(model, task, val, normalizer, runtime), val_targets)
+        else:
+            threshold, why = ssl.pseudo_threshold, "set in the plan"
+        pseudo = select(predict(model, task, unlabeled, normalizer, runtime), threshold)
+        if len(pseudo.index) == 0:
+            stopped = f"round {r}: no unlabeled image reached the confidence threshold {threshold:.3f}"
+            break
+        combined = concat_sources(train, unlabeled.subset(pseudo.index), pseudo.labels)
+        share = ssl.labeled_share
+        weights = torch.cat([torch.full((len(train),), share / len(train), dtype=torch.float64),
+                             (1 - share) * pseudo.sample_weights()])
+        batch = plan.optimization.batch_size
+        splan = student_plan(plan, max(1, len(combined) // batch))
+        student = copy.deepcopy(model)
+        student.load_state_dict(initial_state)
+        batches = make_batches(combined, batch, runtime.device, train=True, seed=plan.seed + r,
+                               num_workers=plan.runtime.num_workers or None, sample_weights=weights)
+        if progress is not None:
+            progress.log(f"noisy student round {r}: {len(pseudo.index)} pseudo-labels (confidence >= "
+                         f"{threshold:.3f}, at most {pseudo.cap} per class), {len(train)} labeled images at "
+                         f"{share:.0%} of each batch")
+        round_deadline = None
+        if deadline is not None:
+            round_deadline = time.perf_counter() + (deadline - time.perf_counter()) / (ssl.noisy_student_rounds - r + 1)
+        result = run_training(student, task, splan, batches, val_batches, runtime, normalizer, folder / f"student{r}",
+                              deadline=round_deadline, final_eval_ratio=final_eval_ratio, progress=progress)
+        history += [{"stage": f"student {r}", **row} for row in result.history]
+        accepted = result.best_metric > best
+        rounds.append(Round(r, round(threshold, 4), why, len(pseudo.index), pseudo.counts, share,
+                            len(result.history), round(best, 6), round(result.best_metric, 6), accepted,
+                            round(time.perf_counter() - start, 2)))
+        if not accepted:
+            stopped = (f"round {r}: the student ({result.best_metric:.4f}) did not beat its teacher ({best:.4f}); "
+                       "the teacher is kept")
+            break
+        model.load_state_dict(student.state_dict())
+        best, accepted_result = result.best_metric, result
+        if deadline is not None and time.perf_counter() >= deadline:
+            stopped = f"the time budget ended after round {r}"
+            break
+    return NoisyStudentResult(rounds, history, best, stopped, accepted_result)

@@ -1,0 +1,160 @@
+"""Unlabeled images in any form labeled data takes, as a Source whose targets mean nothing.
+
+Accepted: an image array or tensor alone ((N, H, W), (N, H, W, C) or (N, C, H, W)), an
+``(images, labels)`` pair (the labels are ignored), a Dataset or DataLoader yielding images or
+``(image, ...)`` tuples, an image folder (every image below it, class subfolders or not), a CSV
+manifest (its first column) and a built-in name (``fashion-mnist:train``). The images must have
+the labeled images' channels, size and pixel range, since they go through the same normalizer.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from ..data import builtin
+from ..data.files import IMAGE_SUFFIXES, ImageFileDataset, scan_files
+from ..data.images import image_to_chw
+from ..data.inspect import FLOAT_SLACK, check_geometry, image_geometry
+from ..data.sources import DataOptions, InMemory, Source, Streamed, as_source
+from ..errors import DataError
+from ..plan import DataParams
+
+UNKNOWN = -1
+"""Target of every unlabeled image; nothing may train on it."""
+RANGE_SAMPLE = 512
+
+
+def as_unlabeled(data: Any, options: DataOptions, role: str = "unlabeled") -> Source:
+    """Adapt ``data`` (the user's ``role`` argument) into a Source of images with UNKNOWN targets."""
+    if isinstance(data, (str, Path)):
+        source = _from_path(data, options, role)
+    elif isinstance(data, (np.ndarray, torch.Tensor)):
+        source = as_source((data, np.zeros(len(data), dtype=np.int64)), options, role=role)
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (str, Path)):
+        source = as_source((data[0], np.zeros(len(data[0]), dtype=np.int64)), options, role=role)
+    elif isinstance(data, DataLoader):
+        source = as_source(_ImagesOnly(data.dataset), options, role=f"{role} (DataLoader.dataset)")
+    elif isinstance(data, Dataset):
+        source = as_source(_ImagesOnly(data), options, role=role)
+    else:
+        raise DataError(
+            f"{role}: cannot use a {type(data).__name__} as unlabeled data. Pass an image array or tensor, "
+            "a torch Dataset or DataLoader, an image folder, a CSV manifest, or a built-in name "
+            f"({', '.join(builtin.NAMES)})"
+        )
+    if len(source) == 0:
+        raise DataError(f"{role}: no images")
+    source.targets = torch.full((len(source),), UNKNOWN, dtype=torch.int64)
+    source.class_names = None
+    return source
+
+
+def check_unlabeled(source: Source, data: DataParams, labeled: Source) -> None:
+    """The unlabeled images must look like the labeled ones to the model: geometry and pixel range."""
+    check_geometry(source, data)
+    own, theirs = _dtype(source), _dtype(labeled)
+    if own is not None and theirs is not None and (own == torch.uint8) != (theirs == torch.uint8):
+        raise DataError(
+            f"{source.origin}: images are {own} but the labeled images are {theirs}; give both in one form "
+            "(e.g. both uint8 0..255, or both float in [0, 1]) so they are normalized alike"
+        )
+    index = torch.arange(min(RANGE_SAMPLE, len(source)))
+    pixels = source.images_at(index).float() * data.pixel_scale + data.pixel_offset
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
+        raise DataError(
+            f"{source.origin}: pixel values {low:.3g}..{high:.3g} do not fit the labeled images' range "
+            f"(mapped to [0, 1] by x * {data.pixel_scale:.4g} + {data.pixel_offset:.4g}); scale them like the "
+            "labeled images"
+        )
+
+
+def _dtype(source: Source) -> torch.dtype | None:
+    return source.images.dtype if isinstance(source, InMemory) else None
+
+
+def _from_path(data: str | Path, options: DataOptions, role: str) -> Source:
+    text = str(data)
+    if text.partition(":")[0] in builtin.NAMES:
+        return as_source(text, options, role=role)
+    path = Path(text)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        paths = _manifest_paths(path)
+    elif path.is_dir():
+        paths = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    else:
+        raise DataError(f"{role}: {text!r} is neither an image folder, a CSV manifest nor a built-in dataset "
+                        f"({', '.join(builtin.NAMES)})")
+    if not paths:
+        raise DataError(f"{role}: no image files in {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    files = scan_files(paths, torch.zeros(len(paths), dtype=torch.int64), [], str(path), options.resize,
+                       options.strict)
+    return Streamed(ImageFileDataset(files.paths, files.targets, files.channels, files.size), files.targets, None,
+                    str(path), files.channels, files.size)
+
+
+def _manifest_paths(csv_path: Path) -> list[Path]:
+    """The first column of a manifest (labels, if any, are ignored); relative paths are from the CSV."""
+    paths = []
+    with csv_path.open(newline="") as handle:
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            if not row or not row[0].strip():
+                continue
+            if line_no == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
+                continue
+            path = Path(row[0].strip())
+            paths.append(path if path.is_absolute() else csv_path.parent / path)
+    return paths
+
+
+class _ImagesOnly(Dataset):
+    """A user Dataset of images, or of (image, ...) tuples, as (image, 0) pairs."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        item = self.dataset[index]
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        return image_to_chw(image, f"unlabeled item {index}"), 0
+
+
+def concat_sources(first: Source, second: Source, second_targets: torch.Tensor | None = None) -> Source:
+    """``first`` then ``second`` as one Source, ``second`` relabeled with ``second_targets`` when given.
+
+    Two in-memory sources stay in memory (batched on the device); otherwise the result streams
+    through a ConcatDataset.
+    """
+    targets = second.targets if second_targets is None else second_targets
+    origin = f"{first.origin} + {second.origin}"
+    if isinstance(first, InMemory) and isinstance(second, InMemory):
+        return InMemory(torch.cat([first.images, second.images]), torch.cat([first.targets, targets]),
+                        first.class_names, origin)
+    dataset = ConcatDataset([_Relabeled(first, first.targets), _Relabeled(second, targets)])
+    channels, height, width = image_geometry(first)
+    return Streamed(dataset, torch.cat([first.targets, targets]), first.class_names, origin, channels, (height, width))
+
+
+class _Relabeled(Dataset):
+    """Items of a Source (in memory or streamed) with the given targets."""
+
+    def __init__(self, source: Source, targets: torch.Tensor):
+        self.source, self.targets = source, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(self.source, InMemory):
+            return self.source.images[index], self.targets[index]
+        return self.source.dataset[index][0], self.targets[index]
