@@ -56,7 +56,7 @@ def test_unknown_key_names_it_and_the_allowed_keys(tmp_path):
     path = tmp_path / "plan.yaml"
     path.write_text("seed: 1\noptimisation:\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match=rf"{path}: unknown key 'optimisation'; allowed keys: data, model, "
-                                          r"optimization, regularization, runtime, seed, monitor, evidence, pinned"):
+                                          r"optimization, regularization, ssl, runtime, seed, monitor, evidence, pinned"):
         Plan.load(path)
 
 

@@ -218,3 +218,21 @@ def test_fit_without_unlabeled_is_unchanged(tmp_path, few_labels) -> None:
     assert run.plan.ssl == Plan().ssl
     assert "stage" not in run.history[0]
     assert "Semi-supervised learning" not in (run.dir / "report.html").read_text()
+
+
+def test_fit_pretrains_on_labeled_and_unlabeled_images(tmp_path, few_labels) -> None:
+    labeled, val, unlabeled, _ = few_labels
+    pins = {"ssl.pretrain": "simclr", "ssl.pretrain_epochs": 2, "ssl.pretrain_batch_size": 128,
+            "ssl.noisy_student_rounds": 0, "regularization.augment": []}
+    model = TinyNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run = visiondojo.fit(model, labeled, val, unlabeled=unlabeled, feature_layer="4", out=tmp_path / "pre", pin=pins,
+                         **{k: v for k, v in FAST.items() if k != "progress"}, progress=False)
+    pretrained = run.plan.measurements["ssl_pretrain"]
+    assert pretrained["method"] == "simclr" and pretrained["epochs"] == 2 and len(pretrained["losses"]) == 2
+    assert pretrained["steps"] == 2 * ((40 + 1200) // 128) and pretrained["feature_layer"] == "4"
+    assert run.model.state_dict().keys() == before.keys()
+    assert "pretraining: 2 epochs" in (run.dir / "report.html").read_text()
+    with pytest.raises(visiondojo.errors.ModelError, match="'fc'"):
+        visiondojo.fit(TinyNet(), labeled, val, unlabeled=unlabeled, feature_layer="fc", out=tmp_path / "bad",
+                       pin=pins, **FAST)
