@@ -32,17 +32,15 @@ from typing import Any
 import torch
 
 from fmnist import contender_parser, log, run_contender_in_child, run_contender_here, run_visiondojo
-from visiondojo.augment import OPS
+from visiondojo.augment import trivial_augment
 from visiondojo.plan import AugmentOp
 
 CONTENDERS = ("none", "fixed", "trivial", "searched")
 OFF = {"label_smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0}
-GRAYSCALE_NO_OPS = ("saturation", "hue")
 POLICIES: dict[str, dict[str, Any] | None] = {
     "none": {"augment": [], **OFF},
     "fixed": {"augment": [AugmentOp("hflip", 1.0), AugmentOp("translate", 1 / 3)], **OFF},
-    "trivial": {"augment": [AugmentOp(name, 1.0, group="trivial") for name in OPS if name not in GRAYSCALE_NO_OPS],
-                **OFF},
+    "trivial": {"augment": trivial_augment(channels=1), **OFF},
     "searched": None,
 }
 

@@ -179,6 +179,9 @@ class SSLParams:
     labeled_share: float = 0.125
     """Share of each student batch drawn from the labeled images: the weight of the unlabeled loss
     is (1 - labeled_share) / labeled_share relative to the labeled loss."""
+    student_init: str = "teacher"
+    """Where each student starts: ``scratch`` (the model's initial weights, after any pretraining) or
+    ``teacher`` (its teacher's weights)."""
     student_dropout: float = 0.0
     """Dropout before the student's head (its noise, with the augmentation policy and stochastic depth)."""
     teacher_share: float = 1.0

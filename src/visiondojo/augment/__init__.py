@@ -2,7 +2,7 @@
 
 from .geometry import Geometry, warp_boxes, warp_images, warp_keypoints, warp_masks
 from .mixing import mix, smooth
-from .policy import OPS, Augmenter, check_ops
+from .policy import OPS, RGB_ONLY, Augmenter, check_ops, ops_for, trivial_augment
 
-__all__ = ["Augmenter", "Geometry", "OPS", "check_ops", "mix", "smooth", "warp_boxes", "warp_images",
-           "warp_keypoints", "warp_masks"]
+__all__ = ["Augmenter", "Geometry", "OPS", "RGB_ONLY", "check_ops", "mix", "ops_for", "smooth", "trivial_augment",
+           "warp_boxes", "warp_images", "warp_keypoints", "warp_masks"]

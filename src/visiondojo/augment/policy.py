@@ -23,6 +23,19 @@ from .geometry import GEOMETRY_OPS, Geometry, keep_unmoved, warp_images
 PIXEL_OPS = {**COLOR_OPS, "erase": erase}
 OPS = (*GEOMETRY_OPS, *PIXEL_OPS)
 """Every op name a policy may use."""
+RGB_ONLY = frozenset({"saturation", "hue"})
+"""Ops that leave images with other than 3 channels unchanged (a policy for them skips these)."""
+
+
+def ops_for(channels: int) -> list[str]:
+    """The op names that do something on images with ``channels`` channels."""
+    return [name for name in OPS if channels == 3 or name not in RGB_ONLY]
+
+
+def trivial_augment(channels: int, group: str = "trivial") -> list[AugmentOp]:
+    """TrivialAugment (Müller & Hutter 2021) as a policy: ONE menu of every op at full magnitude, so
+    each sample gets one op drawn uniformly, at a strength uniform in [0, the op's full range]."""
+    return [AugmentOp(name, 1.0, group=group) for name in ops_for(channels)]
 
 
 def check_ops(ops: Sequence[AugmentOp], where: str = "regularization.augment") -> None:

@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..augment import ops_for
 from ..data.batches import Normalizer, make_batches
 from ..data.sources import Source
 from ..engine.runtime import Runtime
@@ -77,7 +78,6 @@ SOFT_OPTIONS: tuple[dict[str, float], ...] = (
     {"label_smoothing": 0.1, "mixup": 0.2},
     {"label_smoothing": 0.1, "cutmix": 1.0},
 )
-RGB_ONLY = ("saturation", "hue")
 
 
 @dataclass
@@ -123,8 +123,8 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
     augmentation only.
     """
     start = time.perf_counter()
-    ops = [op for family in FAMILIES.values() for op in family
-           if not (op in RGB_ONLY and plan.data.channels != 3)]
+    usable = ops_for(plan.data.channels)
+    ops = [op for family in FAMILIES.values() for op in family if op in usable]
     planned = 1 + PLANNED_LEVELS + (len(SOFT_OPTIONS) if search_soft else 0) + len(FAMILIES)
     val_images = min(len(val), MAX_VAL_IMAGES)
     reg = plan.regularization

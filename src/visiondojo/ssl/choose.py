@@ -142,4 +142,7 @@ def choose_ssl(plan: Plan, prep: Prepared, unlabeled: Source | None, runtime: Ru
                     f"max(n_l / (n_l + n_u), 1 / (1 + {MU})): the unlabeled loss weighs "
                     f"{(1 - labeled_share) / labeled_share:.1f}x the labeled one")
         plan.choose("ssl.student_dropout", STUDENT_DROPOUT, "Noisy Student's dropout noise before the head")
+        plan.choose("ssl.student_init", "teacher",
+                    "students start from their teacher's weights: in the few epochs a budget allows they get further "
+                    "than from scratch (Fashion-MNIST, 1,000 labels, 20k unlabeled, 300 s: 0.859 vs 0.842)")
     return speed

@@ -4,16 +4,25 @@ Each round:
 
 1. the teacher (first the supervised model) labels the unlabeled images (``pseudo.py``:
    a validation-calibrated confidence threshold, class-balanced);
-2. a student of the same architecture starts from the model's initial weights (after any
-   representation pretraining) and trains on labeled + pseudo-labeled images with noise: the
-   plan's augmentation policy, dropout before its head (``SSLParams.student_dropout``) and the
-   model's stochastic depth. Each batch draws ``labeled_share`` of its images from the labeled
-   set, so the weight of the unlabeled loss is (1 - share) / share of the labeled one;
-3. the student replaces the teacher when its validation score is higher; otherwise the rounds
-   stop and the teacher is kept.
+2. a student of the same architecture starts from its teacher's weights (``student_init``
+   ``teacher``: under a budget it gets further in its few epochs) or from the model's initial
+   weights (``scratch``, the paper's choice; after any representation pretraining), and trains
+   on labeled + pseudo-labeled images with noise:
+   TrivialAugment (``augment.trivial_augment``: one op of the whole set per image, at a random
+   strength), dropout before its head (``SSLParams.student_dropout``) and the model's stochastic
+   depth. Each batch draws ``labeled_share`` of its images from the labeled set, so the weight of
+   the unlabeled loss is (1 - share) / share of the labeled one;
+3. the student replaces the teacher when its validation score is at least as high (it learned
+   from far more images; on a tie that is the better bet); otherwise the rounds stop and the
+   teacher is kept.
 
-The student trains with the teacher's plan (optimizer, learning rate, batch, policy), only its
-length, warmup and BatchNorm momentum resized to the larger data. With a deadline, the time
+Why strong augmentation for every student, whatever the teacher's policy: without input noise a
+student only learns to copy its teacher (Xie et al. 2020 use RandAugment at a high magnitude, and
+the gain disappears without noise), while the teacher's searched policy was chosen for a few
+labeled images, where the search may well prefer none. A policy the user pinned is kept.
+
+The student trains with the teacher's plan (optimizer, learning rate, batch, soft labels), only
+its length, warmup and BatchNorm momentum resized to the larger data. With a deadline, the time
 left is split evenly over the rounds still to run, and the loop's budget guard keeps each
 student inside its share.
 """
@@ -29,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..augment import trivial_augment
 from ..data.batches import Normalizer, make_batches
 from ..data.sources import Source
 from ..engine.loop import LoopResult, run_training
@@ -72,9 +82,9 @@ class NoisyStudentResult:
 
 
 def student_plan(teacher: Plan, steps_per_epoch: int) -> Plan:
-    """The teacher's plan for a student: same optimizer, learning rate, batch and policy; its length,
-    warmup (the same number of steps) and BatchNorm momentum fitted to the student's data, and its
-    dropout raised to the student noise."""
+    """The teacher's plan for a student: same optimizer, learning rate, batch and soft labels; its
+    length, warmup (the same number of steps) and BatchNorm momentum fitted to the student's data,
+    and its noise: TrivialAugment (unless the user pinned a policy) and dropout."""
     plan = copy.deepcopy(teacher)
     opt, ssl = plan.optimization, plan.ssl
     teacher_steps = max(1, teacher.data.train_size // max(opt.batch_size, 1))
@@ -84,6 +94,8 @@ def student_plan(teacher: Plan, steps_per_epoch: int) -> Plan:
     if opt.bn_momentum is not None:
         opt.bn_momentum = bn_momentum_for(steps_per_epoch)
     reg = plan.regularization
+    if "regularization.augment" not in plan.pinned:
+        reg.augment = trivial_augment(plan.data.channels, group="student")
     reg.dropout = max(reg.dropout or 0.0, ssl.student_dropout) or reg.dropout
     reg.class_balance = "none"  # the draws are balanced by class already (pseudo.PseudoLabels.sample_weights)
     if "optimization.epochs" not in plan.pinned:
@@ -119,7 +131,8 @@ def noisy_student(model: nn.Module, initial_state: dict[str, torch.Tensor], teac
         batch = plan.optimization.batch_size
         splan = student_plan(plan, max(1, len(combined) // batch))
         student = copy.deepcopy(model)
-        student.load_state_dict(initial_state)
+        if ssl.student_init == "scratch":
+            student.load_state_dict(initial_state)
         batches = make_batches(combined, batch, runtime.device, train=True, seed=plan.seed + r,
                                num_workers=plan.runtime.num_workers or None, sample_weights=weights)
         if progress is not None:
@@ -132,12 +145,12 @@ def noisy_student(model: nn.Module, initial_state: dict[str, torch.Tensor], teac
         result = run_training(student, task, splan, batches, val_batches, runtime, normalizer, folder / f"student{r}",
                               deadline=round_deadline, final_eval_ratio=final_eval_ratio, progress=progress)
         history += [{"stage": f"student {r}", **row} for row in result.history]
-        accepted = result.best_metric > best
+        accepted = result.best_metric >= best
         rounds.append(Round(r, round(threshold, 4), why, len(pseudo.index), pseudo.counts, share,
                             len(result.history), round(best, 6), round(result.best_metric, 6), accepted,
                             round(time.perf_counter() - start, 2)))
         if not accepted:
-            stopped = (f"round {r}: the student ({result.best_metric:.4f}) did not beat its teacher ({best:.4f}); "
+            stopped = (f"round {r}: the student ({result.best_metric:.4f}) scored below its teacher ({best:.4f}); "
                        "the teacher is kept")
             break
         model.load_state_dict(student.state_dict())

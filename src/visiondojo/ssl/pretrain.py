@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..augment import Augmenter
+from ..augment import RGB_ONLY, Augmenter
 from ..data.batches import Normalizer, make_batches
 from ..data.sources import Source
 from ..engine.loop import TrainingDiverged
@@ -72,7 +72,6 @@ distortion matter most: crops alone let the views match by their color histogram
 No erasing: on top of the crops it would too often hide what the two views share.
 """
 
-RGB_ONLY = frozenset({"saturation", "hue"})
 WEIGHT_DECAY = 1e-4
 """Decoupled decay rate (AdamW's) for weights, not norms or biases. Small on purpose: the pretext
 loss, not a prior on weight size, should shape the features; at lr 1e-3 it shrinks a weight by 1e-7
