@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -73,17 +74,20 @@ def test_unlabeled_must_look_like_the_labeled_images() -> None:
     as_bytes, _ = make_problem(10, size=8, seed=3, dtype="uint8")
     with pytest.raises(DataError, match="uint8 but the labeled images are torch.float32"):
         check_unlabeled(as_unlabeled(as_bytes, DataOptions()), prep.data, prep.train)
-    with pytest.raises(DataError, match="do not fit the labeled images' range"):
+    with pytest.raises(DataError, match="map to -30..119 where the labeled images reach 1.27"):
         check_unlabeled(as_unlabeled(images[:10] * 100, DataOptions()), prep.data, prep.train)
+    with pytest.raises(DataError, match="give the unlabeled images the labeled images' scale"):  # 100x darker
+        check_unlabeled(as_unlabeled(images[:10] / 100, DataOptions()), prep.data, prep.train)
 
 
 def test_concat_keeps_order_and_relabels() -> None:
     images, labels = make_problem(10, size=8, seed=4)
     labeled = as_source((images[:4], labels[:4]), DataOptions())
     unlabeled = as_unlabeled(images[4:], DataOptions())
-    both = concat_sources(labeled, unlabeled, torch.full((6,), 2))
+    both = concat_sources(labeled, unlabeled, torch.cat([labeled.targets, torch.full((6,), 2)]))
     assert torch.equal(both.images_at(torch.arange(10)), torch.as_tensor(images).unsqueeze(1))
     assert both.targets.tolist() == labels[:4].tolist() + [2] * 6
+    assert (concat_sources(labeled, unlabeled).targets == UNKNOWN).all()
 
 
 # --- pseudo-labels ----------------------------------------------------------------------------
@@ -101,6 +105,12 @@ def test_threshold_halves_the_validation_errors() -> None:
     assert precision >= 0.9 and int(kept.sum()) == 88  # the most images at that precision: 80 right, 8 wrong
     assert "accuracy 0.800" in why
     assert choose_threshold(probs[:10], targets[:10])[0] == pytest.approx(0.7)  # too few to calibrate: default
+    assert choose_threshold(probs, 1 - targets)[0] == math.inf  # the surest predictions are wrong: keep none
+    # ties: a cut inside equal confidences would keep unchecked ones, so the cut moves before them
+    tied = torch.tensor([0.9] * 20 + [0.8] * 20)
+    right = torch.tensor([1] * 20 + [1] * 15 + [0] * 5, dtype=torch.int64)  # accuracy .875 -> target .9375
+    threshold, _ = choose_threshold(torch.stack([1 - tied, tied], dim=1), right)
+    assert threshold == pytest.approx(0.9)  # all 0.8s together are 0.875 right: below the target
 
 
 def test_pseudo_labels_respect_threshold_and_class_balance() -> None:
@@ -236,3 +246,37 @@ def test_fit_pretrains_on_labeled_and_unlabeled_images(tmp_path, few_labels) -> 
     with pytest.raises(visiondojo.errors.ModelError, match="'fc'"):
         visiondojo.fit(TinyNet(), labeled, val, unlabeled=unlabeled, feature_layer="fc", out=tmp_path / "bad",
                        pin=pins, **FAST)
+
+
+def test_bad_ssl_settings_fail_before_training(tmp_path, few_labels) -> None:
+    labeled, val, unlabeled, _ = few_labels
+    for pins, message in [({"ssl.pretrain": "byol"}, "ssl.pretrain = 'byol'; choose one of none, simclr"),
+                          ({"ssl.student_init": "scrach"}, "ssl.student_init = 'scrach'"),
+                          ({"ssl.labeled_share": 0.0}, r"ssl.labeled_share = 0.0 is outside \(0, 1\]")]:
+        with pytest.raises(visiondojo.errors.ConfigError, match=message):
+            visiondojo.fit(TinyNet(), labeled, val, unlabeled=unlabeled, out=tmp_path / "bad", pin=pins, **FAST)
+        assert not (tmp_path / "bad").exists()  # nothing claimed
+
+
+def test_multilabel_pretraining_ignores_the_targets(tmp_path) -> None:
+    images, labels = make_problem(120, task="multilabel", size=8, seed=8)
+    pins = {"ssl.pretrain": "barlow_twins", "ssl.pretrain_epochs": 1, "ssl.pretrain_batch_size": 64}
+    run = visiondojo.fit(TinyNet(), (images[:80], labels[:80]), unlabeled=images[80:], out=tmp_path / "ml", pin=pins,
+                         **FAST)
+    assert run.plan.ssl.noisy_student_rounds == 0 and run.plan.measurements["ssl_pretrain"]["epochs"] == 1
+
+
+def test_student_noise_respects_the_models_own_dropout() -> None:
+    from torch import nn
+
+    from visiondojo.ssl.noisy_student import student_plan
+
+    plan = Plan()
+    plan.data.train_size, plan.optimization.batch_size, plan.ssl.student_dropout = 100, 10, 0.2
+    plan.regularization.augment = []
+    plain = student_plan(plan, 50, TinyNet())
+    assert plain.regularization.dropout == 0.2  # inserted before the head
+    assert {op.name for op in plain.regularization.augment} & {"vflip", "rot90"} == set()  # orientation kept
+    assert len({op.group for op in plain.regularization.augment}) == 1  # one TrivialAugment menu
+    with_dropout = student_plan(plan, 50, nn.Sequential(TinyNet(), nn.Dropout(0.5)))
+    assert with_dropout.regularization.dropout is None  # the model's 0.5 stays

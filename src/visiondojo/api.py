@@ -35,7 +35,7 @@ from .rundir import CHECKPOINTS, HISTORY, METRICS, PLAN, REPORT, WEIGHTS, claim_
 from .ssl.choose import PRETRAIN_SHARE, choose_ssl
 from .ssl.noisy_student import noisy_student
 from .ssl.pretrain import pretrain
-from .ssl.stages import pretrain_seconds, ssl_active, teacher_deadline
+from .ssl.stages import check_ssl, pretrain_seconds, ssl_active, teacher_deadline
 from .ssl.unlabeled import as_unlabeled, check_unlabeled, concat_sources
 from .tasks import make_task
 
@@ -88,15 +88,17 @@ def find_params(model: nn.Module | str, train_data: Any, val_data: Any = None, *
                 budget: str | float | None = None, seed: int = 0, adapt: bool = False,
                 device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
                 pin: dict[str, Any] | None = None, regularization: RegularizationParams | str | Path | None = None,
-                unlabeled: Any = None, progress: bool | None = False, **data_options: Any) -> Plan:
+                unlabeled: Any = None, feature_layer: str | None = None, progress: bool | None = False,
+                **data_options: Any) -> Plan:
     """Inspect the data and model and return the Plan that ``train`` would follow (nothing is trained)."""
     start = time.perf_counter()
     options = DataOptions(task=task, **data_options)
     prep = prepare(model, train_data, val_data, None, options=options, adapt=adapt, seed=seed)
     return _find_params(prep, budget_s=parse_duration(budget), start=start, seed=seed, device=device,
                         precision=precision, channels_last=channels_last,
-                        pins={**regularization_pins(regularization), **(pin or {})}, progress=progress,
-                        unlabeled=_unlabeled_source(unlabeled, prep))
+                        pins={**regularization_pins(regularization), **(pin or {}),
+                              **({"ssl.feature_layer": feature_layer} if feature_layer is not None else {})},
+                        progress=progress, unlabeled=_unlabeled_source(unlabeled, prep))
 
 
 def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, test_data: Any = None, *,
@@ -151,6 +153,7 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
         plan.set(dotted, value)
         plan.evidence[dotted] = "pinned by the user"
     check_regularization(plan.regularization)  # a bad policy fails before any time is spent
+    check_ssl(plan, prep.model)
     deadline = start + budget_s if budget_s is not None else None
     runtime = Runtime(runtime_params)
     choose_ssl(plan, prep, unlabeled, runtime, deadline=deadline)
@@ -166,6 +169,7 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
 def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: bool, resume: bool,
            deadline: float | None, progress: bool | None, unlabeled: Source | None = None) -> Run:
     check_regularization(plan.regularization)  # before the run folder is claimed
+    check_ssl(plan, prep.model)
     if resume and unlabeled is not None and ssl_active(plan.ssl):
         raise VisionDojoError("resuming a run that learns from unlabeled images is not supported yet; "
                               "start it again without --resume (in a new run folder)")
@@ -184,8 +188,9 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     semi = unlabeled is not None and ssl_active(plan.ssl)
     if semi and plan.ssl.pretrain != "none":
         _pretrain(model, prep, plan, unlabeled, runtime, normalizer, deadline, bar)
+    students = semi and plan.ssl.noisy_student_rounds > 0
     initial_state = ({k: v.clone() for k, v in model.state_dict().items()}
-                     if semi and plan.ssl.noisy_student_rounds else None)
+                     if students and plan.ssl.student_init == "scratch" else None)
     opt = plan.optimization
     workers = plan.runtime.num_workers or None
     train_batches = make_batches(prep.train, opt.batch_size, runtime.device, train=True, seed=plan.seed,
@@ -200,15 +205,15 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
                           run_dir / CHECKPOINTS, deadline=teacher_deadline(plan, deadline) if semi else deadline,
                           final_eval_ratio=final_eval_ratio, resume=resume, progress=bar)
     history, notes = result.history, result.notes
-    if initial_state is not None:
+    if students:
         assert unlabeled is not None
-        students = noisy_student(model, initial_state, result.best_metric, prep.task, plan, prep.train, prep.val,
+        rounds = noisy_student(model, initial_state, result.best_metric, prep.task, plan, prep.train, prep.val,
                                  unlabeled, val_batches, runtime, normalizer, run_dir / CHECKPOINTS,
                                  deadline=deadline, final_eval_ratio=final_eval_ratio, progress=bar)
-        plan.measurements["noisy_student"] = students.summary()
-        history = [{"stage": "teacher", **row} for row in result.history] + students.history
-        notes = [*notes, f"noisy student: {students.stopped}"]
-        result = students.result or result
+        plan.measurements["noisy_student"] = rounds.summary()
+        history = [{"stage": "teacher", **row} for row in result.history] + rounds.history
+        notes = [*notes, f"noisy student: {rounds.stopped}"]
+        result = rounds.result or result
     if semi:
         plan.save(run_dir / PLAN)  # with the SSL stages' measurements
     save_weights(model, run_dir / WEIGHTS)
@@ -223,7 +228,7 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     summary = [f"stopped: {result.stop_reason}; best epoch {result.best_epoch} "
                f"(val {plan.monitor} {result.best_metric:.4f})", *notes,
                *[f"adapt: {c}" for c in plan.model.changes]]
-    report = _report_data(plan, prep, result.history, evaluations, summary)
+    report = _report_data(plan, prep, history, evaluations, summary)
     report.augmented = _augmented_sample(plan, prep, normalizer, runtime.device)
     write_report(run_dir / REPORT, report)
     bar.log("visiondojo: done; " + ", ".join(f"{s} {plan.monitor} {m[plan.monitor]:.4f}" for s, m in metrics.items())

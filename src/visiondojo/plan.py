@@ -177,13 +177,16 @@ class SSLParams:
     pseudo_threshold: float | None = None
     """Teacher confidence a pseudo-label needs to be kept (None: calibrated on validation each round)."""
     labeled_share: float = 0.125
-    """Share of each student batch drawn from the labeled images: the weight of the unlabeled loss
-    is (1 - labeled_share) / labeled_share relative to the labeled loss."""
+    """Least share of each student batch drawn from the labeled images (a round with few
+    pseudo-labels uses the data's own, larger proportion): the weight of the unlabeled loss is
+    (1 - share) / share relative to the labeled loss."""
     student_init: str = "teacher"
     """Where each student starts: ``scratch`` (the model's initial weights, after any pretraining) or
     ``teacher`` (its teacher's weights)."""
     student_dropout: float = 0.0
-    """Dropout before the student's head (its noise, with the augmentation policy and stochastic depth)."""
+    """Students' dropout noise: inserted before the head of a model without dropout layers, or the
+    least rate when the plan sets ``regularization.dropout``; a model's own dropout layers keep
+    their rates otherwise."""
     teacher_share: float = 1.0
     """Share of the training time (after pretraining) for the teacher; the students share the rest."""
 

@@ -18,10 +18,11 @@ throughput and the time left, before anything trains, with the reasons in the pl
   ``MAX_ROUNDS`` rounds, as many as the time affords at that length.
 - **The teacher** gets the time for ``TEACHER_EPOCHS`` epochs of the labeled images (plus the
   meta-learners' and policy search's shares of its budget), within ``TEACHER_SHARE``.
-- **Weight of the unlabeled loss**: each student batch draws ``labeled_share`` =
+- **Weight of the unlabeled loss**: each student batch draws at least ``labeled_share`` =
   max(n_l / (n_l + n_u), 1 / (1 + ``MU``)) of its images from the labeled set: the data's own
   proportion, but never fewer labeled images than FixMatch's 1 : 7 (Sohn et al. 2020), so that
-  true labels are not drowned by many pseudo-labels.
+  true labels are not drowned by many pseudo-labels (a round that keeps few pseudo-labels uses
+  its own, larger proportion).
 
 Without a budget: pretraining runs ``NO_BUDGET_PRETRAIN_EPOCHS`` when the data is large enough,
 students train like the teacher (until early stopping), and rounds run while students improve.
@@ -35,7 +36,7 @@ import time
 from ..choose import META_SHARE
 from ..data.batches import Normalizer
 from ..engine.runtime import Runtime
-from ..optimize.length import Throughput, measure_throughput
+from ..optimize.length import measure_throughput
 from ..plan import Plan
 from ..prepare import Prepared
 from ..regularize.choose import SEARCH_SHARE
@@ -66,11 +67,11 @@ THROUGHPUT_BATCH = 256
 
 
 def choose_ssl(plan: Plan, prep: Prepared, unlabeled: Source | None, runtime: Runtime, *,
-               deadline: float | None) -> Throughput | None:
-    """Fill ``plan.ssl`` with its evidence; returns the throughput it measured (None without unlabeled data)."""
+               deadline: float | None) -> None:
+    """Fill ``plan.ssl`` with its evidence (from a short throughput measurement)."""
     if unlabeled is None:
         plan.evidence["ssl"] = "no unlabeled data: no semi-supervised learning"
-        return None
+        return
     n_l, n_u = len(prep.train), len(unlabeled)
     normalizer = Normalizer(prep.data, runtime.device, plan.runtime.channels_last)
     speed = measure_throughput(prep.model, prep.task, prep.train, runtime, normalizer, plan.optimization,
@@ -109,6 +110,8 @@ def choose_ssl(plan: Plan, prep: Prepared, unlabeled: Source | None, runtime: Ru
                     f"{features} features at {layer!r}: " + ("SimCLR's 128" if ssl.pretrain == "simclr" else
                                                             "Barlow Twins gains from a wider projector"))
     pretrain_s = (ssl.pretrain_epochs * 2 * (n_l + n_u) / ips) if ssl.pretrain != "none" else 0.0
+    if left is not None:
+        pretrain_s = min(pretrain_s, PRETRAIN_SHARE * left)  # pretraining stops there (api._pretrain)
     plan.measurements["ssl_choice"]["pretrain_s"] = round(pretrain_s, 1)
 
     # Noisy Student and the teacher's share.
@@ -145,4 +148,3 @@ def choose_ssl(plan: Plan, prep: Prepared, unlabeled: Source | None, runtime: Ru
         plan.choose("ssl.student_init", "teacher",
                     "students start from their teacher's weights: in the few epochs a budget allows they get further "
                     "than from scratch (Fashion-MNIST, 1,000 labels, 20k unlabeled, 300 s: 0.859 vs 0.842)")
-    return speed

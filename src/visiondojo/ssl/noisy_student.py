@@ -10,8 +10,10 @@ Each round:
    on labeled + pseudo-labeled images with noise:
    TrivialAugment (``augment.trivial_augment``: one op of the whole set per image, at a random
    strength), dropout before its head (``SSLParams.student_dropout``) and the model's stochastic
-   depth. Each batch draws ``labeled_share`` of its images from the labeled set, so the weight of
-   the unlabeled loss is (1 - share) / share of the labeled one;
+   depth. Each batch draws at least ``labeled_share`` of its images from the labeled set (more
+   when the pseudo-labels are few: the data's own proportion), so the weight of the unlabeled
+   loss is (1 - share) / share of the labeled one; the labeled draws are class-balanced when
+   the teacher's plan balanced classes, the pseudo-labeled ones always are;
 3. the student replaces the teacher when its validation score is at least as high (it learned
    from far more images; on a tie that is the better bet); otherwise the rounds stop and the
    teacher is kept.
@@ -48,8 +50,16 @@ from ..optimize.batchnorm import bn_momentum_for
 from ..optimize.schedules import MAX_WARMUP_SHARE
 from ..plan import Plan
 from ..tasks import Task
+from ..regularize.class_balance import sample_weights
+from ..regularize.dropout import DROPOUT_TYPES
 from .pseudo import choose_threshold, predict, select
 from .unlabeled import concat_sources
+
+ORIENTATION_OPS = frozenset({"vflip", "rot90"})
+MIN_CLASSES = 2
+"""Fewest classes the pseudo-labels must cover for a round to run."""
+MIN_ROUND_SHARE = 0.5
+"""A round starts only with at least this share of the last round's time left."""
 
 
 @dataclass
@@ -81,7 +91,7 @@ class NoisyStudentResult:
         return {"rounds": [asdict(r) for r in self.rounds], "stopped": self.stopped}
 
 
-def student_plan(teacher: Plan, steps_per_epoch: int) -> Plan:
+def student_plan(teacher: Plan, steps_per_epoch: int, model: nn.Module) -> Plan:
     """The teacher's plan for a student: same optimizer, learning rate, batch and soft labels; its
     length, warmup (the same number of steps) and BatchNorm momentum fitted to the student's data,
     and its noise: TrivialAugment (unless the user pinned a policy) and dropout."""
@@ -95,19 +105,37 @@ def student_plan(teacher: Plan, steps_per_epoch: int) -> Plan:
         opt.bn_momentum = bn_momentum_for(steps_per_epoch)
     reg = plan.regularization
     if "regularization.augment" not in plan.pinned:
-        reg.augment = trivial_augment(plan.data.channels, group="student")
-    reg.dropout = max(reg.dropout or 0.0, ssl.student_dropout) or reg.dropout
+        # Flips upside down and quarter turns change what some images show (a 6 is a 9): only
+        # when the teacher's own policy found them harmless.
+        allowed = {op.name for op in reg.augment}
+        reg.augment = [op for op in trivial_augment(plan.data.channels, group="student")
+                       if op.name not in ORIENTATION_OPS or op.name in allowed]
+    if reg.dropout is not None or not any(isinstance(m, DROPOUT_TYPES) for m in model.modules()):
+        # A model with dropout layers of its own keeps their rates (its noise) unless the plan sets one.
+        reg.dropout = max(reg.dropout or 0.0, ssl.student_dropout) or reg.dropout
     reg.class_balance = "none"  # the draws are balanced by class already (pseudo.PseudoLabels.sample_weights)
     if "optimization.epochs" not in plan.pinned:
         plan.pinned.append("optimization.epochs")  # the budget guard may shorten, never lengthen, a student
     return plan
 
 
-def noisy_student(model: nn.Module, initial_state: dict[str, torch.Tensor], teacher_metric: float, task: Task,
+def _labeled_weights(plan: Plan, train: Source) -> torch.Tensor:
+    """Draw weights of the labeled images, summing to 1: class-balanced when the teacher's plan
+    balanced classes (by loss weights or by sampling), else uniform."""
+    if plan.regularization.class_balance == "none":
+        return torch.full((len(train),), 1 / len(train), dtype=torch.float64)
+    weights = sample_weights(train.targets, plan.data.class_counts).double()
+    return weights / weights.sum()
+
+
+def noisy_student(model: nn.Module, initial_state: dict[str, torch.Tensor] | None, teacher_metric: float, task: Task,
                   plan: Plan, train: Source, val: Source, unlabeled: Source, val_batches: Any, runtime: Runtime,
                   normalizer: Normalizer, folder: Path, *, deadline: float | None,
                   final_eval_ratio: float = 1.0, progress: TrainingProgress | None = None) -> NoisyStudentResult:
-    """Run up to ``plan.ssl.noisy_student_rounds`` rounds; on return ``model`` holds the best weights."""
+    """Run up to ``plan.ssl.noisy_student_rounds`` rounds; on return ``model`` holds the best weights.
+
+    ``initial_state`` is where students start for ``student_init: scratch`` (None: from the teacher).
+    """
     ssl = plan.ssl
     rounds: list[Round] = []
     history: list[dict[str, Any]] = []
@@ -116,22 +144,27 @@ def noisy_student(model: nn.Module, initial_state: dict[str, torch.Tensor], teac
     val_targets = val.targets
     for r in range(1, ssl.noisy_student_rounds + 1):
         start = time.perf_counter()
+        if deadline is not None and rounds and deadline - start < MIN_ROUND_SHARE * rounds[-1].seconds:
+            stopped = f"round {r}: too little time left for another student"
+            break
         if ssl.pseudo_threshold is None:
             threshold, why = choose_threshold(predict(model, task, val, normalizer, runtime), val_targets)
         else:
             threshold, why = ssl.pseudo_threshold, "set in the plan"
         pseudo = select(predict(model, task, unlabeled, normalizer, runtime), threshold)
-        if len(pseudo.index) == 0:
-            stopped = f"round {r}: no unlabeled image reached the confidence threshold {threshold:.3f}"
+        classes = sum(count > 0 for count in pseudo.counts)
+        if classes < MIN_CLASSES:
+            stopped = (f"round {r}: pseudo-labels (confidence >= {threshold:.3f}) cover {classes} class(es); "
+                       "a student would learn the teacher's bias")
             break
-        combined = concat_sources(train, unlabeled.subset(pseudo.index), pseudo.labels)
-        share = ssl.labeled_share
-        weights = torch.cat([torch.full((len(train),), share / len(train), dtype=torch.float64),
-                             (1 - share) * pseudo.sample_weights()])
+        combined = concat_sources(train, unlabeled.subset(pseudo.index), torch.cat([train.targets, pseudo.labels]))
+        # The plan's share is a floor: with few pseudo-labels, the data's own proportion is larger.
+        share = max(ssl.labeled_share, len(train) / len(combined))
+        weights = torch.cat([share * _labeled_weights(plan, train), (1 - share) * pseudo.sample_weights()])
         batch = plan.optimization.batch_size
-        splan = student_plan(plan, max(1, len(combined) // batch))
+        splan = student_plan(plan, max(1, len(combined) // batch), model)
         student = copy.deepcopy(model)
-        if ssl.student_init == "scratch":
+        if initial_state is not None:
             student.load_state_dict(initial_state)
         batches = make_batches(combined, batch, runtime.device, train=True, seed=plan.seed + r,
                                num_workers=plan.runtime.num_workers or None, sample_weights=weights)

@@ -17,6 +17,7 @@ Student for them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -78,10 +79,14 @@ def choose_threshold(val_probs: torch.Tensor, val_targets: torch.Tensor) -> tupl
     accuracy = float(correct.mean())
     target = (1 + accuracy) / 2
     order = confidence.argsort(descending=True)
+    ranked = confidence[order]
     precision = correct[order].cumsum(0) / torch.arange(1, len(order) + 1, dtype=torch.float64)
-    ok = (precision >= target).nonzero()
-    if len(ok) == 0:  # not even the most confident prediction is right: keep only certainties
-        return 1.0, f"no confidence level reaches precision {target:.3f} on validation; only certain labels kept"
+    # A threshold keeps every tie of its confidence, so only the last of equal confidences is a cut.
+    cut = torch.ones(len(order), dtype=torch.bool)
+    cut[:-1] = ranked[:-1] != ranked[1:]
+    ok = ((precision >= target) & cut).nonzero()
+    if len(ok) == 0:  # not even the teacher's surest predictions are right often enough
+        return math.inf, f"no confidence level reaches precision {target:.3f} on validation: no pseudo-labels"
     last = int(ok[-1])
     threshold = float(confidence[order[last]])
     return threshold, (f"teacher validation accuracy {accuracy:.3f}: the {last + 1} of {len(order)} validation "

@@ -28,6 +28,9 @@ from ..plan import DataParams
 UNKNOWN = -1
 """Target of every unlabeled image; nothing may train on it."""
 RANGE_SAMPLE = 512
+DARKER = 0.1
+"""Unlabeled images whose brightest pixel is under this share of the labeled images' are on
+another scale (0..1 floats next to 0..255 ones): the same normalizer would make them black."""
 
 
 def as_unlabeled(data: Any, options: DataOptions, role: str = "unlabeled") -> Source:
@@ -64,15 +67,21 @@ def check_unlabeled(source: Source, data: DataParams, labeled: Source) -> None:
             f"{source.origin}: images are {own} but the labeled images are {theirs}; give both in one form "
             "(e.g. both uint8 0..255, or both float in [0, 1]) so they are normalized alike"
         )
-    index = torch.arange(min(RANGE_SAMPLE, len(source)))
-    pixels = source.images_at(index).float() * data.pixel_scale + data.pixel_offset
-    low, high = float(pixels.min()), float(pixels.max())
-    if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
+    low, high = _unit_range(source, data)
+    _, labeled_high = _unit_range(labeled, data)
+    if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK or high < DARKER * labeled_high:
         raise DataError(
-            f"{source.origin}: pixel values {low:.3g}..{high:.3g} do not fit the labeled images' range "
-            f"(mapped to [0, 1] by x * {data.pixel_scale:.4g} + {data.pixel_offset:.4g}); scale them like the "
-            "labeled images"
+            f"{source.origin}: pixel values map to {low:.3g}..{high:.3g} where the labeled images reach "
+            f"{labeled_high:.3g} (both mapped by x * {data.pixel_scale:.4g} + {data.pixel_offset:.4g}); "
+            "give the unlabeled images the labeled images' scale (e.g. both 0..255, or both 0..1)"
         )
+
+
+def _unit_range(source: Source, data: DataParams) -> tuple[float, float]:
+    """(min, max) of a sample of ``source``'s pixels in [0, 1] units of the labeled data."""
+    pixels = source.images_at(torch.arange(min(RANGE_SAMPLE, len(source)))).float()
+    pixels = pixels * data.pixel_scale + data.pixel_offset
+    return float(pixels.min()), float(pixels.max())
 
 
 def _dtype(source: Source) -> torch.dtype | None:
@@ -129,20 +138,23 @@ class _ImagesOnly(Dataset):
         return image_to_chw(image, f"unlabeled item {index}"), 0
 
 
-def concat_sources(first: Source, second: Source, second_targets: torch.Tensor | None = None) -> Source:
-    """``first`` then ``second`` as one Source, ``second`` relabeled with ``second_targets`` when given.
+def concat_sources(first: Source, second: Source, targets: torch.Tensor | None = None) -> Source:
+    """``first`` then ``second`` as one Source, with ``targets`` for all of it (None: UNKNOWN for
+    every image, for training that ignores targets; the two parts' own targets may not even share
+    a shape, e.g. multi-hot labels next to unlabeled images).
 
     Two in-memory sources stay in memory (batched on the device); otherwise the result streams
     through a ConcatDataset.
     """
-    targets = second.targets if second_targets is None else second_targets
+    if targets is None:
+        targets = torch.full((len(first) + len(second),), UNKNOWN, dtype=torch.int64)
     origin = f"{first.origin} + {second.origin}"
     if isinstance(first, InMemory) and isinstance(second, InMemory):
-        return InMemory(torch.cat([first.images, second.images]), torch.cat([first.targets, targets]),
-                        first.class_names, origin)
-    dataset = ConcatDataset([_Relabeled(first, first.targets), _Relabeled(second, targets)])
+        return InMemory(torch.cat([first.images, second.images]), targets, first.class_names, origin)
+    split = len(first)
+    dataset = ConcatDataset([_Relabeled(first, targets[:split]), _Relabeled(second, targets[split:])])
     channels, height, width = image_geometry(first)
-    return Streamed(dataset, torch.cat([first.targets, targets]), first.class_names, origin, channels, (height, width))
+    return Streamed(dataset, targets, first.class_names, origin, channels, (height, width))
 
 
 class _Relabeled(Dataset):
