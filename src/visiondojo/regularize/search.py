@@ -125,13 +125,15 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
     start = time.perf_counter()
     usable = ops_for(plan.data.channels)
     ops = [op for family in FAMILIES.values() for op in family if op in usable]
-    planned = planned_proxies(search_soft)
+    planned = 1 + PLANNED_LEVELS + (len(SOFT_OPTIONS) if search_soft else 0) + len(FAMILIES)
     val_images = min(len(val), MAX_VAL_IMAGES)
     reg = plan.regularization
     start_soft = {} if search_soft else {name: getattr(reg, name) for name in ("label_smoothing", "mixup", "cutmix")}
-    epochs = proxy_epochs(plan.optimization.epochs)
-    subset_size = min(len(train), int(_proxy_train_s(allowance_s, planned, epochs, val_images, eval_images_per_s)
-                                      * train_images_per_s / epochs))
+    # Each proxy: as many epochs as the real run, each followed by a validation pass.
+    epochs = min(max(plan.optimization.epochs, PROXY_EPOCHS[0]), PROXY_EPOCHS[1])
+    proxy_s = (1 - DISTANCE_SHARE) * allowance_s / planned
+    train_s = proxy_s - epochs * val_images / eval_images_per_s
+    subset_size = min(len(train), int(train_s * train_images_per_s / epochs))
     if subset_size < MIN_SUBSET:
         return None
     generator = torch.Generator().manual_seed(plan.seed + 4242)
@@ -193,28 +195,6 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
              "groups": len(groups), "proxy_trainings": len(trials)}
     return SearchResult(_ops(best.groups, groups), best.soft, distances, groups, trials, subset_size,
                         epochs, time.perf_counter() - start, stopped or "tried every planned combination", space)
-
-
-def planned_proxies(search_soft: bool = True) -> int:
-    """Proxy trainings the subset is sized for: the bar, the wide levels, soft labels, one per family."""
-    return 1 + PLANNED_LEVELS + (len(SOFT_OPTIONS) if search_soft else 0) + len(FAMILIES)
-
-
-def proxy_epochs(run_epochs: int) -> int:
-    """A proxy trains as many epochs as the real run (within ``PROXY_EPOCHS``)."""
-    return min(max(run_epochs, PROXY_EPOCHS[0]), PROXY_EPOCHS[1])
-
-
-def _proxy_train_s(allowance_s: float, planned: int, epochs: int, val_images: int, eval_images_per_s: float) -> float:
-    """Training seconds per proxy: its share of the allowance less its validation passes."""
-    return (1 - DISTANCE_SHARE) * allowance_s / planned - epochs * val_images / eval_images_per_s
-
-
-def minimum_allowance(run_epochs: int, val_images: int, train_images_per_s: float, eval_images_per_s: float) -> float:
-    """The least allowance at which the search runs: its planned proxies on ``MIN_SUBSET`` images."""
-    epochs, planned = proxy_epochs(run_epochs), planned_proxies()
-    per_proxy = MIN_SUBSET * epochs / train_images_per_s + epochs * min(val_images, MAX_VAL_IMAGES) / eval_images_per_s
-    return planned * per_proxy / (1 - DISTANCE_SHARE)
 
 
 def _ops(chosen: dict[str, str], groups: list[Group]) -> list[AugmentOp]:

@@ -17,9 +17,7 @@ throughput and the time left, before anything trains, with the reasons in the pl
   ``MIN_STUDENT_EPOCHS`` epochs over the labeled + (expected) pseudo-labeled images; up to
   ``MAX_ROUNDS`` rounds, as many as the time affords at that length.
 - **The teacher** gets the time for ``TEACHER_EPOCHS`` epochs of the labeled images (plus the
-  meta-learners' and policy search's shares of its budget), and at least enough for its policy
-  search to run (``regularize.search.minimum_allowance``), within ``TEACHER_SHARE``: the
-  pseudo-labels are only as good as the teacher, and few labels need augmentation most.
+  meta-learners' and policy search's shares of its budget), within ``TEACHER_SHARE``.
 - **Weight of the unlabeled loss**: each student batch draws at least ``labeled_share`` =
   max(n_l / (n_l + n_u), 1 / (1 + ``MU``)) of its images from the labeled set: the data's own
   proportion, but never fewer labeled images than FixMatch's 1 : 7 (Sohn et al. 2020), so that
@@ -42,7 +40,6 @@ from ..optimize.length import measure_throughput
 from ..plan import Plan
 from ..prepare import Prepared
 from ..regularize.choose import SEARCH_SHARE
-from ..regularize.search import PROXY_EPOCHS, minimum_allowance
 from ..data.sources import Source
 from .backbone import feature_dim, find_feature_layer
 from .pretrain import suggested_projector_dim
@@ -120,11 +117,7 @@ def choose_ssl(plan: Plan, prep: Prepared, unlabeled: Source | None, runtime: Ru
     # Noisy Student and the teacher's share.
     student_images = n_l + EXPECTED_KEPT * n_u
     student_epoch_s = student_images / ips + len(prep.val) / speed.eval_images_per_s
-    # The teacher needs its epochs, and time enough for its policy search to run at all: without
-    # augmentation a teacher of few labels is several points worse (Fashion-MNIST, 900 labels).
-    search_s = minimum_allowance(PROXY_EPOCHS[1], len(prep.val), ips, speed.eval_images_per_s)
-    teacher_s = max(TEACHER_EPOCHS * n_l / ips / (1 - META_SHARE - SEARCH_SHARE),
-                    search_s / SEARCH_SHARE / (1 - META_SHARE))
+    teacher_s = TEACHER_EPOCHS * n_l / ips / (1 - META_SHARE - SEARCH_SHARE)
     after = left - pretrain_s if left is not None else None
     share = min(max(teacher_s / after, TEACHER_SHARE[0]), TEACHER_SHARE[1]) if after and after > 0 else 1.0
     rounds, epochs = 0, 0
@@ -145,9 +138,8 @@ def choose_ssl(plan: Plan, prep: Prepared, unlabeled: Source | None, runtime: Ru
     if ssl.noisy_student_rounds:
         plan.choose("ssl.student_epochs", epochs, why)
         plan.choose("ssl.teacher_share", round(share, 4),
-                    f"{TEACHER_EPOCHS} epochs of the {n_l} labeled images, and a policy search that can run "
-                    f"({search_s:.0f}s at least), take ~{teacher_s:.0f}s with its meta-learning; within "
-                    f"{TEACHER_SHARE[0]:.0%}-{TEACHER_SHARE[1]:.0%}")
+                    f"{TEACHER_EPOCHS} epochs of the {n_l} labeled images take ~{teacher_s:.0f}s with its "
+                    f"meta-learning and policy search; within {TEACHER_SHARE[0]:.0%}-{TEACHER_SHARE[1]:.0%}")
         labeled_share = max(n_l / (n_l + n_u), 1 / (1 + MU))
         plan.choose("ssl.labeled_share", round(labeled_share, 4),
                     f"max(n_l / (n_l + n_u), 1 / (1 + {MU})): the unlabeled loss weighs "
