@@ -178,3 +178,15 @@ def test_fit_searches_by_default_and_the_policy_replays(tmp_path, monkeypatch) -
     assert yaml.safe_load((given.dir / "plan.yaml").read_text())["regularization"]["augment"] == \
         [vars(op) for op in run.plan.regularization.augment]
     assert math.isfinite(given.metrics["val"]["acc"])
+
+
+@pytest.mark.parametrize("epochs, expected", [(6, set()), (25, {"trivial"})])
+def test_without_time_to_search_long_runs_get_trivialaugment(tmp_path, monkeypatch, epochs, expected) -> None:
+    from visiondojo.regularize import choose
+
+    monkeypatch.setattr(choose, "search_policy", lambda *args, **kwargs: None)  # no time for proxies
+    images, labels = make_problem(300, size=8, seed=12)
+    run = visiondojo.fit(TinyNet(), (images, labels), out=tmp_path / "r", progress=False,
+                         pin={"optimization.batch_size": 32, "optimization.lr": 0.01, "optimization.epochs": epochs})
+    assert {op.group for op in run.plan.regularization.augment} == expected
+    assert "too little for" in run.plan.evidence["regularization.augment"]
