@@ -82,7 +82,6 @@ class NoisyStudentResult:
     rounds: list[Round]
     history: list[dict[str, Any]]
     """Every student's epochs, with a ``stage`` column."""
-    best_metric: float
     stopped: str
     result: LoopResult | None
     """The accepted student's training (None when the teacher was kept)."""
@@ -191,4 +190,4 @@ def noisy_student(model: nn.Module, initial_state: dict[str, torch.Tensor] | Non
         if deadline is not None and time.perf_counter() >= deadline:
             stopped = f"the time budget ended after round {r}"
             break
-    return NoisyStudentResult(rounds, history, best, stopped, accepted_result)
+    return NoisyStudentResult(rounds, history, stopped, accepted_result)
