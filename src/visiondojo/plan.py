@@ -176,6 +176,8 @@ class SSLParams:
     """Epochs of each student over labeled + pseudo-labeled images."""
     pseudo_threshold: float | None = None
     """Teacher confidence a pseudo-label needs to be kept (None: calibrated on validation each round)."""
+    pseudo_labels: str = "hard"
+    """``hard`` (the teacher's top class) or ``soft`` (its class probabilities) as the student's targets."""
     labeled_share: float = 0.125
     """Least share of each student batch drawn from the labeled images (a round with few
     pseudo-labels uses the data's own, larger proportion): the weight of the unlabeled loss is

@@ -165,7 +165,8 @@ def _semi_supervised(plan: Plan) -> list[str]:
     students = measured.get("noisy_student")
     if students:
         rows = [[r["round"], r["threshold"], r["kept"], ", ".join(map(str, r["counts"])), r["epochs"],
-                 r["teacher_metric"], r["student_metric"], "yes" if r["accepted"] else "no", r["seconds"]]
+                 r["teacher_metric"], r["student_metric"],
+                 ("yes" if r["accepted"] else "no") + (f": {r['verdict']}" if "verdict" in r else ""), r["seconds"]]
                 for r in students["rounds"]]
         parts.append(_table(["round", "confidence threshold", "pseudo-labels", "per class", "epochs",
                              f"teacher val {plan.monitor}", f"student val {plan.monitor}", "accepted", "seconds"], rows)

@@ -41,6 +41,8 @@ class PseudoLabels:
     """(M,) int64 classes."""
     confidence: torch.Tensor
     """(M,) the teacher's probability of that class."""
+    probs: torch.Tensor
+    """(M, K) the teacher's class probabilities: the soft pseudo-labels."""
     threshold: float
     counts: list[int]
     """Kept images per class."""
@@ -105,5 +107,5 @@ def select(probs: torch.Tensor, threshold: float) -> PseudoLabels:
     cap = present[(len(present) - 1) // 2] if present else 0  # the lower median
     kept = [members[confidence[members].argsort(descending=True)[:cap]] for members in per_class]
     index = torch.cat(kept).sort().values if kept else torch.zeros(0, dtype=torch.int64)
-    return PseudoLabels(index, labels[index], confidence[index], threshold,
+    return PseudoLabels(index, labels[index], confidence[index], probs[index], threshold,
                         [min(size, cap) for size in sizes], cap)

@@ -13,6 +13,7 @@ from ..plan import SSL_PRETRAIN, Plan, SSLParams
 from .backbone import find_feature_layer
 
 STUDENT_INIT = ("teacher", "scratch")
+PSEUDO_LABELS = ("hard", "soft")
 
 
 def check_ssl(plan: Plan, model: nn.Module) -> None:
@@ -22,6 +23,8 @@ def check_ssl(plan: Plan, model: nn.Module) -> None:
         raise ConfigError(f"ssl.pretrain = {ssl.pretrain!r}; choose one of {', '.join(SSL_PRETRAIN)}")
     if ssl.student_init not in STUDENT_INIT:
         raise ConfigError(f"ssl.student_init = {ssl.student_init!r}; choose one of {', '.join(STUDENT_INIT)}")
+    if ssl.pseudo_labels not in PSEUDO_LABELS:
+        raise ConfigError(f"ssl.pseudo_labels = {ssl.pseudo_labels!r}; choose one of {', '.join(PSEUDO_LABELS)}")
     if not 0.0 < ssl.labeled_share <= 1.0:
         raise ConfigError(f"ssl.labeled_share = {ssl.labeled_share} is outside (0, 1]; it is the least share of "
                           "each student batch drawn from the labeled images, e.g. 0.125")

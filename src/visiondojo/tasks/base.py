@@ -29,6 +29,10 @@ class Task(ABC):
         """Hard targets -> float targets of the loss's shape, which label smoothing and mixing blend."""
         raise NotImplementedError(f"{self.name}: soft labels are not supported")
 
+    def soft_from_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """Probabilities (``scores``) -> float targets of the loss's shape: a teacher's soft labels."""
+        raise NotImplementedError(f"{self.name}: soft labels are not supported")
+
     smoothing_classes: int = 2
     """Classes label smoothing spreads over: K for softmax tasks, 2 for each sigmoid output."""
 

@@ -43,6 +43,9 @@ class MultiClassTask(Task):
             return targets
         return F.one_hot(targets, self.num_classes).float()
 
+    def soft_from_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.float()
+
     def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs.float(), targets, reduction="none")
 
@@ -86,6 +89,9 @@ class BinaryTask(MultiClassTask):
     def soft_targets(self, targets: torch.Tensor) -> torch.Tensor:
         return targets.float()
 
+    def soft_from_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores[:, 1].float()  # the two-class view [1 - p, p] back to p
+
     def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(outputs.float()[:, 0], targets.float(), reduction="none")
 
@@ -116,6 +122,9 @@ class MultiLabelTask(Task):
 
     def soft_targets(self, targets: torch.Tensor) -> torch.Tensor:
         return targets.float()
+
+    def soft_from_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.float()
 
     def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(outputs.float(), targets.float(), reduction="none").mean(dim=1)
