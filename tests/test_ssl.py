@@ -19,7 +19,7 @@ from visiondojo.prepare import prepare
 from visiondojo.ssl import choose as ssl_choose
 from visiondojo.ssl.choose import choose_ssl
 from visiondojo.ssl.pseudo import choose_threshold, select
-from visiondojo.ssl.unlabeled import UNKNOWN, as_unlabeled, check_unlabeled, concat_sources
+from visiondojo.ssl.unlabeled import UNKNOWN, as_unlabeled, check_unlabeled, concat_sources, drop_known
 
 from conftest import FAST, TinyNet, make_problem, state_dicts_equal
 
@@ -78,6 +78,32 @@ def test_unlabeled_must_look_like_the_labeled_images() -> None:
         check_unlabeled(as_unlabeled(images[:10] * 100, DataOptions()), prep.data, prep.train)
     with pytest.raises(DataError, match="give the unlabeled images the labeled images' scale"):  # 100x darker
         check_unlabeled(as_unlabeled(images[:10] / 100, DataOptions()), prep.data, prep.train)
+
+
+def test_unlabeled_copies_of_labeled_images_are_left_out(tmp_path) -> None:
+    images, labels = make_problem(320, size=8, seed=3)
+    known = {"training": as_source((images[:200], labels[:200]), DataOptions()),
+             "validation": as_source((images[200:250], labels[200:250]), DataOptions()),
+             "test": as_source((images[250:300], labels[250:300]), DataOptions())}
+    unlabeled = np.concatenate([images[:10], images[300:], images[205:208], images[260:261]])
+    with pytest.warns(UserWarning, match=r"14 of 34 unlabeled images are also labeled \(10 in the training data, "
+                                         r"3 in the validation data, 1 in the test data\)"):
+        kept = drop_known(as_unlabeled(unlabeled, DataOptions()), known)
+    assert torch.equal(kept.images_at(torch.arange(len(kept))), torch.as_tensor(images[300:]).unsqueeze(1))
+    with pytest.raises(DataError, match="every unlabeled image is also in the labeled data"):
+        drop_known(as_unlabeled(images[:5], DataOptions()), known)
+
+    # Image files: the same file below another folder (a labeled class folder inside the unlabeled one).
+    pixels, _ = make_problem(6, size=8, seed=2, dtype="uint8")
+    for i, image in enumerate(pixels):
+        (tmp_path / "all" / ("shirt" if i < 2 else "more")).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "all" / ("shirt" if i < 2 else "more") / f"{i}.png")
+    labeled = as_source(tmp_path / "all", DataOptions())
+    with pytest.raises(DataError, match="every unlabeled image"):
+        drop_known(as_unlabeled(tmp_path / "all", DataOptions()), {"training": labeled})
+    shirts = labeled.subset(torch.tensor([i for i in range(6) if "shirt" in str(labeled.dataset.paths[i])]))
+    with pytest.warns(UserWarning, match=r"2 of 6 .*\(2 in the training data\)"):
+        assert len(drop_known(as_unlabeled(tmp_path / "all", DataOptions()), {"training": shirts})) == 4
 
 
 def test_concat_keeps_order_and_relabels() -> None:

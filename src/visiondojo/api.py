@@ -36,7 +36,7 @@ from .ssl.choose import PRETRAIN_SHARE, choose_ssl
 from .ssl.noisy_student import noisy_student
 from .ssl.pretrain import pretrain
 from .ssl.stages import check_ssl, pretrain_seconds, ssl_active, teacher_deadline
-from .ssl.unlabeled import as_unlabeled, check_unlabeled, concat_sources
+from .ssl.unlabeled import as_unlabeled, check_unlabeled, concat_sources, drop_known
 from .tasks import make_task
 
 GALLERY_SIZE = 16
@@ -135,6 +135,7 @@ def _unlabeled_source(unlabeled: Any, prep: Prepared) -> Source | None:
         return None
     source = as_unlabeled(unlabeled, prep.options)
     check_unlabeled(source, prep.data, prep.train)
+    source = drop_known(source, {"training": prep.train, "validation": prep.val, "test": prep.test})
     if isinstance(unlabeled, (str, Path)):
         prep.data.sources["unlabeled"] = str(unlabeled)  # so a replay from the plan finds them again
     return source

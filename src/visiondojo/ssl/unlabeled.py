@@ -10,12 +10,14 @@ the labeled images' channels, size and pixel range, since they go through the sa
 from __future__ import annotations
 
 import csv
+import hashlib
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from ..data import builtin
 from ..data.files import IMAGE_SUFFIXES, ImageFileDataset, scan_files
@@ -75,6 +77,57 @@ def check_unlabeled(source: Source, data: DataParams, labeled: Source) -> None:
             f"{labeled_high:.3g} (both mapped by x * {data.pixel_scale:.4g} + {data.pixel_offset:.4g}); "
             "give the unlabeled images the labeled images' scale (e.g. both 0..255, or both 0..1)"
         )
+
+
+def drop_known(source: Source, known: dict[str, Source | None]) -> Source:
+    """``source`` without the images that are also in the labeled data, with a warning that counts them.
+
+    ``known`` maps a role (training, validation, test) to its Source. An unlabeled copy of a
+    validation or test image would be pseudo-labeled by the teacher and learned by the student,
+    so validation (which accepts students and calibrates the threshold) and test would read too
+    high; a copy of a training image would have its true label contradicted by a pseudo-label.
+    Images held in memory are compared by their pixels, image files by their resolved paths;
+    other streamed datasets cannot be compared without reading them all and are kept as given.
+    """
+    ids = _identities(source)
+    if ids is None:
+        return source
+    keep = torch.ones(len(source), dtype=torch.bool)
+    found = []
+    for role, other in known.items():
+        other_ids = _identities(other) if other is not None else None
+        if other_ids is None:
+            continue
+        theirs = set(other_ids)
+        hits = torch.tensor([i for i, key in enumerate(ids) if key in theirs], dtype=torch.int64)
+        if len(hits):
+            keep[hits] = False
+            found.append(f"{len(hits)} in the {role} data")
+    if not found:
+        return source
+    if not keep.any():
+        raise DataError(f"{source.origin}: every unlabeled image is also in the labeled data ({', '.join(found)}); "
+                        "pass images without labels that the labeled data does not hold")
+    warnings.warn(f"{source.origin}: {int((~keep).sum())} of {len(source)} unlabeled images are also labeled "
+                  f"({', '.join(found)}) and are left out: pseudo-labels on validation or test images would make "
+                  "those scores read too high, and on training images contradict their labels", stacklevel=4)
+    return source.subset(keep.nonzero()[:, 0])
+
+
+def _identities(source: Source) -> list[bytes | Path] | None:
+    """What makes each image the same image: its stored pixels (in memory) or its file, else None."""
+    if isinstance(source, InMemory):
+        images = source.images.contiguous().numpy()
+        tag = str(images.dtype).encode()
+        return [hashlib.blake2b(tag + row.tobytes(), digest_size=16).digest() for row in images]
+    dataset, indices = source.dataset, None
+    while isinstance(dataset, Subset):
+        indices = [dataset.indices[i] for i in indices] if indices is not None else list(dataset.indices)
+        dataset = dataset.dataset
+    if not isinstance(dataset, ImageFileDataset):
+        return None
+    paths = [Path(p).resolve() for p in dataset.paths]
+    return [paths[i] for i in indices] if indices is not None else paths
 
 
 def _unit_range(source: Source, data: DataParams) -> tuple[float, float]:
