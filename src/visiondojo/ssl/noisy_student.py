@@ -3,7 +3,8 @@
 Each round:
 
 1. the teacher (first the supervised model) labels the unlabeled images (``pseudo.py``:
-   a validation-calibrated confidence threshold, class-balanced);
+   a validation-calibrated confidence threshold, class-balanced): its top class (``hard``) or
+   its class probabilities (``soft``, ``SSLParams.pseudo_labels``);
 2. a student of the same architecture starts from its teacher's weights (``student_init``
    ``teacher``: under a budget it gets further in its few epochs) or from the model's initial
    weights (``scratch``, the paper's choice; after any representation pretraining), and trains
