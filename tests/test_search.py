@@ -190,3 +190,22 @@ def test_without_time_to_search_long_runs_get_trivialaugment(tmp_path, monkeypat
                          pin={"optimization.batch_size": 32, "optimization.lr": 0.01, "optimization.epochs": epochs})
     assert {op.group for op in run.plan.regularization.augment} == expected
     assert "too little for" in run.plan.evidence["regularization.augment"]
+
+
+def test_runs_longer_than_any_proxy_get_trivialaugment_without_a_search(tmp_path, monkeypatch) -> None:
+    """Proxies of 5 epochs cannot stand for a run of 6 (on a few labeled images such proxies prefer
+    no augmentation, the run memorizes): no search, the prior."""
+    from visiondojo.regularize import choose
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the search must not run")
+
+    monkeypatch.setattr(choose, "search_policy", no_search)
+    monkeypatch.setattr(choose, "PROXY_EPOCHS", (2, 5))
+    monkeypatch.setattr(choose, "PRIOR_MIN_EPOCHS", 6)
+    images, labels = make_problem(300, size=8, seed=12)
+    run = visiondojo.fit(TinyNet(), (images, labels), out=tmp_path / "r", progress=False,
+                         pin={"optimization.batch_size": 32, "optimization.lr": 0.01, "optimization.epochs": 6})
+    assert {op.group for op in run.plan.regularization.augment} == {"trivial"}
+    assert "6 planned epochs are more than the 5 a proxy training can run" in run.plan.evidence["regularization.augment"]
+    assert "augment_search" not in run.plan.measurements

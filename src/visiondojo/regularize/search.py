@@ -28,7 +28,8 @@ proxy fits its share of time: augmentation pays off against memorization, which 
 often the model sees each image, so a proxy that sees its subset as often as the real run sees
 the data keeps the real run's regime. (A few epochs over a larger subset underfit, and then any
 augmentation only looks harmful: on Fashion-MNIST such proxies preferred no augmentation while
-the 600 s run gained a point from it.) Proxies draw batches uniformly, also when the plan resamples classes. Every proxy uses the same subset, seed and
+the 600 s run gained a point from it.) A run of more epochs than ``PROXY_EPOCHS`` allows is not
+searched at all (``choose.py``: no proxy reaches its regime). Proxies draw batches uniformly, also when the plan resamples classes. Every proxy uses the same subset, seed and
 initial weights, so differences between proxies are the policy's, not the draw's.
 
 The search stays inside its allowance: proxies are sized from the measured throughput so that
