@@ -171,7 +171,8 @@ class SSLParams:
     feature_layer: str | None = None
     """Module whose input is the feature vector (None: the classifier head, found automatically)."""
     noisy_student_rounds: int = 0
-    """Most teacher -> student rounds; rounds stop early when a student does not beat its teacher."""
+    """Most teacher -> student rounds; rounds stop early when a student is significantly worse than its
+    teacher on validation (a paired sign test)."""
     student_epochs: int = 0
     """Epochs of each student over labeled + pseudo-labeled images."""
     pseudo_threshold: float | None = None

@@ -51,10 +51,12 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
         plan.measurements["imbalance_ratio"] = round(imbalance_ratio(counts), 3)
     if plan.is_pinned("regularization.augment"):
         return False
+    # Under a budget the search's own share comes off the run's epochs; pinned epochs stay.
     epochs = plan.optimization.epochs
-    if (deadline is not None or plan.is_pinned("optimization.epochs")) and epochs > PROXY_EPOCHS[1]:
-        _prior(plan, f"{epochs} planned epochs are more than the {PROXY_EPOCHS[1]} a proxy training can run, so "
-                     "proxies cannot show the memorization augmentation prevents (they would prefer none)")
+    after_search = epochs if plan.is_pinned("optimization.epochs") else int(epochs * (1 - SEARCH_SHARE))
+    if (deadline is not None or plan.is_pinned("optimization.epochs")) and after_search > PROXY_EPOCHS[1]:
+        _prior(plan, f"{after_search} planned epochs are more than the {PROXY_EPOCHS[1]} a proxy training can run, "
+                     "so proxies cannot show the memorization augmentation prevents (they would prefer none)")
         return False
     if deadline is not None:
         allowance = SEARCH_SHARE * (deadline - time.perf_counter())

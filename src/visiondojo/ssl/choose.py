@@ -133,7 +133,8 @@ def choose_ssl(plan: Plan, prep: Prepared, unlabeled: Source | None, runtime: Ru
         why = f"{n_u} unlabeled images are under {MIN_UNLABELED_RATIO:.0%} of the {n_l} labeled ones: too few to matter"
     elif after is None:
         rounds, epochs = MAX_ROUNDS, 0
-        why = f"no time budget: up to {MAX_ROUNDS} rounds, each while its student beats its teacher"
+        why = (f"no time budget: up to {MAX_ROUNDS} rounds, while no student is significantly worse than its "
+               "teacher")
     else:
         students_s = (1 - share) * after
         rounds = min(MAX_ROUNDS, math.floor(students_s / (MIN_STUDENT_EPOCHS * student_epoch_s)))

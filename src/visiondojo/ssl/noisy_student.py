@@ -37,6 +37,7 @@ student inside its share.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -134,14 +135,16 @@ def student_holds(teacher_probs: torch.Tensor, student_probs: torch.Tensor, targ
 
     Only the images where exactly one of the two is right carry evidence; under "the student is
     no worse" the teacher wins each of them with chance at most 1/2, so the one-sided binomial
-    tail of the teacher's wins is the p-value (McNemar's exact test).
+    tail of the teacher's wins is the p-value (McNemar's exact test). The test counts top-1
+    accuracy, the metric of the single-label tasks Noisy Student runs for, whatever metric the
+    plan monitors.
     """
     teacher_right = teacher_probs.argmax(dim=1) == targets
     student_right = student_probs.argmax(dim=1) == targets
     teacher_only = int((teacher_right & ~student_right).sum())
     student_only = int((student_right & ~teacher_right).sum())
     disagree = teacher_only + student_only
-    p = float(binomtest(teacher_only, disagree, 0.5, alternative="greater").pvalue) if disagree else 1.0
+    p = sum(math.comb(disagree, k) for k in range(teacher_only, disagree + 1)) / 2 ** disagree
     why = (f"of {len(targets)} validation images, {student_only} only the student and {teacher_only} only the "
            f"teacher got right (sign test p = {p:.3f})")
     return p >= REJECT_P, why
@@ -211,7 +214,11 @@ def noisy_student(model: nn.Module, initial_state: dict[str, torch.Tensor] | Non
         result = run_training(student, task, splan, batches, val_batches, runtime, normalizer, folder / f"student{r}",
                               deadline=round_deadline, final_eval_ratio=final_eval_ratio, progress=progress)
         history += [{"stage": f"student {r}", **row} for row in result.history]
-        accepted, verdict = student_holds(teacher_val, predict(student, task, val, normalizer, runtime), val_targets)
+        if math.isfinite(result.best_metric):
+            accepted, verdict = student_holds(teacher_val, predict(student, task, val, normalizer, runtime),
+                                              val_targets)
+        else:  # the budget cut its first epoch short: nothing says it learned anything
+            accepted, verdict = False, "no epoch of the student was validated"
         rounds.append(Round(r, round(threshold, 4), why, len(pseudo.index), pseudo.counts, share,
                             len(result.history), round(best, 6), round(result.best_metric, 6), accepted, verdict,
                             round(time.perf_counter() - start, 2)))
