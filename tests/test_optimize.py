@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from safetensors.torch import load_file
+
 import visiondojo
 from visiondojo.data.batches import Normalizer
 from visiondojo.data.inspect import inspect_data
 from visiondojo.data.sources import DataOptions, as_source
+from visiondojo.engine.checkpoint import load_state
 from visiondojo.engine.runtime import Runtime
+from visiondojo.errors import ConfigError
 from visiondojo.optimize.batchnorm import bn_momentum_for, restore_bn_momentum, set_bn_momentum
 from visiondojo.optimize.lr_finder import scale_lr, suggest_lr
 from visiondojo.optimize.memory import memory_ceiling, saved_activation_bytes
@@ -22,6 +27,8 @@ from visiondojo.regularize.weight_decay import DecoupledWeightDecay
 from visiondojo.optimize.schedules import MAX_WARMUP_SHARE, WarmupCosine, warmup_steps_for
 from visiondojo.plan import OptimizationParams, RuntimeParams
 from visiondojo.tasks import MultiClassTask
+
+from conftest import FAST, TinyNet, state_dicts_equal
 
 
 # --- gradient noise scale ------------------------------------------------------------------------
@@ -204,8 +211,9 @@ def test_memory_ceiling_bounds_the_batch_by_measured_activations(problem) -> Non
 def test_find_params_records_evidence_for_every_choice(problem) -> None:
     plan = visiondojo.find_params(visiondojo.FMNISTResNet(num_classes=4, width=4), problem(1200), budget=60)
     opt = plan.optimization
-    for field in ("batch_size", "lr", "optimizer", "epochs", "warmup_epochs", "bn_momentum"):
+    for field in ("batch_size", "lr", "optimizer", "epochs", "warmup_epochs", "bn_momentum", "keep"):
         assert f"optimization.{field}" in plan.evidence, field
+    assert opt.keep == "last"  # a budget plans a cosine schedule
     for field in ("weight_decay", "class_balance"):
         assert f"regularization.{field}" in plan.evidence, field
     measured = plan.measurements
@@ -214,7 +222,7 @@ def test_find_params_records_evidence_for_every_choice(problem) -> None:
     assert opt.batch_size <= measured["memory"]["batch_size"]
     assert measured["memory"]["tested"] == sorted(int(b) for b in measured["throughput"])
     assert len(measured["lr_finder"]["lrs"]) == len(measured["lr_finder"]["losses"]) >= 25
-    assert 1e-5 < opt.lr < 1.0
+    assert 1e-5 < opt.lr < max(measured["lr_finder"]["lrs"])  # a decade below the loss minimum
     assert measured["meta_seconds"]["total"] > 0
     assert "of the budget" in plan.evidence["meta_learning"]
 
@@ -233,8 +241,28 @@ def test_without_a_budget_the_plateau_schedule_and_early_stopping_decide(problem
     run = visiondojo.fit(visiondojo.FMNISTResNet(num_classes=4, width=4), problem(400), out=tmp_path / "run",
                          pin={"optimization.early_stopping_patience": 1}, progress=False)
     opt = run.plan.optimization
-    assert opt.schedule == "plateau" and opt.epochs >= 100
+    assert opt.schedule == "plateau" and opt.epochs >= 100 and opt.keep == "best"
     assert len(run.history) < opt.epochs  # early stopping ended it
     lrs = [row["lr"] for row in run.history]
     assert min(lrs) < max(lrs) / 4  # the learning rate was cut on a plateau
     assert run.metrics["val"]["acc"] > 0.9
+
+
+def test_the_run_returns_the_weights_keep_names(problem, tmp_path) -> None:
+    """``last``: the final epoch's weights (the schedule's end), not the best-read epoch's; ``best``:
+    the best validated epoch's; early stopping always returns the best."""
+    data = problem(300, seed=5)
+    last = visiondojo.fit(TinyNet(), data, out=tmp_path / "last", **FAST)
+    saved = json.loads((last.dir / "metrics.json").read_text())
+    assert last.plan.optimization.keep == "last" and saved["kept_epoch"] == FAST["epochs"]
+    final_state = load_state(last.dir / "checkpoints" / "last.safetensors")["model"]
+    assert state_dicts_equal(last.model, final_state)
+    best = visiondojo.fit(TinyNet(), data, out=tmp_path / "best", pin={"optimization.keep": "best"}, **FAST)
+    saved = json.loads((best.dir / "metrics.json").read_text())
+    assert saved["kept_epoch"] == saved["best_epoch"]
+    vals = [row["val_acc"] for row in best.history]
+    assert best.history[saved["best_epoch"] - 1]["val_acc"] == max(vals)
+    best_state = load_file(best.dir / "checkpoints" / "best.safetensors")
+    assert state_dicts_equal(best.model, best_state)
+    with pytest.raises(ConfigError, match="optimization.keep = 'final'; choose one of last, best"):
+        visiondojo.fit(TinyNet(), data, out=tmp_path / "bad", pin={"optimization.keep": "final"}, **FAST)

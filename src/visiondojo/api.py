@@ -208,7 +208,7 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     history, notes = result.history, result.notes
     if students:
         assert unlabeled is not None
-        rounds = noisy_student(model, initial_state, result.best_metric, prep.task, plan, prep.train, prep.val,
+        rounds = noisy_student(model, initial_state, result.kept_metric, prep.task, plan, prep.train, prep.val,
                                  unlabeled, val_batches, runtime, normalizer, run_dir / CHECKPOINTS,
                                  deadline=deadline, final_eval_ratio=final_eval_ratio, progress=bar)
         plan.measurements["noisy_student"] = rounds.summary()
@@ -223,11 +223,11 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
         test_batches = make_batches(prep.test, eval_batch, runtime.device, train=False, num_workers=workers)
         evaluations["test"] = evaluate_batches(model, prep.task, test_batches, normalizer, runtime, collect=True)
     metrics = {split: e.metrics for split, e in evaluations.items()}
-    write_json(run_dir / METRICS, {**metrics, "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
-                                   "notes": notes})
+    write_json(run_dir / METRICS, {**metrics, "kept_epoch": result.kept_epoch, "best_epoch": result.best_epoch,
+                                   "stop_reason": result.stop_reason, "notes": notes})
     write_history(run_dir / HISTORY, history)
-    summary = [f"stopped: {result.stop_reason}; best epoch {result.best_epoch} "
-               f"(val {plan.monitor} {result.best_metric:.4f})", *notes,
+    summary = [f"stopped: {result.stop_reason}; returned the weights of epoch {result.kept_epoch} "
+               f"(val {plan.monitor} {result.kept_metric:.4f}; the best was epoch {result.best_epoch})", *notes,
                *[f"adapt: {c}" for c in plan.model.changes]]
     report = _report_data(plan, prep, history, evaluations, summary)
     report.augmented = _augmented_sample(plan, prep, normalizer, runtime.device)

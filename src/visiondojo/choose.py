@@ -4,8 +4,9 @@
 2. throughput at a few candidate batches: the smallest batch the hardware runs efficiently;
 3. gradient noise scale B_noise (optimize/noise_scale.py); the batch is B_noise clamped to
    [efficient minimum, ceiling] and rounded to a measured candidate;
-4. epochs: planned from the measured throughput to fill the budget (cosine schedule); without a
-   budget, a plateau schedule and early stopping decide;
+4. epochs: planned from the measured throughput to fill the budget (cosine schedule, returning the
+   last epoch's weights); without a budget, a plateau schedule and early stopping decide (returning
+   the best validated epoch);
 5. optimizer by regime (optimize/optimizers.py), its weight decay (regularization.weight_decay), warmup length, BN momentum;
 6. learning rate from a range test at the chosen batch (optimize/lr_finder.py).
 
@@ -94,6 +95,7 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
                     "no time budget: stop after this many epochs without validation gain at the lowest learning rate")
     else:
         plan.choose("optimization.schedule", "cosine", "epochs pinned: warmup + cosine over them")
+    _choose_keep(plan)
 
     # 5: optimizer, weight decay, warmup, BatchNorm momentum.
     # Without a budget or pinned epochs the length is open (early stopping decides): not "long".
@@ -194,6 +196,19 @@ def plan_length_for_budget(plan: Plan, prep: Prepared, speed: Throughput, deadli
     else:
         plan.choose("optimization.early_stopping_patience", None,
                     "off under a time budget: the cosine schedule is sized to end with the budget")
+
+
+def _choose_keep(plan: Plan) -> None:
+    """The last epoch's weights after a cosine schedule, the best validated ones after any other."""
+    schedule = plan.optimization.schedule
+    if schedule == "cosine":
+        plan.choose("optimization.keep", "last",
+                    "cosine anneals to its last epoch: its weights, not those of the highest of many noisy "
+                    "validation readings (Fashion-MNIST, 1,000 labels, 100 validation images: the last epoch beat "
+                    "the best-read one on test in 5 of 5 runs, by 0.1-1.8 points)")
+    else:
+        plan.choose("optimization.keep", "best", f"{schedule} schedule: the learning rate does not anneal to the "
+                    "end, so the best validated epoch")
 
 
 def _choose_lr(plan: Plan, args: tuple, speed: Throughput, b_noise: float | None, time_left: float,

@@ -85,6 +85,10 @@ class OptimizationParams:
     budget_s: float | None = None
     bn_momentum: float | None = None
     """BatchNorm momentum during training (None: leave the model's own); restored afterwards."""
+    keep: str = "last"
+    """Which weights the run returns: ``last``, those of its final epoch (a run that early stopping
+    ended, or whose last epoch the budget cut short, returns its best validated epoch instead), or
+    ``best``, those of the epoch with the best validation metric."""
 
 
 @dataclass

@@ -5,6 +5,12 @@ autocast forward -> task loss (class-weighted) -> backward -> clip -> decoupled 
 optimizer step -> schedule), validation, history row, checkpoints (last every epoch, best on
 improvement), early stopping, and the budget guard that shortens the schedule when the run
 falls behind its wall-clock plan so it still anneals and ends on time.
+
+The run returns its final weights (``optimization.keep: last``) or its best validated ones
+(``best``). Why the final ones by default: a cosine schedule anneals to its end, and the best of
+many noisy validation readings is as much the luckiest as the best. On 100 validation images an
+epoch's accuracy spreads by about 3.5 points; picking the highest reading once chose a student's
+first, unannealed epoch, 1.8 test points below its last.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from safetensors.torch import load_model
 from torch import nn
 
 from ..data.batches import Normalizer
-from ..errors import VisionDojoError
+from ..errors import ConfigError, VisionDojoError
 from ..plan import Plan
 from ..tasks import Task
 from . import checkpoint
@@ -44,6 +50,7 @@ GROW_BELOW = 0.8
 FILL = 0.95
 REPORT_S = 3.0
 """Seconds kept at the end of a budget for writing the report and weights."""
+KEEP = ("last", "best")
 
 
 class TrainingDiverged(VisionDojoError):
@@ -99,8 +106,12 @@ class LoopState:
 @dataclass
 class LoopResult:
     history: list[dict[str, Any]]
+    kept_epoch: int
+    """The epoch (1-based) whose weights the model holds on return; 0 when none was validated."""
+    kept_metric: float
+    """Its validation metric (-inf when no epoch was validated)."""
     best_epoch: int
-    best_metric: float
+    """The epoch with the best validation metric."""
     stop_reason: str
     notes: list[str]
 
@@ -109,7 +120,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                  runtime: Runtime, normalizer: Normalizer, checkpoint_dir: Path, *,
                  deadline: float | None = None, final_eval_ratio: float = 1.0, resume: bool = False,
                  progress: TrainingProgress | None = None) -> LoopResult:
-    """Train ``model`` in place per ``plan``; on return it holds the best validation weights.
+    """Train ``model`` in place per ``plan``; on return it holds the weights ``optimization.keep`` names.
 
     With a ``deadline`` (a ``time.perf_counter()`` value), the loop keeps back the time the final
     evaluation needs: the last validation pass times ``final_eval_ratio`` (the final evaluation
@@ -117,6 +128,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     """
     progress = progress or TrainingProgress(False)
     opt, reg = plan.optimization, plan.regularization
+    if opt.keep not in KEEP:
+        raise ConfigError(f"optimization.keep = {opt.keep!r}; choose one of {', '.join(KEEP)}")
     steps_per_epoch = len(train_batches)
     regularize = BatchRegularizer(reg, task, normalizer, runtime.device, seed=plan.seed)
     weights = class_weights(reg, plan.data.class_counts, runtime.device)
@@ -144,6 +157,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     try:
         stop_reason = "completed the planned epochs"
         reserve_s = REPORT_S
+        cut_off = False
 
         cycle_start = time.perf_counter()
         while True:
@@ -242,9 +256,14 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         notes.append(f"adaptive weight decay: per-tensor multipliers min {spread['min']:.2f}, "
                      f"median {spread['median']:.2f}, max {spread['max']:.2f} at the end")
     best = checkpoint_dir / BEST
-    if best.exists():
-        load_model(model, str(best), device=str(runtime.device))
-    return LoopResult(state.history, state.best_epoch + 1, state.best_metric, stop_reason, notes)
+    last_validated = bool(state.history) and not cut_off
+    if opt.keep == "last" and last_validated and not stop_reason.startswith("early stopping"):
+        kept_epoch, kept_metric = state.epoch, float(state.history[-1][f"val_{plan.monitor}"])
+    else:
+        kept_epoch, kept_metric = state.best_epoch + 1, state.best_metric
+        if best.exists():
+            load_model(model, str(best), device=str(runtime.device))
+    return LoopResult(state.history, kept_epoch, kept_metric, state.best_epoch + 1, stop_reason, notes)
 
 
 def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: int,

@@ -247,7 +247,7 @@ class _Proxy:
 
     def run(self, policy: RegularizationParams,
             measure: Callable[[torch.nn.Module], Any] | None = None) -> tuple[float, Any]:
-        """(best validation score, ``measure(trained model)``) of one proxy training."""
+        """(validation score of the returned weights, ``measure(trained model)``) of one proxy training."""
         from ..engine.loop import run_training
 
         plan = copy.deepcopy(self.plan)
@@ -259,4 +259,4 @@ class _Proxy:
             result = run_training(model, self.task, plan, train_batches, val_batches, self.runtime, self.normalizer,
                                   Path(folder))
             measured = measure(model) if measure is not None else None
-        return result.best_metric, measured
+        return result.kept_metric, measured

@@ -161,7 +161,7 @@ def noisy_student(model: nn.Module, initial_state: dict[str, torch.Tensor] | Non
                   plan: Plan, train: Source, val: Source, unlabeled: Source, val_batches: Any, runtime: Runtime,
                   normalizer: Normalizer, folder: Path, *, deadline: float | None,
                   final_eval_ratio: float = 1.0, progress: TrainingProgress | None = None) -> NoisyStudentResult:
-    """Run up to ``plan.ssl.noisy_student_rounds`` rounds; on return ``model`` holds the best weights.
+    """Run up to ``plan.ssl.noisy_student_rounds`` rounds; on return ``model`` holds the last accepted student (or the teacher).
 
     ``initial_state`` is where students start for ``student_init: scratch`` (None: from the teacher).
     """
@@ -212,19 +212,19 @@ def noisy_student(model: nn.Module, initial_state: dict[str, torch.Tensor] | Non
         result = run_training(student, task, splan, batches, val_batches, runtime, normalizer, folder / f"student{r}",
                               deadline=round_deadline, final_eval_ratio=final_eval_ratio, progress=progress)
         history += [{"stage": f"student {r}", **row} for row in result.history]
-        if math.isfinite(result.best_metric):
+        if math.isfinite(result.kept_metric):
             accepted, verdict = student_holds(teacher_val, predict(student, task, val, normalizer, runtime),
                                               val_targets)
         else:  # the budget cut its first epoch short: nothing says it learned anything
             accepted, verdict = False, "no epoch of the student was validated"
         rounds.append(Round(r, round(threshold, 4), why, len(pseudo.index), pseudo.counts, share,
-                            len(result.history), round(best, 6), round(result.best_metric, 6), accepted, verdict,
+                            len(result.history), round(best, 6), round(result.kept_metric, 6), accepted, verdict,
                             round(time.perf_counter() - start, 2)))
         if not accepted:
             stopped = f"round {r}: the student is significantly worse than its teacher ({verdict}); the teacher is kept"
             break
         model.load_state_dict(student.state_dict())
-        best, accepted_result = result.best_metric, result
+        best, accepted_result = result.kept_metric, result
         if deadline is not None and time.perf_counter() >= deadline:
             stopped = f"the time budget ended after round {r}"
             break
