@@ -298,6 +298,36 @@ def test_soft_pseudo_labels_teach_the_student(tmp_path, few_labels, monkeypatch)
     assert run.plan.measurements["noisy_student"]["rounds"][0]["accepted"] and run.metrics["test"]["acc"] >= 0.95
 
 
+def test_binary_soft_pseudo_labels_are_the_teachers_probability(tmp_path, monkeypatch) -> None:
+    """A binary task's soft pseudo-labels are p (its loss's target shape), the labeled ones 0 or 1;
+    unlabeled copies of the training images are left out on the way in through ``fit``."""
+    from visiondojo.ssl import noisy_student as module
+
+    seen = []
+
+    def spy(first, second, targets):
+        seen.append(targets)
+        return concat_sources(first, second, targets)
+
+    monkeypatch.setattr(module, "concat_sources", spy)
+    images, labels = make_problem(1480, task="binary", size=8, seed=9)
+    labeled, val, test = (images[:40], labels[:40]), (images[40:80], labels[40:80]), (images[1280:], labels[1280:])
+    unlabeled = np.concatenate([images[80:1280], images[:10]])  # 10 copies of training images
+    pins = {"optimization.batch_size": 16, "optimization.lr": 0.01, "optimization.epochs": 6,
+            "regularization.augment": [], "ssl.pretrain": "none", "ssl.noisy_student_rounds": 1,
+            "ssl.student_epochs": 4, "ssl.pseudo_labels": "soft"}
+    with pytest.warns(UserWarning, match=r"10 of 1210 unlabeled images are also labeled \(10 in the training data\)"):
+        run = visiondojo.fit(TinyNet(outputs=1), labeled, val, test_data=test, unlabeled=unlabeled,
+                             out=tmp_path / "binary", pin=pins, progress=False)
+    first = run.plan.measurements["noisy_student"]["rounds"][0]
+    targets = seen[0]
+    assert targets.dtype == torch.float32 and targets.shape == (40 + first["kept"],)
+    assert torch.equal(targets[:40], torch.as_tensor(labels[:40]).float())
+    pseudo = targets[40:]
+    assert ((pseudo >= 0) & (pseudo <= 1)).all() and ((pseudo > 0) & (pseudo < 1)).any()  # probabilities
+    assert first["accepted"] and run.metrics["test"]["acc"] >= 0.95
+
+
 def test_fit_without_unlabeled_is_unchanged(tmp_path, few_labels) -> None:
     labeled, val, _, _ = few_labels
     run = visiondojo.fit(TinyNet(), labeled, val, out=tmp_path / "plain", **FAST)

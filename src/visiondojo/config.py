@@ -62,6 +62,8 @@ class TrainingConfig(_Section):
     warmup_epochs: Optional[float] = None
     early_stopping_patience: Optional[int] = None
     bn_momentum: Optional[float] = None
+    keep: Optional[Literal["last", "best"]] = None
+    """Which epoch's weights the run returns: the final one (``last``) or the best validated one."""
 
     @field_validator("budget")
     @classmethod
@@ -74,7 +76,7 @@ class TrainingConfig(_Section):
 
     def pins(self) -> dict[str, Any]:
         names = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
-                 "early_stopping_patience", "bn_momentum")
+                 "early_stopping_patience", "bn_momentum", "keep")
         pins = {f"optimization.{n}": getattr(self, n) for n in names if getattr(self, n) is not None}
         if self.weight_decay is not None:
             pins["regularization.weight_decay"] = self.weight_decay
