@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,8 +10,9 @@ import torch
 import yaml
 
 import visiondojo
-from visiondojo.data.batches import Normalizer
+from visiondojo.data.batches import Normalizer, make_batches
 from visiondojo.data.sources import DataOptions, as_source
+from visiondojo.engine.loop import run_training
 from visiondojo.engine.runtime import Runtime
 from visiondojo.plan import RegularizationParams, RuntimeParams
 from visiondojo.regularize.distance import Distance, measure_distances
@@ -101,7 +103,7 @@ def test_search_scores_combinations(monkeypatch) -> None:
 
     def fake_run(self, policy, measure=None):
         groups = {op.group for op in policy.augment}
-        score = 0.80 + 0.05 * ("spatial/medium" in groups)
+        score = 0.80 + 0.005 * ("wide/weak" in groups) + 0.05 * ("spatial/medium" in groups)
         score += 0.03 * ({"spatial/medium", "color/weak"} <= groups) - 0.02 * ("color/weak" in groups and
                                                                             "spatial/medium" not in groups)
         score += 0.01 * (policy.label_smoothing > 0 and policy.mixup == 0 and policy.cutmix == 0)
@@ -111,16 +113,62 @@ def test_search_scores_combinations(monkeypatch) -> None:
     plan, train, val, task = _search_inputs()
     result = search_policy(plan, TinyNet(), task, train, val, Runtime(RuntimeParams()), 1e6,
                            train_images_per_s=1e6, eval_images_per_s=1e6)
-    assert {op.group for op in result.augment} == {"spatial/medium", "color/weak"}
+    assert {op.group for op in result.augment} == {"wide/weak", "spatial/medium", "color/weak"}
     assert result.soft == {"label_smoothing": 0.1}
     color_trials = [t for t in result.trials if "color" in t.groups]  # the color step
     assert color_trials and all(t.groups.get("spatial") == "medium" for t in color_trials)
     # color medium scores below color weak, so color strong is never tried (stronger only hurts more)
     assert [t.groups["color"] for t in color_trials] == ["weak", "medium"]
-    # no augmentation, 3 wide levels (none helps), 3 soft options, 3 spatial levels, 2 color levels
-    assert [t.groups for t in result.trials[1:4]] == [{"wide": "weak"}, {"wide": "medium"}, {"wide": "strong"}]
-    assert result.space["proxy_trainings"] == 1 + 3 + 3 + 3 + 2 == len(result.trials)
+    # wide weak helps, wide medium does not (so no wide strong); label smoothing helps, mixup on top
+    # does not (so no CutMix); 3 spatial levels, 2 color levels
+    assert [t.groups for t in result.trials[1:3]] == [{"wide": "weak"}, {"wide": "medium"}]
+    assert [t.soft for t in result.trials[3:5]] == [{"label_smoothing": 0.1}, {"label_smoothing": 0.1, "mixup": 0.2}]
+    assert result.space["proxy_trainings"] == 1 + 2 + 2 + 3 + 2 == len(result.trials)
     assert result.stopped == "tried every planned combination"
+
+
+def test_when_no_wide_menu_helps_the_search_refines_no_family(monkeypatch) -> None:
+    """A run too short for augmentation to pay off: the weakest wide menu loses to none, so the search
+    ends after the soft labels, without spending proxies on single families."""
+    from visiondojo.regularize import search
+
+    def fake_run(self, policy, measure=None):
+        score = 0.75 - 0.02 * bool(policy.augment) + 0.02 * (policy.label_smoothing > 0) - 0.03 * (policy.mixup > 0)
+        return score, (SYNTHETIC if measure is not None else None)
+
+    monkeypatch.setattr(search._Proxy, "run", fake_run)
+    plan, train, val, task = _search_inputs()
+    result = search_policy(plan, TinyNet(), task, train, val, Runtime(RuntimeParams()), 1e6,
+                           train_images_per_s=1e6, eval_images_per_s=1e6)
+    assert result.augment == [] and result.soft == {"label_smoothing": 0.1}
+    assert [(t.groups, t.soft) for t in result.trials] == [
+        ({}, {}), ({"wide": "weak"}, {}), ({}, {"label_smoothing": 0.1}), ({}, {"label_smoothing": 0.1, "mixup": 0.2})]
+    assert "no wide menu beat no augmentation (0.7300 for the weakest against 0.7500)" in result.stopped
+    assert result.stopped.endswith("no family refinements")
+
+
+def test_a_proxy_validated_once_trains_the_weights_of_one_validated_every_epoch(tmp_path) -> None:
+    """Proxies skip the per-epoch validation passes: the weights and the final score are unchanged."""
+    plan, train, val, task = _search_inputs(600)
+    plan.optimization.early_stopping_patience = None
+    runtime = Runtime(RuntimeParams())
+    normalizer = Normalizer(plan.data, runtime.device)
+    initial = TinyNet()
+    models, results = [], []
+    for each_epoch in (True, False):
+        model = copy.deepcopy(initial)
+        batches = make_batches(train, 32, runtime.device, train=True, seed=plan.seed)
+        results.append(run_training(model, task, plan, batches, make_batches(val, 256, runtime.device, train=False),
+                                    runtime, normalizer, tmp_path / str(each_epoch), validate_each_epoch=each_epoch))
+        models.append(model)
+    assert state_dicts_equal(models[0], models[1])
+    every, once = results
+    assert once.kept_metric == every.kept_metric and once.kept_epoch == every.kept_epoch == 4
+    assert [any(k.startswith("val_") for k in row) for row in once.history] == [False, False, False, True]
+    plan.optimization.keep = "best"
+    with pytest.raises(ValueError, match="validate_each_epoch=False needs keep 'last'"):
+        run_training(copy.deepcopy(initial), task, plan, make_batches(train, 32, runtime.device, train=True), [],
+                     runtime, normalizer, tmp_path / "bad", validate_each_epoch=False)
 
 
 def test_wide_menu_holds_every_group_up_to_its_level(monkeypatch) -> None:

@@ -11,18 +11,23 @@
    a. *wide* menus: one menu of every group up to a level, across all families (each sample gets
       one (op, magnitude) of all of them; TrivialAugment's wide single-op menu is the strong end),
       levels weak to strong;
-   b. the soft-label options: label smoothing, mixup, CutMix;
-   c. per family, a stacked level of its own (a second op from that family on top), weak to strong.
+   b. the soft-label options, weak to strong: label smoothing, then with mixup, then with CutMix;
+   c. per family, a stacked level of its own (a second op from that family on top), weak to strong,
+      only when a wide menu was chosen.
 
-   Within a step, levels go weak to strong and stop at the first that scores below the one
-   before it (the first level is compared with the best so far): stronger versions of what
-   already hurts only hurt more. The steps are ordered by what they gave on Fashion-MNIST: a wide
-   menu was the best single policy, soft labels are three proxies, and the family refinements fill
-   whatever allowance is left.
+   Within a step, options go weak to strong and stop at the first that scores below the one
+   before it (the first is compared with the best so far): stronger versions of what already
+   hurts only hurt more. The steps are ordered by what they gave on Fashion-MNIST: a wide menu was
+   the best single policy, soft labels are at most three proxies, and the family refinements fill
+   whatever allowance is left. They are skipped when even the weakest wide menu loses to no
+   augmentation: the run is then too short for augmentation to pay off (a 7-epoch Fashion-MNIST
+   run: every menu, fixed policy and single family lost to none), and each proxy spent on it
+   would come off the real run's epochs.
 
 A proxy is the real training loop (``engine.loop.run_training``) with the plan's optimizer,
 learning rate and batch (smaller when the subset would give fewer than 8 steps per epoch) on a
-subset of the data, scored by the plan's monitored metric on a validation subset. It trains as
+subset of the data, scored by the plan's monitored metric on a validation subset after its last
+epoch (it keeps its final weights, so earlier validation passes would inform nothing). It trains as
 many epochs as the real run is planned to (within ``PROXY_EPOCHS``), on a subset sized so the
 proxy fits its share of time: augmentation pays off against memorization, which grows with how
 often the model sees each image, so a proxy that sees its subset as often as the real run sees
@@ -130,10 +135,10 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
     val_images = min(len(val), MAX_VAL_IMAGES)
     reg = plan.regularization
     start_soft = {} if search_soft else {name: getattr(reg, name) for name in ("label_smoothing", "mixup", "cutmix")}
-    # Each proxy: as many epochs as the real run, each followed by a validation pass.
+    # Each proxy: as many epochs as the real run, then one validation pass.
     epochs = min(max(plan.optimization.epochs, PROXY_EPOCHS[0]), PROXY_EPOCHS[1])
     proxy_s = (1 - DISTANCE_SHARE) * allowance_s / planned
-    train_s = proxy_s - epochs * val_images / eval_images_per_s
+    train_s = proxy_s - val_images / eval_images_per_s
     subset_size = min(len(train), int(train_s * train_images_per_s / epochs))
     if subset_size < MIN_SUBSET:
         return None
@@ -171,6 +176,12 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
     steps += [(f, [g.level for g in gs]) for f, gs in by_family.items()]
     best, stopped = trials[0], None
     for family, levels in steps:
+        if family not in (WIDE, None) and WIDE not in best.groups:
+            weakest = next(t for t in trials if WIDE in t.groups)
+            stopped = (f"no wide menu beat no augmentation ({weakest.score:.4f} for the weakest against "
+                       f"{trials[0].score:.4f}), so the run is too short for augmentation to pay off: "
+                       "no family refinements")
+            break
         options = ([({**best.groups, family: level}, best.soft) for level in levels] if family is not None
                    else [(best.groups, dict(option)) for option in SOFT_OPTIONS])
         step: list[Trial] = []
@@ -183,7 +194,7 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
             step.append(Trial(chosen, soft, score, round(time.perf_counter() - t, 2)))
             log(f"policy search: {_describe(chosen, soft)} scores {score:.4f}")
             previous = step[-2].score if len(step) > 1 else best.score
-            if family is not None and step[-1].score < previous - MIN_GAIN:
+            if step[-1].score < previous - MIN_GAIN:
                 break
         trials += step
         top = max(step, key=lambda trial: trial.score, default=best)
@@ -257,6 +268,6 @@ class _Proxy:
         val_batches = make_batches(self.val, max(self.batch_size, 256), device, train=False)
         with model_copy(self.model, self.runtime) as model, tempfile.TemporaryDirectory() as folder:
             result = run_training(model, self.task, plan, train_batches, val_batches, self.runtime, self.normalizer,
-                                  Path(folder))
+                                  Path(folder), validate_each_epoch=False)
             measured = measure(model) if measure is not None else None
         return result.kept_metric, measured
