@@ -13,7 +13,7 @@ same budget (so all get the same optimization meta-learners); they differ only i
 - ``trivial``: TrivialAugment-style (Müller & Hutter 2021): every sample gets ONE op drawn
   uniformly from visiondojo's whole op set, at a strength uniform in [0, the op's full range]
   (one menu of all ops at magnitude 1; pinned);
-- ``searched``: ``fit`` as it runs by default: the policy search within 30 % of the time left,
+- ``searched``: ``fit`` as it runs by default: the policy search within 20 % of the time left,
   then training with its policy in the rest.
 
 Each contender runs in its own child process (``fmnist.py``'s machinery). Reported: test

@@ -267,3 +267,59 @@ def test_the_run_returns_the_weights_keep_names(problem, tmp_path) -> None:
     assert state_dicts_equal(best.model, best_state)
     with pytest.raises(ConfigError, match="optimization.keep = 'final'; choose one of last, best"):
         visiondojo.fit(TinyNet(), data, out=tmp_path / "bad", pin={"optimization.keep": "final"}, **FAST)
+
+
+def _guarded(steps: int, planned: int, epoch_s: float = 10.0, overhead_s: float = 2.0):
+    from visiondojo.engine.loop import LoopState
+    from visiondojo.optimize.schedules import build_scheduler
+
+    model = nn.Linear(2, 2)
+    params = OptimizationParams(epochs=planned // 100, warmup_epochs=0.0)
+    scheduler = build_scheduler(build_optimizer(model, params), params, steps_per_epoch=100)
+    state = LoopState(epoch=steps // 100, step=steps, planned_epochs=math.ceil(planned / 100), planned_steps=planned,
+                      cycle_s=[epoch_s] * 3, overhead_s=[overhead_s] * 3)
+    return state, scheduler
+
+
+@pytest.mark.parametrize("remaining_s, ceiling, expected", [
+    (50.0, None, 300 + 400 + 68),  # ahead: 4 whole epochs and 68 steps of a fifth fill 95 % of 50 s
+    (15.0, None, 300 + 100 + 28),  # behind: one epoch and 28 steps (2.24 s of training for a 2 s validation)
+    (44.0, None, 300 + 400),       # 1.8 s left after 4 epochs: less training than its validation, no partial epoch
+    (50.0, 600, 600),              # pinned epochs are a ceiling
+])
+def test_the_budget_guard_plans_steps_and_a_partial_last_epoch(remaining_s, ceiling, expected) -> None:
+    """Epochs of 10 s, 2 of them validation: 100 steps of 0.08 s. The plan fills 95 % of the time
+    left in steps, so the budget is not rounded down to whole epochs."""
+    from visiondojo.engine.loop import _budget_guard
+    from visiondojo.optimize.schedules import schedule_factor
+
+    state, scheduler = _guarded(steps=300, planned=500)
+    _budget_guard(state, scheduler, 100, remaining_s, ceiling=ceiling)
+    assert state.planned_steps == expected and state.planned_epochs == math.ceil(expected / 100)
+    assert schedule_factor(scheduler).total_steps == expected and state.replans == 1
+
+
+def test_a_plan_that_fits_is_left_alone() -> None:
+    from visiondojo.engine.loop import _budget_guard
+
+    state, scheduler = _guarded(steps=300, planned=500)  # 20 s needed
+    _budget_guard(state, scheduler, 100, 22.0, ceiling=None)
+    assert state.planned_steps == 500 and state.replans == 0
+
+
+def test_the_loop_ends_a_partial_last_epoch_where_the_plan_does(problem, tmp_path, monkeypatch) -> None:
+    """A plan of 2.5 epochs trains 3 epoch rows, the last one half long, and its schedule ends there."""
+    from visiondojo.engine import loop
+
+    def guard(state, scheduler, steps_per_epoch, remaining_s, *, ceiling):
+        if state.planned_steps != 5 * steps_per_epoch // 2:
+            state.planned_steps, state.planned_epochs = 5 * steps_per_epoch // 2, 3
+            loop.schedule_factor(scheduler).resize(state.planned_steps)
+
+    monkeypatch.setattr(loop, "_budget_guard", guard)
+    run = visiondojo.fit(TinyNet(), problem(300, seed=5), out=tmp_path / "r", budget=600, progress=False,
+                         pin={"optimization.epochs": 6, "optimization.batch_size": 32, "optimization.lr": 0.01})
+    steps_per_epoch = run.plan.data.train_size // 32  # whole batches
+    saved = load_state(run.dir / "checkpoints" / "last.safetensors")["loop"]
+    assert len(run.history) == 3 and saved["step"] == 5 * steps_per_epoch // 2
+    assert run.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)

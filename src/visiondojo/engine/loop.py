@@ -3,8 +3,10 @@
 Per epoch: train steps (regularize the batch on device: augment, soft targets, normalize ->
 autocast forward -> task loss (class-weighted) -> backward -> clip -> decoupled weight decay +
 optimizer step -> schedule), validation, history row, checkpoints (last every epoch, best on
-improvement), early stopping, and the budget guard that shortens the schedule when the run
-falls behind its wall-clock plan so it still anneals and ends on time.
+improvement), early stopping, and the budget guard that re-plans the schedule from the measured
+epoch times so it anneals and ends on time. The guard plans in optimizer steps, so the last epoch
+may be partial: whole epochs alone would leave up to an epoch of the budget unused (on a 9-epoch
+run, a tenth of it).
 
 The run returns its final weights (``optimization.keep: last``) or its best validated ones
 (``best``). Why the final ones by default: a cosine schedule anneals to its end, and the best of
@@ -95,10 +97,15 @@ class LoopState:
     epochs_since_best: int = 0
     elapsed_s: float = 0.0
     planned_epochs: int = 0
+    """Epochs the run will train, the last one possibly partial: ``ceil(planned_steps / steps per epoch)``."""
+    planned_steps: int = 0
+    """Optimizer steps the schedule is sized for (0 in checkpoints that predate it: whole epochs)."""
     history: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     cycle_s: list[float] = field(default_factory=list)
     """Seconds of the last few full epochs, for the budget guard."""
+    overhead_s: list[float] = field(default_factory=list)
+    """Their seconds outside the training steps (validation, checkpoints), for the budget guard."""
     replans: int = 0
     lr_cuts: int = 0
 
@@ -149,6 +156,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         state = _restore(checkpoint_dir / LAST, model, optimizer, scheduler, runtime.scaler, decay)
     else:
         torch.manual_seed(plan.seed)
+    state.planned_steps = state.planned_steps or state.planned_epochs * steps_per_epoch
     # Both are undone below, so the returned model is the user's architecture with its own settings.
     dropout = apply_dropout(model, reg.dropout, reg.stochastic_depth)
     try:
@@ -168,11 +176,11 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
 
         cycle_start = time.perf_counter()
         while True:
-            if deadline is not None and state.cycle_s:
+            if deadline is not None and state.cycle_s and state.overhead_s:
                 # Pinned epochs are a ceiling; planned ones may grow when the run is faster than measured.
                 ceiling = opt.epochs if plan.is_pinned("optimization.epochs") else None
                 _budget_guard(state, scheduler, steps_per_epoch, deadline - reserve_s - time.perf_counter(),
-                              ceiling=ceiling)
+                              ceiling=None if ceiling is None else ceiling * steps_per_epoch)
             if state.epoch >= state.planned_epochs:
                 break
             epoch = state.epoch
@@ -180,15 +188,16 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             model.train()
             train_batches.set_epoch(epoch)
             regularize.set_epoch(epoch)
-            progress.start_epoch(epoch, state.planned_epochs, steps_per_epoch)
+            progress.start_epoch(epoch, state.planned_epochs, min(steps_per_epoch, state.planned_steps - state.step))
             loss_sum = torch.zeros((), device=runtime.device)
-            seen = 0
+            seen = epoch_steps = 0
             cut_off = False
             for i, (images, targets) in enumerate(train_batches):
                 inputs, targets = regularize(images, targets)
                 loss = train_step(model, task, optimizer, runtime, inputs, targets, opt.grad_clip_norm, weights)
                 scheduler.step()
                 state.step += 1
+                epoch_steps += 1
                 loss_sum += loss * len(images)
                 seen += len(images)
                 if i % 20 == 19 or i == steps_per_epoch - 1:
@@ -201,6 +210,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                     progress.update(i + 1, mean_loss, seen / (time.perf_counter() - epoch_start))
                 if deadline is not None and time.perf_counter() > deadline - reserve_s:
                     cut_off = True
+                    break
+                if state.step >= state.planned_steps:  # a partial last epoch
                     break
             train_s = time.perf_counter() - epoch_start
             if cut_off:  # no time for validation: the final evaluation comes next
@@ -252,13 +263,15 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                     break
             save()
             now = time.perf_counter()
-            state.cycle_s = [*state.cycle_s[-(GUARD_WINDOW - 1):], now - cycle_start]
+            if epoch_steps == steps_per_epoch:  # the guard's times come from full epochs
+                state.cycle_s = [*state.cycle_s[-(GUARD_WINDOW - 1):], now - cycle_start]
+                state.overhead_s = [*state.overhead_s[-(GUARD_WINDOW - 1):], now - cycle_start - train_s]
             cycle_start = now
-        if stop_reason.startswith("completed") and state.planned_epochs < opt.epochs:
+        if stop_reason.startswith("completed") and state.planned_steps < opt.epochs * steps_per_epoch:
             stop_reason = "the time budget: the schedule was shortened to end on time"
         if state.replans:
             state.notes.append(f"the budget guard re-planned the schedule {state.replans} time(s) from the measured "
-                               f"epoch times: {opt.epochs} -> {state.planned_epochs} epochs")
+                               f"epoch times: {opt.epochs} -> {state.planned_steps / steps_per_epoch:.2f} epochs")
     finally:
         restore_bn_momentum(model, user_bn_momentum)
         dropout.restore()
@@ -280,28 +293,40 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
 
 def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: int,
                   remaining_s: float, *, ceiling: int | None) -> None:
-    """Re-plan the epochs that fit the time left and resize the schedule so it still anneals on time.
+    """Re-plan the steps that fit the time left and resize the schedule so it still anneals on time.
 
-    The epoch time is the median of the last few full epochs (training, validation, checkpoint),
-    so one epoch slowed by other load on the machine neither cuts the run short for good nor
-    stretches it: the plan shrinks when the run falls behind and grows when it is ahead (a
-    throughput probe that underestimated the speed), never beyond ``ceiling`` (pinned epochs).
+    Times are medians of the last few full epochs, split into training steps and the rest
+    (validation, checkpoints), so one epoch slowed by other load on the machine neither cuts the
+    run short for good nor stretches it: the plan shrinks when the run falls behind and grows when
+    it is ahead (a throughput probe that underestimated the speed), never beyond ``ceiling``
+    steps (pinned epochs). The new plan is whole epochs plus a partial last one when its training
+    would outlast its own validation pass.
     """
-    epoch_s = statistics.median(state.cycle_s)
-    needed_s = (state.planned_epochs - state.epoch) * epoch_s
+    cycle_s, overhead_s = statistics.median(state.cycle_s), statistics.median(state.overhead_s)
+    step_s = max(cycle_s - overhead_s, 1e-9) / steps_per_epoch
+
+    def seconds(steps: int) -> float:
+        return steps * step_s + math.ceil(steps / steps_per_epoch) * overhead_s
+
+    needed_s = seconds(state.planned_steps - state.step)
     # Hysteresis: act when the plan overruns the time left, or would use under GROW_BELOW of it;
     # then re-plan into FILL of it, so noise in epoch times does not re-plan every epoch.
-    at_ceiling = ceiling is not None and state.planned_epochs >= ceiling
+    at_ceiling = ceiling is not None and state.planned_steps >= ceiling
     if needed_s <= remaining_s and (needed_s >= GROW_BELOW * remaining_s or at_ceiling):
         return
-    new_total = state.epoch + max(0, int(FILL * remaining_s // epoch_s))
+    fill_s = FILL * max(remaining_s, 0.0)
+    whole = int(fill_s // cycle_s)
+    partial = int((fill_s - whole * cycle_s - overhead_s) // step_s)
+    partial = partial if partial * step_s >= overhead_s else 0
+    new_total = state.step + whole * steps_per_epoch + min(max(partial, 0), steps_per_epoch - 1)
     if ceiling is not None:
         new_total = min(ceiling, new_total)
-    if new_total == state.planned_epochs:
+    if new_total == state.planned_steps:
         return
     state.replans += 1
-    state.planned_epochs = new_total
-    schedule_factor(scheduler).resize(max(new_total, state.epoch + 1) * steps_per_epoch)
+    state.planned_steps = new_total
+    state.planned_epochs = math.ceil(new_total / steps_per_epoch)
+    schedule_factor(scheduler).resize(max(new_total, state.step + 1))
 
 
 def _save_last(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
