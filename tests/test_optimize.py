@@ -299,6 +299,16 @@ def test_the_budget_guard_plans_steps_and_a_partial_last_epoch(remaining_s, ceil
     assert schedule_factor(scheduler).total_steps == expected and state.replans == 1
 
 
+def test_a_plan_extended_after_a_partial_epoch_trains_its_steps() -> None:
+    """After a partial epoch the step count is mid-epoch: the steps added still get an epoch of their own."""
+    from visiondojo.engine.loop import _budget_guard
+
+    state, scheduler = _guarded(steps=850, planned=850)  # 8 whole epochs and a half one done
+    state.epoch = 9
+    _budget_guard(state, scheduler, 100, 6.0, ceiling=None)  # 95 % of 6 s: 2 s of validation and 46 steps of 0.08 s
+    assert state.planned_steps == 850 + 46 and state.planned_epochs == 10
+
+
 def test_a_plan_that_fits_is_left_alone() -> None:
     from visiondojo.engine.loop import _budget_guard
 

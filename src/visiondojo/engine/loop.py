@@ -99,7 +99,7 @@ class LoopState:
     epochs_since_best: int = 0
     elapsed_s: float = 0.0
     planned_epochs: int = 0
-    """Epochs the run will train, the last one possibly partial: ``ceil(planned_steps / steps per epoch)``."""
+    """Epochs the run will train, the last one possibly partial."""
     planned_steps: int = 0
     """Optimizer steps the schedule is sized for (0 in checkpoints that predate it: whole epochs)."""
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -327,7 +327,9 @@ def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR
         return
     state.replans += 1
     state.planned_steps = new_total
-    state.planned_epochs = math.ceil(new_total / steps_per_epoch)
+    # The steps left fill epochs from here on (the step count need not be a multiple of an epoch's
+    # after a partial one that the guard then extended).
+    state.planned_epochs = state.epoch + math.ceil(max(new_total - state.step, 0) / steps_per_epoch)
     schedule_factor(scheduler).resize(max(new_total, state.step + 1))
 
 
