@@ -306,11 +306,8 @@ def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR
     """
     cycle_s, overhead_s = statistics.median(state.cycle_s), statistics.median(state.overhead_s)
     step_s = max(cycle_s - overhead_s, 1e-9) / steps_per_epoch
-
-    def seconds(steps: int) -> float:
-        return steps * step_s + math.ceil(steps / steps_per_epoch) * overhead_s
-
-    needed_s = seconds(state.planned_steps - state.step)
+    left = max(state.planned_steps - state.step, 0)
+    needed_s = left * step_s + math.ceil(left / steps_per_epoch) * overhead_s
     # Hysteresis: act when the plan overruns the time left, or would use under GROW_BELOW of it;
     # then re-plan into FILL of it, so noise in epoch times does not re-plan every epoch.
     at_ceiling = ceiling is not None and state.planned_steps >= ceiling
