@@ -17,7 +17,7 @@ from visiondojo.engine.runtime import Runtime
 from visiondojo.plan import RegularizationParams, RuntimeParams
 from visiondojo.regularize.distance import Distance, measure_distances
 from visiondojo.regularize.groups import group_pairs
-from visiondojo.regularize.search import search_policy
+from visiondojo.regularize.search import ProxyOutcome, search_policy
 
 from conftest import FAST, TinyNet, make_problem, state_dicts_equal
 
@@ -91,6 +91,12 @@ def test_search_respects_its_allowance() -> None:
     assert result.trials[0].groups == {} and result.trials[0].soft == {}
 
 
+def proxy_outcome(score: float, images: int = 300) -> ProxyOutcome:
+    """A proxy's outcome with accuracy ``score`` on nested correct sets: a higher score gets right every
+    image a lower one does, so a paired test sees every difference as the better proxy's wins."""
+    return ProxyOutcome(score, torch.arange(images) < round(score * images))
+
+
 SYNTHETIC = [Distance(op, m, d, 0.0) for op, m, d in [
     ("rotate", 0.2, 0.01), ("rotate", 0.6, 0.1), ("rotate", 1.0, 1.0),
     ("brightness", 0.2, 0.01), ("brightness", 0.6, 0.1), ("brightness", 1.0, 1.0),
@@ -103,11 +109,11 @@ def test_search_scores_combinations(monkeypatch) -> None:
 
     def fake_run(self, policy, measure=None):
         groups = {op.group for op in policy.augment}
-        score = 0.80 + 0.005 * ("wide/weak" in groups) + 0.05 * ("spatial/medium" in groups)
+        score = 0.80 + 0.03 * ("wide/weak" in groups) + 0.05 * ("spatial/medium" in groups)
         score += 0.03 * ({"spatial/medium", "color/weak"} <= groups) - 0.02 * ("color/weak" in groups and
                                                                             "spatial/medium" not in groups)
-        score += 0.01 * (policy.label_smoothing > 0 and policy.mixup == 0 and policy.cutmix == 0)
-        return score, (SYNTHETIC if measure is not None else None)
+        score += 0.03 * (policy.label_smoothing > 0 and policy.mixup == 0 and policy.cutmix == 0)
+        return proxy_outcome(score), (SYNTHETIC if measure is not None else None)
 
     monkeypatch.setattr(search._Proxy, "run", fake_run)
     plan, train, val, task = _search_inputs()
@@ -123,8 +129,12 @@ def test_search_scores_combinations(monkeypatch) -> None:
     # does not (so no CutMix); 3 spatial levels, 2 color levels
     assert [t.groups for t in result.trials[1:3]] == [{"wide": "weak"}, {"wide": "medium"}]
     assert [t.soft for t in result.trials[3:5]] == [{"label_smoothing": 0.1}, {"label_smoothing": 0.1, "mixup": 0.2}]
-    assert result.space["proxy_trainings"] == 1 + 2 + 2 + 3 + 2 == len(result.trials)
+    assert result.space["proxy_trainings"] == 1 + 2 + 2 + 3 + 2 + 2 == len(result.trials) + 2
     assert result.stopped == "tried every planned combination"
+    # every adopted change was significant on the paired test; the gain held at half the subset
+    adopted = [t for t in result.trials if t.groups.get("spatial") == "medium" and "color" not in t.groups]
+    assert len(adopted) == 1 and adopted[0].test["verdict"] == "accepted" and adopted[0].test["p_value"] < 0.05 / 3
+    assert result.extrapolation["kept"] and result.extrapolation["sizes"] == [600, 1200]
 
 
 def test_when_no_wide_menu_helps_the_search_refines_no_family(monkeypatch) -> None:
@@ -133,8 +143,8 @@ def test_when_no_wide_menu_helps_the_search_refines_no_family(monkeypatch) -> No
     from visiondojo.regularize import search
 
     def fake_run(self, policy, measure=None):
-        score = 0.75 - 0.02 * bool(policy.augment) + 0.02 * (policy.label_smoothing > 0) - 0.03 * (policy.mixup > 0)
-        return score, (SYNTHETIC if measure is not None else None)
+        score = 0.75 - 0.02 * bool(policy.augment) + 0.03 * (policy.label_smoothing > 0) - 0.03 * (policy.mixup > 0)
+        return proxy_outcome(score), (SYNTHETIC if measure is not None else None)
 
     monkeypatch.setattr(search._Proxy, "run", fake_run)
     plan, train, val, task = _search_inputs()
@@ -179,7 +189,7 @@ def test_wide_menu_holds_every_group_up_to_its_level(monkeypatch) -> None:
         groups = {op.group for op in policy.augment}
         score = 0.80 + 0.04 * ("wide/medium" in groups) - 0.03 * ("wide/strong" in groups)
         score -= 0.01 * any(g.startswith(("spatial", "color")) for g in groups)  # stacking on top hurts
-        return score, (SYNTHETIC if measure is not None else None)
+        return proxy_outcome(score), (SYNTHETIC if measure is not None else None)
 
     monkeypatch.setattr(search._Proxy, "run", fake_run)
     plan, train, val, task = _search_inputs()
@@ -200,9 +210,10 @@ def test_too_small_allowance_skips_the_search() -> None:
 
 
 def test_fit_searches_by_default_and_the_policy_replays(tmp_path, monkeypatch) -> None:
-    from visiondojo.regularize import search
+    from visiondojo.regularize import choose, search
 
     monkeypatch.setattr(search, "MIN_SUBSET", 128)  # proxies on a few hundred images, whatever the CPU speed
+    monkeypatch.setattr(choose, "MAX_MIN_EFFECT", 0.1)  # 200 validation images: only large gains count
     images, labels = make_problem(2000, size=12, seed=11)
     run = visiondojo.fit(TinyNet(), (images, labels), out=tmp_path / "searched", budget=10, progress=False,
                          pin={"optimization.batch_size": 32, "optimization.lr": 0.01, "optimization.epochs": 3})
@@ -233,6 +244,7 @@ def test_without_time_to_search_long_runs_get_trivialaugment(tmp_path, monkeypat
     from visiondojo.regularize import choose
 
     monkeypatch.setattr(choose, "search_policy", lambda *args, **kwargs: None)  # no time for proxies
+    monkeypatch.setattr(choose, "MAX_MIN_EFFECT", 1.0)  # 30 validation images would make it underpowered
     images, labels = make_problem(300, size=8, seed=12)
     run = visiondojo.fit(TinyNet(), (images, labels), out=tmp_path / "r", progress=False,
                          pin={"optimization.batch_size": 32, "optimization.lr": 0.01, "optimization.epochs": epochs})

@@ -33,7 +33,7 @@ from ..errors import ConfigError, VisionDojoError
 from ..plan import Plan
 from ..tasks import Task
 from . import checkpoint
-from .evaluate import evaluate
+from .evaluate import Evaluation, evaluate
 from .progress import TrainingProgress
 from .runtime import Runtime
 from ..optimize.optimizers import build_optimizer
@@ -123,6 +123,9 @@ class LoopResult:
     """The epoch with the best validation metric."""
     stop_reason: str
     notes: list[str]
+    last_evaluation: Evaluation | None = None
+    """With ``validate_each_epoch=False``: the one validation pass, with every score (paired tests
+    compare proxies image by image)."""
 
 
 def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, val_batches: Any,
@@ -137,7 +140,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
 
     ``validate_each_epoch=False`` validates and checkpoints after the last epoch only: for short
     trainings that keep their final weights and never stop early (the policy search's proxies),
-    where the other passes would be a quarter of the time and inform nothing.
+    where the other passes would be a quarter of the time and inform nothing. That one pass
+    collects every score (``LoopResult.last_evaluation``).
     """
     progress = progress or TrainingProgress(False)
     opt, reg = plan.optimization, plan.regularization
@@ -233,7 +237,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 progress.end_epoch(f"epoch {epoch + 1}/{state.planned_epochs}  train_loss {train_loss:.4f}")
                 continue
             val_start = time.perf_counter()
-            val = evaluate(model, task, val_batches, normalizer, runtime).metrics
+            evaluation = evaluate(model, task, val_batches, normalizer, runtime, collect=not validate_each_epoch)
+            val = evaluation.metrics
             # The slowest validation so far: a steady reserve keeps the budget guard from chasing noise.
             reserve_s = max(reserve_s, (time.perf_counter() - val_start) * final_eval_ratio + REPORT_S)
             epoch_s = time.perf_counter() - epoch_start
@@ -290,7 +295,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         kept_epoch, kept_metric = state.best_epoch + 1, state.best_metric
         if best.exists():
             load_model(model, str(best), device=str(runtime.device))
-    return LoopResult(state.history, kept_epoch, kept_metric, state.best_epoch + 1, stop_reason, notes)
+    return LoopResult(state.history, kept_epoch, kept_metric, state.best_epoch + 1, stop_reason, notes,
+                      evaluation if not validate_each_epoch and last_validated else None)
 
 
 def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: int,

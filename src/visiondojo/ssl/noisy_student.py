@@ -54,6 +54,7 @@ from ..engine.progress import TrainingProgress
 from ..engine.runtime import Runtime
 from ..optimize.batchnorm import bn_momentum_for
 from ..optimize.schedules import MAX_WARMUP_SHARE
+from ..paired import sign_test_p
 from ..plan import Plan
 from ..tasks import Task
 from ..regularize.class_balance import sample_weights
@@ -141,8 +142,7 @@ def student_holds(teacher_probs: torch.Tensor, student_probs: torch.Tensor, targ
     student_right = student_probs.argmax(dim=1) == targets
     teacher_only = int((teacher_right & ~student_right).sum())
     student_only = int((student_right & ~teacher_right).sum())
-    disagree = teacher_only + student_only
-    p = sum(math.comb(disagree, k) for k in range(teacher_only, disagree + 1)) / 2 ** disagree
+    p = sign_test_p(teacher_only, student_only)
     why = (f"of {len(targets)} validation images, {student_only} only the student and {teacher_only} only the "
            f"teacher got right (sign test p = {p:.3f})")
     return p >= REJECT_P, why

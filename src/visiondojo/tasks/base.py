@@ -49,6 +49,11 @@ class Task(ABC):
         """Model outputs -> probabilities."""
 
     @abstractmethod
+    def correct(self, scores: torch.Tensor, targets: Any) -> torch.Tensor:
+        """Bool tensor: which validation units the ``scores`` get right (an image, or an image x label
+        for multi-label tasks): what paired tests between two models count (``visiondojo.paired``)."""
+
+    @abstractmethod
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         """Model outputs -> final predictions (class indices, multi-hot labels, boxes...)."""
 

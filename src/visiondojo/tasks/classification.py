@@ -55,6 +55,9 @@ class MultiClassTask(Task):
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.argmax(dim=1)
 
+    def correct(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return scores.argmax(dim=1) == targets.to(scores.device)
+
     def metrics(self) -> MetricCollection:
         k = self.num_classes
         return MetricCollection({
@@ -134,6 +137,9 @@ class MultiLabelTask(Task):
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         return (self.scores(outputs) > self.threshold).long()
+
+    def correct(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return ((scores > self.threshold) == targets.to(scores.device).bool()).reshape(-1)
 
     def metrics(self) -> MetricCollection:
         k, t = self.num_labels, self.threshold
