@@ -115,7 +115,7 @@ def test_search_scores_combinations(monkeypatch) -> None:
         score += 0.03 * (policy.label_smoothing > 0 and policy.mixup == 0 and policy.cutmix == 0)
         return proxy_outcome(score), (SYNTHETIC if measure is not None else None)
 
-    monkeypatch.setattr(search._Proxy, "run", fake_run)
+    monkeypatch.setattr(search.Proxy, "run", fake_run)
     plan, train, val, task = _search_inputs()
     result = search_policy(plan, TinyNet(), task, train, val, Runtime(RuntimeParams()), 1e6,
                            train_images_per_s=1e6, eval_images_per_s=1e6)
@@ -146,7 +146,7 @@ def test_when_no_wide_menu_helps_the_search_refines_no_family(monkeypatch) -> No
         score = 0.75 - 0.02 * bool(policy.augment) + 0.03 * (policy.label_smoothing > 0) - 0.03 * (policy.mixup > 0)
         return proxy_outcome(score), (SYNTHETIC if measure is not None else None)
 
-    monkeypatch.setattr(search._Proxy, "run", fake_run)
+    monkeypatch.setattr(search.Proxy, "run", fake_run)
     plan, train, val, task = _search_inputs()
     result = search_policy(plan, TinyNet(), task, train, val, Runtime(RuntimeParams()), 1e6,
                            train_images_per_s=1e6, eval_images_per_s=1e6)
@@ -191,7 +191,7 @@ def test_wide_menu_holds_every_group_up_to_its_level(monkeypatch) -> None:
         score -= 0.01 * any(g.startswith(("spatial", "color")) for g in groups)  # stacking on top hurts
         return proxy_outcome(score), (SYNTHETIC if measure is not None else None)
 
-    monkeypatch.setattr(search._Proxy, "run", fake_run)
+    monkeypatch.setattr(search.Proxy, "run", fake_run)
     plan, train, val, task = _search_inputs()
     result = search_policy(plan, TinyNet(), task, train, val, Runtime(RuntimeParams()), 1e6,
                            train_images_per_s=1e6, eval_images_per_s=1e6, search_soft=False)

@@ -175,7 +175,7 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
     subset = train.subset(torch.randperm(len(train), generator=generator)[:subset_size])
     val_subset = val.subset(torch.randperm(len(val), generator=generator)[:val_images])
     normalizer = Normalizer(plan.data, runtime.device, plan.runtime.channels_last)
-    proxy = _Proxy(plan, model, task, subset, val_subset, runtime, normalizer, epochs)
+    proxy = Proxy(plan, model, task, subset, val_subset, runtime, normalizer, epochs)
 
     # 1. The bar to beat, and the briefly trained model the distances are measured with.
     trials: list[Trial] = []
@@ -253,7 +253,7 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
                         val_images, min_effect, extrapolation)
 
 
-def _extrapolate(proxy: "_Proxy", plan: Plan, base: Trial, chosen: Trial, base_correct: torch.Tensor,
+def _extrapolate(proxy: "Proxy", plan: Plan, base: Trial, chosen: Trial, base_correct: torch.Tensor,
                  chosen_correct: torch.Tensor, groups: list[Group], train_size: int, min_effect: float,
                  time_left: float, log: Callable[[str], None]) -> dict[str, Any]:
     """Train the base and the chosen policy again on half the subset; keep the chosen one only when
@@ -315,7 +315,7 @@ def _distances(model: torch.nn.Module, task: Any, subset: Source, count: int, op
     return measure_distances(model, task, pixels, targets, ops, normalizer, runtime, seed=seed)
 
 
-class _Proxy:
+class Proxy:
     """Short trainings of a fresh copy of the model on one subset, with the plan's optimizer."""
 
     def __init__(self, plan: Plan, model: torch.nn.Module, task: Any, train: Source, val: Source,
@@ -336,9 +336,9 @@ class _Proxy:
         opt.early_stopping_patience, opt.budget_s = None, None
         self.train, self.val = train, val
 
-    def on_fewer(self, size: int) -> "_Proxy":
+    def on_fewer(self, size: int) -> "Proxy":
         """The same proxy on the first ``size`` images of its subset (same validation images)."""
-        return _Proxy(self.source_plan, self.model, self.task, self.train.subset(torch.arange(size)), self.val,
+        return Proxy(self.source_plan, self.model, self.task, self.train.subset(torch.arange(size)), self.val,
                       self.runtime, self.normalizer, self.epochs)
 
     def run(self, policy: RegularizationParams,

@@ -136,10 +136,22 @@ def _augment_search(plan: Plan) -> list[str]:
                     [[g["name"], g["distance"], ", ".join(f"{op} {m:g}" for op, m in g["pairs"])]
                      for g in search["groups"]])]
     rows = [[", ".join(f"{k} {v}" for k, v in t["groups"].items()) or "none",
-             ", ".join(f"{k} {v:g}" for k, v in t["soft"].items()) or "none", t["score"], t["seconds"]]
+             ", ".join(f"{k} {v:g}" for k, v in t["soft"].items()) or "none", t["score"],
+             _verdict(t.get("test")), t["seconds"]]
             for t in search["trials"]]
-    parts.append(_table(["augmentation groups", "soft labels", f"proxy {plan.monitor}", "seconds"], rows))
+    parts.append(_table(["augmentation groups", "soft labels", f"proxy {plan.monitor}",
+                         "against the best so far (paired sign test)", "seconds"], rows))
+    extrapolation = search.get("extrapolation")
+    if extrapolation:
+        parts.append(f"<p class=muted>Gain at the training set's size: {html.escape(extrapolation['why'])}.</p>")
     return parts
+
+
+def _verdict(test: dict | None) -> str:
+    """A trial's paired test in a table cell: verdict, gain and p-value."""
+    if not test:
+        return "baseline"
+    return f"{test['verdict']}: {test['effect']:+.2%}, p = {test['p_value']:.3g}"
 
 
 def _semi_supervised(plan: Plan) -> list[str]:
