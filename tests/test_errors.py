@@ -23,8 +23,16 @@ def test_error_hierarchy():
 
 def test_empty_arrays(tiny_net):
     empty = (np.zeros((0, 8, 8), np.float32), np.zeros(0, np.int64))
-    with pytest.raises(DataError, match=r"^train_data: 0 sample\(s\) is too few"):
+    with pytest.raises(DataError, match=r"^train_data: the dataset is empty \(0 samples\); pass at least one image"):
         visiondojo.find_params(tiny_net(), empty)
+    with pytest.raises(DataError, match=r"^train_data: the dataset is empty"):
+        visiondojo.fit(tiny_net(), empty, val_data=empty)  # with validation data too, and through fit
+
+
+def test_a_single_sample_is_too_few_to_split(tiny_net, problem):
+    images, labels = problem(1)
+    with pytest.raises(DataError, match=r"^train_data: 1 sample is too few to hold out validation data; .*val_data"):
+        visiondojo.find_params(tiny_net(), (images, labels))
 
 
 def test_empty_validation_data(tiny_net, problem):
@@ -48,10 +56,20 @@ def test_empty_dataset(tiny_net):
 def test_empty_image_folder(tmp_path, tiny_net):
     (tmp_path / "data" / "cats").mkdir(parents=True)
     (tmp_path / "data" / "cats" / "notes.txt").write_text("not an image")
-    with pytest.raises(DataError, match=r"data: no image files found in the class subfolders"):
+    with pytest.raises(DataError, match=r"data: the image folder is empty: no image files found in the class "
+                                        r"subfolders .*; put each class's images in .*/<class name>/"):
         visiondojo.find_params(tiny_net(), tmp_path / "data")
     with pytest.raises(DataError, match=r"needs one subfolder per class, found none"):
         visiondojo.find_params(tiny_net(), tmp_path / "data" / "cats")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(DataError, match=r"nothing: the folder is empty; an image folder needs one subfolder"):
+        visiondojo.find_params(tiny_net(), tmp_path / "nothing")
+
+
+def test_empty_manifest(tmp_path, tiny_net):
+    (tmp_path / "train.csv").write_text("path,labels\n")
+    with pytest.raises(DataError, match=r"train.csv: the manifest is empty: it lists no images"):
+        visiondojo.find_params(tiny_net(), tmp_path / "train.csv")
 
 
 # ---------------------------------------------------------------- labels

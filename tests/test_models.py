@@ -154,7 +154,33 @@ def test_check_output_errors():
         check_output(flat, 1, 9, 9, 3)
     with pytest.raises(ModelError, match=r"outputs \(2, 3\) for a batch of 2 but the data needs \(2, 1\) \(1 logit\)"):
         check_output(flat, 1, 8, 8, 1)
+    with pytest.raises(ModelError, match=r"needs \(2, 1\) \(1 logit\) or \(2, 2\) \(2 logits\); set adapt"):
+        check_output(flat, 1, 8, 8, 1, also_fits=(2,))
     assert flat.training  # the dry run restores the mode
+
+
+def test_check_output_returns_the_width_it_accepts():
+    two = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    assert check_output(two, 1, 8, 8, 1, also_fits=(2,)) == 2
+    assert check_output(nn.Sequential(nn.Flatten(), nn.Linear(64, 1)), 1, 8, 8, 1, also_fits=(2,)) == 1
+
+
+def test_adapt_keeps_a_head_that_also_fits():
+    """Binary data fits a 2-output head as it is (a 2-class softmax): adapt keeps its weights."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    head = model[3]
+    assert adapt_model(model, 1, 1, also_fits=(2,)) == ["input layer 0: 3 -> 1 input channels"]
+    assert model[3] is head
+    assert adapt_model(nn.Sequential(nn.Flatten(), nn.Linear(4, 5)), 1, 1, also_fits=(2,)) == [
+        "classifier head 1: 5 -> 1 outputs"]
+
+
+def test_adapt_on_binary_data_keeps_a_two_output_head(tiny_net, problem):
+    plan = visiondojo.find_params(tiny_net(outputs=2), problem(60, task="binary"), adapt=True)
+    assert plan.model.changes == [] and (plan.data.task, plan.data.num_outputs) == ("multiclass", 2)
+    with pytest.warns(UserWarning, match=r"adapt: classifier head 4: 3 -> 1 outputs"):
+        plan = visiondojo.find_params(tiny_net(outputs=3), problem(60, task="binary"), adapt=True)
+    assert (plan.data.task, plan.data.num_outputs) == ("binary", 1)  # a replaced head is the sigmoid's
 
 
 def test_fit_adapts_a_grayscale_model_to_rgb_data(tmp_path, problem):

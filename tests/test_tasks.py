@@ -15,7 +15,7 @@ import yaml
 import visiondojo
 from visiondojo.engine.loop import BEST, LAST
 
-from conftest import FAST, TinyNet, make_problem
+from conftest import FAST, TinyNet, make_problem, state_dicts_equal
 
 CLASSES = {"binary": 2, "multiclass": 4, "multilabel": 3}
 OUTPUTS = {"binary": 1, "multiclass": 4, "multilabel": 3}
@@ -145,3 +145,42 @@ def test_multilabel_names_list_every_label(runs):
     names = run.predict(images).names()
     assert all(isinstance(row, list) for row in names)
     assert [sorted(row) for row in names] == [[str(k) for k in np.flatnonzero(row)] for row in labels]
+
+
+def test_binary_data_with_two_outputs_trains_as_a_two_class_softmax(tmp_path):
+    """nn.Linear(features, 2) + cross-entropy is the common binary classifier: it trains, as a 2-class softmax."""
+    train = make_problem(400, task="binary", seed=1)
+    test = make_problem(200, task="binary", seed=2)
+    run = visiondojo.fit(TinyNet(outputs=2), train, test_data=test, out=tmp_path / "run", **FAST)
+    plan = run.plan
+    assert (plan.data.task, plan.data.num_classes, plan.data.num_outputs) == ("multiclass", 2, 2)
+    assert plan.evidence["data.task"].startswith("binary data, and the model has 2 outputs: trained as a 2-class "
+                                                 "softmax")
+    assert run.metrics["test"]["acc"] >= ACCURACY_FLOOR
+    # Prediction, evaluation and loading read the softmax from the plan.
+    images, labels = test
+    predictions = run.predict(images)
+    assert tuple(predictions.scores.shape) == (200, 2)
+    assert (predictions.labels == torch.as_tensor(labels)).float().mean().item() == pytest.approx(
+        run.metrics["test"]["acc"], abs=1e-6)
+    metrics = visiondojo.evaluate(run.dir, test, model=TinyNet(outputs=2))
+    assert metrics["acc"] == pytest.approx(run.metrics["test"]["acc"], abs=1e-6)
+    # A replay of the saved plan trains the same softmax, to the same weights.
+    saved = visiondojo.Plan.load(run.dir / "plan.yaml")
+    again = visiondojo.train(TinyNet(outputs=2), train, test_data=test, plan=saved, out=tmp_path / "replay",
+                             progress=False)
+    assert again.plan.data.task == "multiclass" and again.plan.evidence["data.task"] == plan.evidence["data.task"]
+    assert state_dicts_equal(again.model, run.model)
+
+
+def test_binary_data_with_one_output_keeps_the_sigmoid(runs):
+    run, _ = runs("binary")
+    assert (run.plan.data.task, run.plan.data.num_outputs) == ("binary", 1)
+    assert run.plan.evidence["data.task"].startswith("binary data, and the model has 1 output: one sigmoid logit")
+
+
+def test_a_replay_keeps_the_task_of_its_plan(runs):
+    """A sigmoid plan replayed with a 2-output model is refused, not silently turned into a softmax."""
+    run, _ = runs("binary")
+    with pytest.raises(visiondojo.ModelError, match=r"outputs \(2, 2\) .* needs \(2, 1\) \(1 logit\);"):
+        visiondojo.train(TinyNet(outputs=2), make_problem(40, task="binary"), plan=run.plan)

@@ -146,7 +146,7 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
                  unlabeled: Source | None = None) -> Plan:
     runtime_params, runtime_evidence = resolve_runtime(prep.model, device, precision, channels_last)
     plan = Plan(data=prep.data, model=prep.model_params, runtime=runtime_params, seed=seed,
-                monitor=prep.task.monitor, evidence=dict(runtime_evidence))
+                monitor=prep.task.monitor, evidence={**prep.evidence, **runtime_evidence})
     plan.optimization.budget_s = budget_s
     if prep.model_params.changes:
         plan.evidence["model.changes"] = "; ".join(prep.model_params.changes)

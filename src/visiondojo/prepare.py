@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,14 @@ class Prepared:
     model: nn.Module
     model_params: ModelParams
     options: DataOptions
+    evidence: dict[str, str] = field(default_factory=dict)
+    """Why a data or model field is what it is (plan.evidence keys), for choices made here."""
+
+
+SOFTMAX_HEAD = ("binary data, and the model has 2 outputs: trained as a 2-class softmax (cross-entropy); "
+                "a model with 1 output keeps the sigmoid")
+SIGMOID_HEAD = ("binary data, and the model has 1 output: one sigmoid logit (binary cross-entropy); "
+                "a model with 2 outputs would train as a 2-class softmax")
 
 
 def model_spec(model: Any) -> str:
@@ -54,7 +62,8 @@ def prepare(model: nn.Module | str | None, train_data: Any, val_data: Any = None
         test_data = f"{train_data.partition(':')[0]}:test"
     if val_data is None:
         if len(train) < 2:
-            raise DataError(f"{train.origin}: {len(train)} sample(s) is too few to hold out validation data")
+            raise DataError(f"{train.origin}: 1 sample is too few to hold out validation data; "
+                            "pass more images, or validation data as val_data")  # as_source refused 0
         train, val = validation_split(train, options.val_fraction, seed)
     else:
         val = as_source(val_data, options, role="val_data")
@@ -70,28 +79,53 @@ def prepare(model: nn.Module | str | None, train_data: Any, val_data: Any = None
             align_classes(source, data.class_names)
             check_targets(source, data.task, data.num_classes)
             check_geometry(source, data)
-    task = make_task(data)
 
+    built = _build_model(model, spec, data, seed, model_kwargs)
+    changes, evidence = _fit_model(built, data, adapt=adapt, replay=known is not None)
+    params = ModelParams(spec=model_spec(model if model is not None else spec), kwargs=dict(model_kwargs or {}),
+                         adapt=adapt, changes=changes, num_parameters=sum(p.numel() for p in built.parameters()))
+    return Prepared(train, val, test, data, make_task(data), built, params, options, evidence)
+
+
+def _build_model(model: nn.Module | str | None, spec: str | None, data: DataParams, seed: int,
+                 model_kwargs: dict | None) -> nn.Module:
+    """The user's module as it is, or one built from a spec (or the plan's ``spec``) for the data."""
     if model is None:
         if spec is None:
             raise ModelError("model: no model given; pass an nn.Module or a spec such as 'fmnist-resnet'")
         model = spec
-    if isinstance(model, str):
-        torch.manual_seed(seed)  # the initial weights are part of what a plan + seed reproduce
-        if model.startswith("python:"):
-            raise ModelError(f"this plan was made with a model passed from Python ({model}); pass that model again")
-        built = build_model(model, data.num_outputs, data.channels, model_kwargs)
-    elif isinstance(model, nn.Module):
-        built = model
-    else:
+    if isinstance(model, nn.Module):
+        return model
+    if not isinstance(model, str):
         raise ModelError(f"model: expected an nn.Module or a spec string, got {type(model).__name__}")
-    changes = adapt_model(built, data.channels, data.num_outputs) if adapt else []
+    torch.manual_seed(seed)  # the initial weights are part of what a plan + seed reproduce
+    if model.startswith("python:"):
+        raise ModelError(f"this plan was made with a model passed from Python ({model}); pass that model again")
+    return build_model(model, data.num_outputs, data.channels, model_kwargs)
+
+
+def _fit_model(model: nn.Module, data: DataParams, *, adapt: bool, replay: bool) -> tuple[list[str], dict[str, str]]:
+    """Adapt ``model`` if asked, check its output with one dry forward, and fit the task to its head.
+
+    Binary data fits a head of 1 output (a sigmoid) or of 2: ``nn.Linear(features, 2)`` with
+    cross-entropy is how most people build a binary classifier, so such a model trains as a 2-class
+    softmax instead of being refused. This is the one place the task follows the model: ``data.task``
+    becomes ``multiclass`` (2 classes), so training, replay, evaluation, prediction and loading all
+    read a 2-class softmax from the plan. A replay (``replay``) keeps its plan's task as it is.
+    Returns the adapt changes and the evidence for the task.
+    """
+    binary = data.task == "binary" and not replay
+    also_fits = (2,) if binary else ()
+    changes = adapt_model(model, data.channels, data.num_outputs, also_fits=also_fits) if adapt else []
     for change in changes:
-        warnings.warn(f"adapt: {change}", stacklevel=3)
-    check_output(built, data.channels, data.height, data.width, data.num_outputs)
-    params = ModelParams(spec=model_spec(model), kwargs=dict(model_kwargs or {}), adapt=adapt, changes=changes,
-                         num_parameters=sum(p.numel() for p in built.parameters()))
-    return Prepared(train, val, test, data, task, built, params, options)
+        warnings.warn(f"adapt: {change}", stacklevel=4)
+    outputs = check_output(model, data.channels, data.height, data.width, data.num_outputs, also_fits=also_fits)
+    if not binary:
+        return changes, {}
+    if outputs == 2:
+        data.task = "multiclass"
+        return changes, {"data.task": SOFTMAX_HEAD}
+    return changes, {"data.task": SIGMOID_HEAD}
 
 
 def options_from_plan(data: DataParams, base: DataOptions | None = None) -> DataOptions:

@@ -61,7 +61,9 @@ def scan_image_folder(root: Path, *, resize: tuple[int, int] | None, strict: boo
     """One subfolder per class; class names are the sorted subfolder names."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise DataError(f"{root}: an image folder needs one subfolder per class, found none")
+        empty = "the folder is empty; " if not any(root.iterdir()) else ""
+        raise DataError(f"{root}: {empty}an image folder needs one subfolder per class, found none "
+                        f"(put each class's images in {root}/<class name>/)")
     paths: list[Path] = []
     labels: list[int] = []
     for label, folder in enumerate(class_dirs):
@@ -71,8 +73,8 @@ def scan_image_folder(root: Path, *, resize: tuple[int, int] | None, strict: boo
                 labels.append(label)
     if not paths:
         raise DataError(
-            f"{root}: no image files found in the class subfolders "
-            f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+            f"{root}: the image folder is empty: no image files found in the class subfolders "
+            f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}); put each class's images in {root}/<class name>/"
         )
     targets = torch.tensor(labels, dtype=torch.int64)
     return scan_files(paths, targets, [d.name for d in class_dirs], str(root), resize, strict)
@@ -99,7 +101,7 @@ def scan_manifest(
             path = Path(row[0].strip())
             rows.append((path if path.is_absolute() else csv_path.parent / path, names))
     if not rows:
-        raise DataError(f"{csv_path}: the manifest lists no images")
+        raise DataError(f"{csv_path}: the manifest is empty: it lists no images; add one 'path,labels' row per image")
     class_names = sorted({name for _, names in rows for name in names})
     index = {name: i for i, name in enumerate(class_names)}
     targets = torch.zeros(len(rows), len(class_names), dtype=torch.float32)

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import DataError
 from ..plan import TASKS, DataParams
-from .sources import DataOptions, InMemory, Source
+from .sources import DataOptions, InMemory, Source, empty_data_error
 
 IMBALANCE_WARNING_RATIO = 10.0
 _STATS_SAMPLES_IN_MEMORY = 20_000
@@ -32,7 +32,7 @@ def infer_task(targets: torch.Tensor) -> str:
 def inspect_data(train: Source, options: DataOptions) -> DataParams:
     """DataParams for ``train``; raises DataError for empty data or labels that do not fit."""
     if len(train) == 0:
-        raise DataError(f"{train.origin}: the training data is empty")
+        raise empty_data_error(train.origin)
     task = options.task or infer_task(train.targets)
     if task not in TASKS:
         raise DataError(f"task: unknown task {task!r}; allowed: {', '.join(TASKS)}")
@@ -87,7 +87,7 @@ def _num_classes(train: Source, task: str, options: DataOptions) -> int:
 def check_targets(source: Source, task: str, num_classes: int) -> None:
     """Raise DataError naming the first label that does not fit the task."""
     if len(source) == 0:
-        raise DataError(f"{source.origin}: the dataset is empty")
+        raise empty_data_error(source.origin)
     targets = source.targets
     if task == "multilabel":
         if targets.ndim != 2 or targets.shape[1] != num_classes:

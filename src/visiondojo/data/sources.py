@@ -101,7 +101,26 @@ def _positions(source: InMemory | Streamed, indices: torch.Tensor) -> torch.Tens
 
 
 def as_source(data: Any, options: DataOptions, *, role: str = "train", default_split: str = "train") -> Source:
-    """Adapt ``data`` (given as the ``role`` argument, for error messages) into a Source."""
+    """Adapt ``data`` (given as the ``role`` argument, for error messages) into a Source.
+
+    Empty data is refused here, for every form and role, so the error says it is empty instead of
+    surfacing later as a split, an inspection or a loss that has nothing to work on.
+    """
+    source = _adapt(data, options, role, default_split)
+    if len(source) == 0:
+        raise empty_data_error(source.origin)
+    return source
+
+
+def empty_data_error(origin: str) -> DataError:
+    """The error for data with no samples, naming where it came from and what to check."""
+    return DataError(
+        f"{origin}: the dataset is empty (0 samples); pass at least one image (check the arrays' first "
+        "dimension, the Dataset's __len__, or the files in the folder or manifest)"
+    )
+
+
+def _adapt(data: Any, options: DataOptions, role: str, default_split: str) -> Source:
     if isinstance(data, (InMemory, Streamed)):
         return data
     if isinstance(data, (str, Path)):
@@ -239,7 +258,7 @@ def _from_dataset(dataset: Dataset, options: DataOptions, origin: str, num_worke
     except TypeError:
         raise DataError(f"{origin}: the Dataset has no __len__; visiondojo needs map-style datasets") from None
     if length == 0:
-        raise DataError(f"{origin}: the dataset is empty")
+        raise empty_data_error(origin)  # before the pass below, which reads a first sample
     converted = _ConvertedDataset(dataset, origin, options.resize)
     loader = DataLoader(converted, batch_size=64, num_workers=num_workers, collate_fn=list)
     limit = options.memory_limit_gb * 2**30

@@ -7,6 +7,8 @@ pass checks the result, so a wrong guess is an error, never a silently broken mo
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 
@@ -19,8 +21,13 @@ def _set_module(model: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def adapt_model(model: nn.Module, in_channels: int, num_outputs: int) -> list[str]:
-    """Change ``model`` in place; return a sentence per change."""
+def adapt_model(model: nn.Module, in_channels: int, num_outputs: int, *, also_fits: Collection[int] = ()) -> list[str]:
+    """Change ``model`` in place; return a sentence per change.
+
+    A head whose width is in ``also_fits`` is left alone: binary data fits a head of 2 outputs
+    (trained as a 2-class softmax) as well as one of 1, and replacing a fitting head would throw
+    away its weights.
+    """
     changes: list[str] = []
     first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
     if first is not None and first[1].in_channels != in_channels:
@@ -42,10 +49,11 @@ def adapt_model(model: nn.Module, in_channels: int, num_outputs: int) -> list[st
         raise ModelError("cannot find the classifier head (no nn.Linear in the model); build the model "
                          f"with {num_outputs} outputs yourself")
     name, layer = head
-    if isinstance(layer, nn.Linear) and layer.out_features != num_outputs:
+    fits = {num_outputs, *also_fits}
+    if isinstance(layer, nn.Linear) and layer.out_features not in fits:
         _set_module(model, name, nn.Linear(layer.in_features, num_outputs, bias=layer.bias is not None))
         changes.append(f"classifier head {name}: {layer.out_features} -> {num_outputs} outputs")
-    elif isinstance(layer, nn.Conv2d) and layer.out_channels != num_outputs:
+    elif isinstance(layer, nn.Conv2d) and layer.out_channels not in fits:
         _set_module(model, name, nn.Conv2d(layer.in_channels, num_outputs, layer.kernel_size, layer.stride,
                                            layer.padding, bias=layer.bias is not None))
         changes.append(f"classifier head {name}: {layer.out_channels} -> {num_outputs} outputs")
@@ -61,8 +69,14 @@ def find_head(model: nn.Module) -> tuple[str, nn.Module] | None:
     return convs[-1] if convs else None
 
 
-def check_output(model: nn.Module, channels: int, height: int, width: int, num_outputs: int) -> None:
-    """Dry forward of two blank images on the CPU copy; raise ModelError unless the output is (2, num_outputs)."""
+def check_output(model: nn.Module, channels: int, height: int, width: int, num_outputs: int, *,
+                 also_fits: Collection[int] = ()) -> int:
+    """Dry forward of two blank images; return the model's output width.
+
+    Raises ModelError unless the output is (2, num_outputs) or (2, w) for a ``w`` in ``also_fits``
+    (binary data: 2, a 2-class softmax). Returning the width lets the caller fit the task to the
+    model from this one forward pass.
+    """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
@@ -78,10 +92,12 @@ def check_output(model: nn.Module, channels: int, height: int, width: int, num_o
         model.train(was_training)
     if isinstance(out, (tuple, list)):
         out = out[0]
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_outputs:
+    fits = [num_outputs, *(w for w in also_fits if w != num_outputs)]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] not in fits:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        needs = " or ".join(f"(2, {w}) ({w} logit{'s' if w != 1 else ''})" for w in fits)
         raise ModelError(
-            f"the model outputs {shape} for a batch of 2 but the data needs (2, {num_outputs}) "
-            f"({num_outputs} logit{'s' if num_outputs != 1 else ''}); set adapt: true (Python: adapt=True) "
-            "to replace the classifier head"
+            f"the model outputs {shape} for a batch of 2 but the data needs {needs}; "
+            "set adapt: true (Python: adapt=True) to replace the classifier head"
         )
+    return int(out.shape[1])
