@@ -30,6 +30,7 @@ from pathlib import Path
 from statistics import harmonic_mean
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -86,19 +87,26 @@ def overall_throughput(history: list[dict[str, Any]]) -> float:
     """Training images/s over the whole run from per-epoch figures.
 
     The harmonic mean of per-epoch rates is total images / total training time when the epochs
-    train equally many images, so one slow or fast epoch does not skew the figure.
+    train equally many images, so one slow or fast epoch does not skew the figure. 0 when no epoch
+    finished (a budget spent before the first one ended), so such a run is still recorded.
     """
+    if not history:
+        return 0.0
     return round(harmonic_mean([row["train_images_per_s"] for row in history]), 1)
 
 
 # --- baseline: plain PyTorch -------------------------------------------------------------------
 
 
-def baseline_tensors(split: str, plan: BaselinePlan) -> TensorDataset:
-    """Images scaled to [0, 1] and normalized once up front, as (N, 1, 28, 28) float32."""
-    images, labels = load_fashion_mnist(split)
-    x = torch.tensor(images, dtype=torch.float32).div_(255.0).sub_(plan.mean).div_(plan.std).unsqueeze(1)
+def normalized_tensors(images: np.ndarray, labels: np.ndarray, mean: float, std: float) -> TensorDataset:
+    """uint8 (N, H, W) grayscale images scaled to [0, 1] and normalized once up front, as (N, 1, H, W) float32."""
+    x = torch.tensor(images, dtype=torch.float32).div_(255.0).sub_(mean).div_(std).unsqueeze(1)
     return TensorDataset(x, torch.from_numpy(labels))
+
+
+def baseline_tensors(split: str, plan: BaselinePlan) -> TensorDataset:
+    """A Fashion-MNIST split normalized with the plan's mean and std, as (N, 1, 28, 28) float32."""
+    return normalized_tensors(*load_fashion_mnist(split), plan.mean, plan.std)
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
@@ -136,12 +144,17 @@ def next_epoch_fits(history: list[dict[str, Any]], elapsed_s: float, budget_s: f
     return elapsed_s + mean_epoch_s <= budget_s
 
 
-def run_baseline(budget_s: float, seed: int) -> Result:
-    """The practitioner's loop; the budget clock starts before the data is loaded, as fit's does."""
+def run_baseline(budget_s: float, seed: int, plan: BaselinePlan = BaselinePlan(),
+                 data: Callable[[str], TensorDataset] | None = None) -> Result:
+    """The practitioner's loop; the budget clock starts before the data is loaded, as fit's does.
+
+    ``data`` maps ``"train"`` / ``"test"`` to normalized tensors (default: Fashion-MNIST with the
+    plan's mean and std), so other benchmarks run the same loop on other data.
+    """
     start = time.perf_counter()
-    plan = BaselinePlan()
     torch.manual_seed(seed)
-    train = baseline_tensors("train", plan)
+    load = data if data is not None else (lambda split: baseline_tensors(split, plan))
+    train = load("train")
     model = visiondojo.FMNISTResNet()
     optimizer = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
     loader = DataLoader(train, batch_size=plan.batch_size, shuffle=True)
@@ -154,7 +167,7 @@ def run_baseline(budget_s: float, seed: int) -> Result:
                         "train_images_per_s": round(seen / epoch_s, 1)})
         log(f"baseline epoch {len(history)}  train_loss {train_loss:.4f}  {seen / epoch_s:,.0f} img/s  "
             f"{epoch_s:.1f}s  ({time.perf_counter() - start:.0f}/{budget_s:.0f}s)")
-    test_acc = accuracy(model, baseline_tensors("test", plan))
+    test_acc = accuracy(model, load("test"))
     return {"test_acc": test_acc, "epochs": len(history), "train_images_per_s": overall_throughput(history),
             "plan": asdict(plan), "history": history}
 
@@ -180,6 +193,11 @@ def run_visiondojo(budget_s: float, seed: int, name: str = "visiondojo",
     pins = {f"regularization.{k}": v for k, v in (regularization or {}).items()}
     run = visiondojo.fit(visiondojo.FMNISTResNet(), "fashion-mnist", budget=budget_s, seed=seed,
                          out=RUNS_DIR / f"fmnist-{name}", overwrite=True, progress=True, pin=pins)
+    return visiondojo_result(run)
+
+
+def visiondojo_result(run: visiondojo.Run) -> Result:
+    """The figures every benchmark records for a ``fit`` run (its whole plan included)."""
     return {"test_acc": run.metrics["test"]["acc"], "epochs": len(run.history),
             "train_images_per_s": overall_throughput(run.history), "plan": run.plan.to_dict(), "history": run.history,
             "run_dir": os.path.relpath(run.dir, BENCH_DIR.parent) if run.dir is not None else None}
