@@ -137,3 +137,42 @@ def test_fit_without_enough_validation_images_keeps_the_prior(tmp_path, monkeypa
                          pin={"optimization.epochs": 2, "optimization.batch_size": 32, "optimization.lr": 0.01})
     assert "underpowered: 40 validation images" in run.plan.evidence["regularization.augment"]
     assert run.plan.regularization.augment == []
+
+
+def test_default_lr_scales_momentum_methods_with_the_batch() -> None:
+    from visiondojo.optimize.optimizers import default_lr
+
+    assert default_lr("sgd", 256)[0] == 0.1 and default_lr("sgd", 512)[0] == 0.2
+    assert default_lr("adamw", 64)[0] == default_lr("adamw", 1024)[0] == 1e-3
+
+
+@pytest.mark.parametrize("gain", [0.0, 1.0])
+def test_probes_pass_the_cost_gate_under_a_budget(tmp_path, monkeypatch, gain) -> None:
+    """A probe expected to gain nothing is skipped under a budget and leaves its fallback; one
+    expected to halve the error runs. Both sides of the comparison are in the plan."""
+    from visiondojo import choose
+    from visiondojo.optimize.optimizers import default_lr
+
+    monkeypatch.setattr(choose, "PROBE_GAINS", {name: (gain, "test") for name in choose.PROBE_GAINS})
+    images, labels = make_problem(600, size=8, seed=5)
+    run = visiondojo.fit(TinyNet(), (images, labels), out=tmp_path / "r", budget=12, progress=False,
+                         regularization=visiondojo.RegularizationParams())
+    opt, gates = run.plan.optimization, run.plan.measurements["probe_gates"]
+    assert gates["lr range test"]["runs"] is (gain > 0) and gates["lr range test"]["spent_epochs"] > 0
+    if gain == 0:
+        assert gates["lr range test"]["cost"] > 0 and "lr_finder" not in run.plan.measurements
+        assert opt.lr == default_lr(opt.optimizer, opt.batch_size)[0]
+        assert "range test skipped" in run.plan.evidence["optimization.lr"]
+    else:
+        assert "lr_finder" in run.plan.measurements and "range test (" in run.plan.evidence["optimization.lr"]
+
+
+def test_probes_run_without_a_budget_whatever_their_expected_gain(tmp_path, monkeypatch) -> None:
+    from visiondojo import choose
+
+    monkeypatch.setattr(choose, "PROBE_GAINS", {name: (0.0, "test") for name in choose.PROBE_GAINS})
+    images, labels = make_problem(400, size=8, seed=6)
+    run = visiondojo.fit(TinyNet(), (images, labels), out=tmp_path / "r", progress=False,
+                         regularization=visiondojo.RegularizationParams(), pin={"optimization.epochs": 2})
+    gate = run.plan.measurements["probe_gates"]["lr range test"]
+    assert gate["runs"] and gate["cost"] == 0 and "lr_finder" in run.plan.measurements

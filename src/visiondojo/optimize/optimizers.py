@@ -26,6 +26,11 @@ OPTIMIZERS = ("adamw", "sgd", "lamb", "lars")
 LARGE_BATCH = 2048
 LONG_SCHEDULE_EPOCHS = 30
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "lamb": 0.02, "sgd": 5e-4, "lars": 5e-4}
+REFERENCE_BATCH = 256
+DEFAULT_LR = {"adamw": 1e-3, "lamb": 1e-3, "sgd": 0.1, "lars": 0.1}
+"""Learning rate at ``REFERENCE_BATCH`` when no range test runs: the momentum methods' is ResNet's
+0.1 at 256 (He et al. 2016), scaled linearly with the batch (Goyal et al. 2017); the adaptive
+ones' is Adam's usual 1e-3, which their per-parameter step normalisation keeps valid across batches."""
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
@@ -58,6 +63,15 @@ def build_optimizer(model: nn.Module, params: OptimizationParams) -> torch.optim
     if name == "sgd":
         return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, nesterov=params.momentum > 0)
     return _timm_optimizer("Lars")(groups, lr=params.lr, momentum=params.momentum, nesterov=params.momentum > 0)
+
+
+def default_lr(optimizer: str, batch_size: int) -> tuple[float, str]:
+    """(learning rate, why) for ``optimizer`` at ``batch_size`` without a range test."""
+    if optimizer in ("sgd", "lars"):
+        lr = DEFAULT_LR[optimizer] * batch_size / REFERENCE_BATCH
+        return float(f"{lr:.3g}"), (f"{DEFAULT_LR[optimizer]:g} at batch {REFERENCE_BATCH}, scaled linearly to "
+                                    f"batch {batch_size} (Goyal et al. 2017)")
+    return DEFAULT_LR[optimizer], f"{optimizer}'s usual {DEFAULT_LR[optimizer]:g}"
 
 
 def _timm_optimizer(name: str) -> type[torch.optim.Optimizer]:
