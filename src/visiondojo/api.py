@@ -174,12 +174,16 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     if resume and unlabeled is not None and ssl_active(plan.ssl):
         raise VisionDojoError("resuming a run that learns from unlabeled images is not supported yet; "
                               "start it again without --resume (in a new run folder)")
-    run_dir = claim_run_dir(Path(out) if out is not None else default_run_dir(), overwrite=overwrite, resume=resume)
+    runtime = Runtime(plan.runtime)
+    run_dir = Path(out) if out is not None else default_run_dir()
+    if runtime.is_main:  # every write of the run folder is the main process's
+        run_dir = claim_run_dir(run_dir, overwrite=overwrite, resume=resume)
+    runtime.barrier()
     if resume:
         plan = Plan.load(run_dir / PLAN)
-    else:
+        runtime = Runtime(plan.runtime)
+    elif runtime.is_main:
         plan.save(run_dir / PLAN)
-    runtime = Runtime(plan.runtime)
     bar = TrainingProgress(progress)
     bar.log(f"visiondojo: run folder {run_dir}")
     for change in plan.model.changes:
@@ -215,14 +219,17 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
         history = [{"stage": "teacher", **row} for row in result.history] + rounds.history
         notes = [*notes, f"noisy student: {rounds.stopped}"]
         result = rounds.result or result
-    if semi:
+    if semi and runtime.is_main:
         plan.save(run_dir / PLAN)  # with the SSL stages' measurements
-    save_weights(model, run_dir / WEIGHTS)
+    if runtime.is_main:
+        save_weights(model, run_dir / WEIGHTS)
     evaluations = {"val": evaluate_batches(model, prep.task, val_batches, normalizer, runtime, collect=True)}
     if prep.test is not None:
         test_batches = make_batches(prep.test, eval_batch, runtime.device, train=False, num_workers=workers)
         evaluations["test"] = evaluate_batches(model, prep.task, test_batches, normalizer, runtime, collect=True)
     metrics = {split: e.metrics for split, e in evaluations.items()}
+    if not runtime.is_main:
+        return Run(model=model, plan=plan, metrics=metrics, history=history, dir=run_dir)
     write_json(run_dir / METRICS, {**metrics, "kept_epoch": result.kept_epoch, "best_epoch": result.best_epoch,
                                    "stop_reason": result.stop_reason, "notes": notes})
     write_history(run_dir / HISTORY, history)

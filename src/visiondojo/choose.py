@@ -240,13 +240,15 @@ def plan_length_for_budget(plan: Plan, prep: Prepared, speed: Throughput, deadli
 
 
 def _choose_keep(plan: Plan) -> None:
-    """The last epoch's weights after a cosine schedule, the best validated ones after any other."""
+    """The last epoch's weights after a cosine schedule, the best validated ones after any other.
+
+    Measured: with 1,000 labeled Fashion-MNIST images and 100 validation images, the last epoch beat
+    the best-read one on test in 5 of 5 runs, by 0.1-1.8 points."""
     schedule = plan.optimization.schedule
     if schedule == "cosine":
         plan.choose("optimization.keep", "last",
                     "cosine anneals to its last epoch: its weights, not those of the highest of many noisy "
-                    "validation readings (Fashion-MNIST, 1,000 labels, 100 validation images: the last epoch beat "
-                    "the best-read one on test in 5 of 5 runs, by 0.1-1.8 points)")
+                    "validation readings (the highest is as much the luckiest as the best)")
     else:
         plan.choose("optimization.keep", "best", f"{schedule} schedule: the learning rate does not anneal to the "
                     "end, so the best validated epoch")

@@ -119,7 +119,8 @@ def _fit_model(model: nn.Module, data: DataParams, *, adapt: bool, replay: bool)
     changes = adapt_model(model, data.channels, data.num_outputs, also_fits=also_fits) if adapt else []
     for change in changes:
         warnings.warn(f"adapt: {change}", stacklevel=4)
-    outputs = check_output(model, data.channels, data.height, data.width, data.num_outputs, also_fits=also_fits)
+    outputs = check_output(model, data.channels, data.height, data.width, data.num_outputs, also_fits=also_fits,
+                           forward=make_task(data).forward_eval)
     if not binary:
         return changes, {}
     if outputs == 2:

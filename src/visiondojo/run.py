@@ -13,6 +13,7 @@ from torch import nn
 from .data.batches import Normalizer
 from .data.images import batch_to_nchw, pil_to_chw, resize_batch, to_tensor
 from .engine.runtime import Runtime, resolve_runtime
+from .engine.step import eval_outputs
 from .errors import DataError
 from .plan import Plan
 from .rundir import REPORT
@@ -53,10 +54,8 @@ class Run:
         normalizer = Normalizer(self.plan.data, runtime.device, self.plan.runtime.channels_last)
         task = make_task(self.plan.data)
         outputs = []
-        with torch.no_grad():
-            for chunk in batch.split(batch_size):
-                with runtime.autocast():
-                    outputs.append(model(normalizer(chunk.to(runtime.device))).float().cpu())
+        for chunk in batch.split(batch_size):
+            outputs.append(eval_outputs(model, task, runtime, normalizer(chunk.to(runtime.device))).float().cpu())
         logits = torch.cat(outputs)
         return Predictions(task.predict(logits), task.scores(logits), self.plan.data.class_names)
 

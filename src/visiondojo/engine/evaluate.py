@@ -11,6 +11,7 @@ from torch import nn
 from ..data.batches import Normalizer
 from ..tasks import Task
 from .runtime import Runtime
+from .step import eval_outputs
 
 Metrics = dict[str, "float | list[float]"]
 
@@ -43,15 +44,13 @@ def evaluate(model: nn.Module, task: Task, batches: Iterable, normalizer: Normal
     count = 0
     scores, targets_all, losses = [], [], []
     for images, targets in batches:
-        with runtime.autocast():
-            outputs = model(normalizer(images))
+        outputs = eval_outputs(model, task, runtime, normalizer(images))
         sample_loss = task.per_sample_loss(outputs, targets)
         total_loss += sample_loss.double().sum()
         count += len(sample_loss)
-        batch_scores = task.scores(outputs)
-        metrics.update(batch_scores, targets.long() if targets.dtype.is_floating_point else targets)
+        task.update_metrics(metrics, outputs, targets)
         if collect:
-            scores.append(batch_scores.cpu())
+            scores.append(task.scores(outputs).cpu())
             targets_all.append(targets.cpu())
             losses.append(sample_loss.cpu())
     model.train(was_training)

@@ -36,6 +36,7 @@ from . import checkpoint
 from .evaluate import Evaluation, evaluate
 from .progress import TrainingProgress
 from .runtime import Runtime
+from .step import train_step
 from ..optimize.optimizers import build_optimizer
 from ..optimize.batchnorm import restore_bn_momentum, set_bn_momentum
 from ..optimize.schedules import PLATEAU_FACTOR, build_scheduler, schedule_factor
@@ -59,32 +60,6 @@ KEEP = ("last", "best")
 
 class TrainingDiverged(VisionDojoError):
     """The loss became NaN or infinite."""
-
-
-def train_step(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, runtime: Runtime,
-               inputs: torch.Tensor, targets: Any, grad_clip_norm: float | None = None,
-               class_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """One optimizer step on model-ready ``inputs``; returns the detached loss (no host sync).
-
-    Weight decay, when attached (``regularize.weight_decay``), runs as the optimizer's pre-step hook.
-    """
-    with runtime.autocast():
-        outputs = model(inputs)
-        loss = task.loss(outputs, targets, class_weights)
-    optimizer.zero_grad(set_to_none=True)
-    if runtime.scaler is not None:
-        runtime.scaler.scale(loss).backward()
-        if grad_clip_norm:
-            runtime.scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-        runtime.scaler.step(optimizer)
-        runtime.scaler.update()
-    else:
-        loss.backward()
-        if grad_clip_norm:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-        optimizer.step()
-    return loss.detach()
 
 
 @dataclass
@@ -157,7 +132,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     decay = DecoupledWeightDecay(optimizer, reg.weight_decay, adaptive=reg.adaptive_decay)
     scheduler = build_scheduler(optimizer, opt, steps_per_epoch)
     state = LoopState(planned_epochs=opt.epochs)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if runtime.is_main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         state = _restore(checkpoint_dir / LAST, model, optimizer, scheduler, runtime.scaler, decay)
     else:
@@ -173,7 +149,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     clock_start = time.perf_counter() - state.elapsed_s
 
     def save() -> None:
-        _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler, decay)
+        if runtime.is_main:
+            _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler, decay)
 
     try:
         stop_reason = "completed the planned epochs"
@@ -246,7 +223,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             improved = monitored > state.best_metric
             if improved:
                 state.best_metric, state.best_epoch, state.epochs_since_best = monitored, epoch, 0
-                checkpoint.save_weights(model, checkpoint_dir / BEST)
+                if runtime.is_main:
+                    checkpoint.save_weights(model, checkpoint_dir / BEST)
             else:
                 state.epochs_since_best += 1
             state.history.append({**row, **{f"val_{k}": v for k, v in val.items() if not isinstance(v, list)},
@@ -293,6 +271,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         kept_epoch, kept_metric = state.epoch, float(state.history[-1][f"val_{plan.monitor}"])
     else:
         kept_epoch, kept_metric = state.best_epoch + 1, state.best_metric
+        runtime.barrier()  # the main process wrote it
         if best.exists():
             load_model(model, str(best), device=str(runtime.device))
     return LoopResult(state.history, kept_epoch, kept_metric, state.best_epoch + 1, stop_reason, notes,

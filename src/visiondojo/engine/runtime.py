@@ -1,16 +1,26 @@
-"""Device, precision and memory format, resolved in one place (as Lightning Fabric does).
+"""Device, precision, memory format and distribution, resolved in one place (as Lightning Fabric's
+connector does).
 
 ``auto`` picks: CUDA when present, else CPU; bf16 autocast where the hardware has bf16 units
 (CUDA with bf16; CPUs with AMX or AVX-512-BF16), fp16 + GradScaler on older CUDA GPUs, else
 fp32; channels_last for conv nets (oneDNN and cuDNN both run NHWC convolutions faster).
+
+``Runtime`` is the live side: the autocast context, and the one place a loss becomes an optimizer
+step (scaled backward, unscale, clipping, step), so a GradScaler or a clip is never handled twice.
+It also answers the distribution questions (``rank``, ``world_size``, ``is_main``) and does the
+collectives (``all_reduce``, ``broadcast``, ``barrier``): in one process they are trivial; under an
+initialized ``torch.distributed`` process group they are the group's. Whatever writes the run folder
+asks ``is_main`` first.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError
@@ -18,6 +28,8 @@ from ..plan import RuntimeParams
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+T = TypeVar("T")
 
 
 def cpu_has_bf16() -> bool:
@@ -85,3 +97,65 @@ class Runtime:
         if self.params.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *,
+                          grad_clip_norm: float | None = None) -> None:
+        """Zero the gradients, backpropagate ``loss`` (scaled under fp16), clip the optimizer's
+        parameters to ``grad_clip_norm`` (after unscaling) and step. Hooks on the optimizer (the
+        decoupled weight decay) run with the step; a step the GradScaler skips skips them too."""
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if grad_clip_norm:
+                self.scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(_parameters(optimizer), grad_clip_norm)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            return
+        loss.backward()
+        if grad_clip_norm:
+            nn.utils.clip_grad_norm_(_parameters(optimizer), grad_clip_norm)
+        optimizer.step()
+
+    # --- distribution: trivial in one process ----------------------------------------------------
+
+    @property
+    def distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if self.distributed else 0
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size() if self.distributed else 1
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes the run folder and shows progress."""
+        return self.rank == 0
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``tensor`` reduced over every process (``sum``, ``max`` or ``min``), in place; returned."""
+        if op not in _REDUCE_OPS:
+            raise ValueError(f"all_reduce: op {op!r} is not one of {', '.join(_REDUCE_OPS)}")
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=_REDUCE_OPS[op])
+        return tensor
+
+    def broadcast(self, value: T, src: int = 0) -> T:
+        """Process ``src``'s ``value`` (any picklable object: a plan, a decision) on every process."""
+        if self.world_size == 1:
+            return value
+        holder: list[Any] = [value]
+        dist.broadcast_object_list(holder, src=src)
+        return holder[0]
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def _parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]

@@ -7,7 +7,8 @@ pass checks the result, so a wrong guess is an error, never a silently broken mo
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,8 +71,12 @@ def find_head(model: nn.Module) -> tuple[str, nn.Module] | None:
 
 
 def check_output(model: nn.Module, channels: int, height: int, width: int, num_outputs: int, *,
-                 also_fits: Collection[int] = ()) -> int:
+                 also_fits: Collection[int] = (),
+                 forward: Callable[[nn.Module, torch.Tensor], Any] | None = None) -> int:
     """Dry forward of two blank images; return the model's output width.
+
+    ``forward`` is the task's evaluation forward (``Task.forward_eval``): it reads the model's
+    output in the task's own form (a dict's logits, say); without it, ``model(x)``.
 
     Raises ModelError unless the output is (2, num_outputs) or (2, w) for a ``w`` in ``also_fits``
     (binary data: 2, a 2-class softmax). Returning the width lets the caller fit the task to the
@@ -82,7 +87,8 @@ def check_output(model: nn.Module, channels: int, height: int, width: int, num_o
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, channels, height, width, device=device))
+            blank = torch.zeros(2, channels, height, width, device=device)
+            out = forward(model, blank) if forward is not None else model(blank)
     except RuntimeError as exc:
         raise ModelError(
             f"the model fails on {channels}x{height}x{width} inputs ({str(exc).splitlines()[0]}); "

@@ -11,14 +11,15 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ..data.batches import Normalizer
 from ..data.sources import Source
 from ..engine.runtime import Runtime
+from ..engine.step import eval_outputs, train_step
 from ..plan import OptimizationParams
 from ..tasks import Task
+from .optimizers import build_optimizer
 from .probe import endless_batches, model_copy, sync
 
 SAFETY = 0.9
@@ -38,9 +39,6 @@ def measure_throughput(model: nn.Module, task: Task, train: Source, runtime: Run
                        params: OptimizationParams, batch_size: int, *, seed: int = 0, warmup_steps: int = 2,
                        max_steps: int = 10, max_seconds: float = 3.0) -> Throughput:
     """Images/s of training steps (and of inference) at ``batch_size``."""
-    from ..engine.loop import train_step
-    from .optimizers import build_optimizer
-
     start = time.perf_counter()
     step_s: list[float] = []
     eval_s: list[float] = []
@@ -58,10 +56,9 @@ def measure_throughput(model: nn.Module, task: Task, train: Source, runtime: Run
             step_s.append(time.perf_counter() - t)
             if len(eval_s) < 2:  # inference speed on the same batches
                 t = time.perf_counter()
-                with torch.no_grad(), runtime.autocast():
-                    probe.eval()
-                    probe(normalizer(images))
-                    probe.train()
+                probe.eval()
+                eval_outputs(probe, task, runtime, normalizer(images))
+                probe.train()
                 sync(runtime.device)
                 eval_s.append(time.perf_counter() - t)
             if sum(step_s) > max_seconds:

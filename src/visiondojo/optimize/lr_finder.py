@@ -29,8 +29,10 @@ from torch import nn
 
 from ..data.sources import Source
 from ..engine.runtime import Runtime
+from ..engine.step import train_step
 from ..plan import OptimizationParams
 from ..tasks import Task
+from .optimizers import build_optimizer
 from .probe import endless_batches, model_copy
 
 MEDIAN_WINDOW = 5
@@ -102,9 +104,6 @@ def lr_range_test(model: nn.Module, task: Task, train: Source, runtime: Runtime,
                   params: OptimizationParams, batch_size: int, *, seed: int = 0, steps: int = 80,
                   max_seconds: float = 15.0) -> RangeTest:
     """Run the range test with the plan's optimizer on a probe copy and suggest a learning rate."""
-    from ..engine.loop import train_step
-    from .optimizers import build_optimizer
-
     start = time.perf_counter()
     lr_start, lr_end = LR_RANGES.get(params.optimizer, (1e-6, 1.0))
     growth = (lr_end / lr_start) ** (1 / max(steps - 1, 1))

@@ -21,8 +21,10 @@ from torch import nn
 
 from ..data.sources import Source
 from ..engine.runtime import Runtime
+from ..engine.step import forward_loss, train_step
 from ..plan import OptimizationParams
 from ..tasks import Task
+from .optimizers import build_optimizer
 from .probe import endless_batches, model_copy
 
 HEADROOM = 0.8
@@ -69,8 +71,8 @@ def saved_activation_bytes(model: nn.Module, task: Task, runtime: Runtime, norma
             total += storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), runtime.autocast():
-        loss = task.loss(model(normalizer(images)), targets)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = forward_loss(model, task, runtime, normalizer(images), targets).loss
     loss.backward()
     model.zero_grad(set_to_none=True)
     parameter_bytes = sum(p.untyped_storage().nbytes() for p in model.parameters())
@@ -80,8 +82,6 @@ def saved_activation_bytes(model: nn.Module, task: Task, runtime: Runtime, norma
 def memory_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime, normalizer: Any,
                    params: OptimizationParams, *, max_batch: int, seed: int = 0) -> MemoryCeiling:
     """The largest batch size (at most ``max_batch``) that runs a training step within the headroom."""
-    from .optimizers import build_optimizer
-
     start = time.perf_counter()
     with model_copy(model, runtime) as probe:
         optimizer = build_optimizer(probe, params)
@@ -95,8 +95,6 @@ def memory_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime
 
 def _cuda_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime, normalizer: Any,
                   optimizer: torch.optim.Optimizer, max_batch: int, seed: int) -> MemoryCeiling:
-    from ..engine.loop import train_step
-
     total = torch.cuda.get_device_properties(runtime.device).total_memory
     tested: list[int] = []
     best = 0

@@ -26,8 +26,10 @@ from torch import nn
 
 from ..data.sources import Source
 from ..engine.runtime import Runtime
+from ..engine.step import forward_loss
 from ..plan import OptimizationParams
 from ..tasks import Task
+from .optimizers import build_optimizer
 from .probe import endless_batches, model_copy
 
 
@@ -109,8 +111,6 @@ def estimate_noise_scale(model: nn.Module, task: Task, train: Source, runtime: R
                          min_steps: int = 10, max_steps: int = 60, window: int = 5, tolerance: float = 0.15,
                          max_seconds: float = 10.0) -> NoiseScale:
     """Train a probe copy with batches of ``b_big`` until B_noise is stable (or time is up)."""
-    from .optimizers import build_optimizer
-
     start = time.perf_counter()
     b_big -= b_big % micro
     ema = NoiseScaleEMA(b_big // micro, b_big)
@@ -120,8 +120,7 @@ def estimate_noise_scale(model: nn.Module, task: Task, train: Source, runtime: R
         trainable = [p for p in probe.parameters() if p.requires_grad]
         batches = endless_batches(train, b_big, runtime, seed)
         def batch_loss(images: torch.Tensor, targets: Any) -> torch.Tensor:
-            with runtime.autocast():
-                return task.loss(probe(normalizer(images)), targets)
+            return forward_loss(probe, task, runtime, normalizer(images), targets).loss
 
         for step in range(max_steps):
             images, targets = next(batches)

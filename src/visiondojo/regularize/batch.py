@@ -31,6 +31,7 @@ class BatchRegularizer:
     def __init__(self, params: RegularizationParams, task: Task, normalizer: Normalizer, device: torch.device,
                  seed: int = 0):
         check(params)
+        check_supported(params, task)
         self.params = params
         self.task = task
         self.normalizer = normalizer
@@ -67,6 +68,15 @@ class BatchRegularizer:
                 targets = smooth(targets, p.label_smoothing, self.task.smoothing_classes)
             pixels, targets, _ = mix(pixels, targets, p.mixup, p.cutmix, self.generator)
         return pixels, targets
+
+
+def check_supported(params: RegularizationParams, task: Task, where: str = "regularization") -> None:
+    """Refuse soft labels or mixing on a task that cannot blend its targets (``Task.capabilities``)."""
+    if params.label_smoothing > 0 and not task.capabilities.soft_labels:
+        raise ConfigError(f"{where}.label_smoothing: the {task.name} task has no soft labels to smooth; set it to 0")
+    for name in ("mixup", "cutmix"):
+        if getattr(params, name) > 0 and not task.capabilities.mixing:
+            raise ConfigError(f"{where}.{name}: the {task.name} task cannot mix two images' targets; set it to 0")
 
 
 def check(params: RegularizationParams) -> None:

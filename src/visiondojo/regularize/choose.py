@@ -41,6 +41,7 @@ from ..optimize.length import Throughput, epoch_seconds
 from ..paired import MIN_EFFECT, POWER, detectable_effect
 from ..plan import Plan, RegularizationParams
 from ..prepare import Prepared
+from ..tasks import Task
 from .class_balance import choose_class_balance, imbalance_ratio
 from .search import PROXY_EPOCHS, search_policy
 
@@ -79,17 +80,21 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
         plan.measurements["imbalance_ratio"] = round(imbalance_ratio(counts), 3)
     if plan.is_pinned("regularization.augment"):
         return False
+    if not prep.task.capabilities.classifier_head:
+        _prior(plan, prep.task, f"{prep.task.name}: no classifier head, whose input features the search's augmentation "
+                     "distances are measured on")
+        return False
     # Under a budget the search's own share comes off the run's epochs; pinned epochs stay.
     epochs = plan.optimization.epochs
     length_pinned = plan.is_pinned("optimization.epochs")
     after_search = epochs if length_pinned else int(epochs * (1 - SEARCH_SHARE))
     if (deadline is not None or length_pinned) and after_search > PROXY_EPOCHS[1]:
-        _prior(plan, f"{after_search} planned epochs are more than the {PROXY_EPOCHS[1]} a proxy training can run, "
+        _prior(plan, prep.task, f"{after_search} planned epochs are more than the {PROXY_EPOCHS[1]} a proxy training can run, "
                      "so proxies cannot show the memorization augmentation prevents (they would prefer none)")
         return False
     min_effect = max(MIN_EFFECT, detectable_effect(len(prep.val)))
     if min_effect > MAX_MIN_EFFECT:
-        _prior(plan, f"underpowered: {len(prep.val)} validation images detect only gains of {min_effect:.1%} or more "
+        _prior(plan, prep.task, f"underpowered: {len(prep.val)} validation images detect only gains of {min_effect:.1%} or more "
                      f"(power {POWER:.0%}), above the {MAX_MIN_EFFECT:.0%} a policy search could act on")
         return False
     time_buys_accuracy = deadline is not None and not length_pinned
@@ -98,7 +103,7 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
                      gain_basis="its measured gain over the prior policy in budgeted runs")
     plan.measurements["search_gate"] = gate.to_dict()
     if not gate.runs:
-        _prior(plan, gate.why)
+        _prior(plan, prep.task, gate.why)
         return False
     if deadline is not None:
         allowance = SEARCH_SHARE * (deadline - time.perf_counter())
@@ -109,7 +114,7 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
                            speed.train_images_per_s, speed.eval_images_per_s, search_soft=search_soft,
                            min_effect=min_effect, log=log)
     if result is None:
-        _prior(plan, f"{allowance:.1f}s is too little for the policy search's proxy trainings")
+        _prior(plan, prep.task, f"{allowance:.1f}s is too little for the policy search's proxy trainings")
         return False
     chosen = sorted({op.group for op in result.augment})
     adopted = [t for t in result.trials[1:] if t.test and t.test["verdict"] == "accepted"]
@@ -137,22 +142,22 @@ def _trial_name(trial: Any) -> str:
     return ", ".join(parts) or "no augmentation"
 
 
-def _prior(plan: Plan, why_not_searched: str) -> None:
+def _prior(plan: Plan, task: Task, why_not_searched: str) -> None:
     """The policy without a search: TrivialAugment for a run long enough to memorize, else none
     (with label smoothing for single-label classification, unless soft labels are pinned)."""
     epochs = plan.optimization.epochs
     if epochs >= PRIOR_MIN_EPOCHS:
         plan.choose("regularization.augment", trivial_augment(plan.data.channels),
                     f"{why_not_searched}; {epochs} planned epochs would let the model memorize its images: "
-                    "TrivialAugment, the best fixed policy measured (Fashion-MNIST, 22 epochs: +0.75 points over none)")
+                    "TrivialAugment, the fixed policy that beat none at that length in visiondojo's benchmarks")
         return
     plan.evidence["regularization.augment"] = (f"no augmentation: {why_not_searched}, and {epochs} planned epochs "
                                                "are too few to need it")
     soft_pinned = any(plan.is_pinned(f"regularization.{name}") for name in SOFT_FIELDS)
-    if plan.data.task == "multiclass" and not soft_pinned:
+    if plan.data.task == "multiclass" and not soft_pinned and task.capabilities.soft_labels:
         plan.choose("regularization.label_smoothing", PRIOR_LABEL_SMOOTHING,
                     f"without a search, single-label runs of under {PRIOR_MIN_EPOCHS} epochs get label smoothing: "
-                    "what the search chose at 8-9 epochs on Fashion-MNIST (+0.39 and +0.51 points over none)")
+                    "what the policy search chose at that length in visiondojo's benchmarks")
 
 
 def regularization_pins(policy: RegularizationParams | str | Path | dict[str, Any] | None) -> dict[str, Any]:

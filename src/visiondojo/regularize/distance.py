@@ -25,6 +25,7 @@ from torch import nn
 from ..augment import Augmenter
 from ..data.batches import Normalizer
 from ..engine.runtime import Runtime
+from ..engine.step import eval_outputs
 from ..errors import ModelError
 from ..models.adapt import find_head
 from ..plan import AugmentOp
@@ -71,8 +72,7 @@ def feature_stats(model: nn.Module, task: Task, pixels: torch.Tensor, targets: t
     losses = []
     try:
         for start in range(0, len(pixels), batch_size):
-            with runtime.autocast():
-                outputs = model(normalizer.standardize(pixels[start:start + batch_size]))
+            outputs = eval_outputs(model, task, runtime, normalizer.standardize(pixels[start:start + batch_size]))
             losses.append(task.per_sample_loss(outputs, targets[start:start + batch_size]))
     finally:
         hook.remove()

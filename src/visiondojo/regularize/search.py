@@ -68,10 +68,12 @@ import torch
 from ..augment import ops_for
 from ..data.batches import Normalizer, make_batches
 from ..data.sources import Source
+from ..engine.loop import run_training
 from ..engine.runtime import Runtime
 from ..optimize.probe import model_copy
 from ..paired import ALPHA, MIN_EFFECT, PairedTest, images_needed, paired_test
 from ..plan import AugmentOp, Plan, RegularizationParams
+from ..tasks import Task
 from .distance import MAGNITUDES, Distance, measure_distances
 from .extrapolate import extrapolate_gain
 from .groups import FAMILIES, LEVELS, Group, group_pairs
@@ -147,7 +149,15 @@ class SearchResult:
         }
 
 
-def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, val: Source, runtime: Runtime,
+def soft_options_for(task: Task) -> list[dict[str, float]]:
+    """The soft-label options the task supports (``Task.capabilities``): none without soft labels,
+    label smoothing alone without mixing."""
+    if not task.capabilities.soft_labels:
+        return []
+    return [dict(o) for o in SOFT_OPTIONS if task.capabilities.mixing or not ({"mixup", "cutmix"} & set(o))]
+
+
+def search_policy(plan: Plan, model: torch.nn.Module, task: Task, train: Source, val: Source, runtime: Runtime,
                   allowance_s: float, train_images_per_s: float, eval_images_per_s: float, *,
                   search_soft: bool = True, min_effect: float = MIN_EFFECT,
                   log: Callable[[str], None] = lambda message: None) -> SearchResult | None:
@@ -158,9 +168,11 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
     change must show; the validation subset is sized to detect it.
     """
     start = time.perf_counter()
+    soft_options = soft_options_for(task)
+    search_soft = search_soft and bool(soft_options)
     usable = ops_for(plan.data.channels)
     ops = [op for family in FAMILIES.values() for op in family if op in usable]
-    planned = 1 + PLANNED_LEVELS + (len(SOFT_OPTIONS) if search_soft else 0) + len(FAMILIES) + EXTRAPOLATION_PROXIES
+    planned = 1 + PLANNED_LEVELS + (len(soft_options) if search_soft else 0) + len(FAMILIES) + EXTRAPOLATION_PROXIES
     val_images = min(len(val), images_needed(min_effect))
     reg = plan.regularization
     start_soft = {} if search_soft else {name: getattr(reg, name) for name in ("label_smoothing", "mixup", "cutmix")}
@@ -214,7 +226,7 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Any, train: Source, 
                        "no family refinements")
             break
         options = ([({**best.groups, family: level}, best.soft) for level in levels] if family is not None
-                   else [(best.groups, dict(option)) for option in SOFT_OPTIONS])
+                   else [(best.groups, dict(option)) for option in soft_options])
         alpha = ALPHA / len(options)  # every option of the step is tested against the same best
         step: list[Trial] = []
         step_correct: list[torch.Tensor] = []
@@ -307,7 +319,7 @@ def _describe(chosen: dict[str, str], soft: dict[str, float]) -> str:
     return ", ".join(parts) or "no augmentation"
 
 
-def _distances(model: torch.nn.Module, task: Any, subset: Source, count: int, ops: list[str],
+def _distances(model: torch.nn.Module, task: Task, subset: Source, count: int, ops: list[str],
                normalizer: Normalizer, runtime: Runtime, seed: int) -> list[Distance]:
     index = torch.arange(count)
     pixels = normalizer.unit(subset.images_at(index).to(runtime.device))
@@ -318,7 +330,7 @@ def _distances(model: torch.nn.Module, task: Any, subset: Source, count: int, op
 class Proxy:
     """Short trainings of a fresh copy of the model on one subset, with the plan's optimizer."""
 
-    def __init__(self, plan: Plan, model: torch.nn.Module, task: Any, train: Source, val: Source,
+    def __init__(self, plan: Plan, model: torch.nn.Module, task: Task, train: Source, val: Source,
                  runtime: Runtime, normalizer: Normalizer, epochs: int):
         self.model, self.task, self.runtime, self.normalizer = model, task, runtime, normalizer
         self.source_plan, self.epochs = plan, epochs
@@ -344,8 +356,6 @@ class Proxy:
     def run(self, policy: RegularizationParams,
             measure: Callable[[torch.nn.Module], Any] | None = None) -> tuple[ProxyOutcome, Any]:
         """(validation outcome of the returned weights, ``measure(trained model)``) of one proxy training."""
-        from ..engine.loop import run_training
-
         plan = copy.deepcopy(self.plan)
         plan.regularization = policy
         device = self.runtime.device

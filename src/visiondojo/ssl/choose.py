@@ -129,6 +129,8 @@ def choose_ssl(plan: Plan, prep: Prepared, unlabeled: Source | None, runtime: Ru
     rounds, epochs = 0, 0
     if plan.data.task == "multilabel":
         why = "multi-label data: Noisy Student's pseudo-labels are single-label only"
+    elif not prep.task.capabilities.soft_labels:
+        why = f"{prep.task.name}: no soft labels for a teacher's pseudo-labels"
     elif n_u < MIN_UNLABELED_RATIO * n_l:
         why = f"{n_u} unlabeled images are under {MIN_UNLABELED_RATIO:.0%} of the {n_l} labeled ones: too few to matter"
     elif after is None:

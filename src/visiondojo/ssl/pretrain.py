@@ -235,14 +235,7 @@ def _step(model: nn.Module, projector: nn.Module, tap: FeatureTap, loss_fn: Loss
         embeddings = projector(tap.features)
     z1, z2 = embeddings.chunk(2)
     loss = loss_fn(z1, z2)
-    optimizer.zero_grad(set_to_none=True)
-    if runtime.scaler is not None:
-        runtime.scaler.scale(loss).backward()
-        runtime.scaler.step(optimizer)
-        runtime.scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
+    runtime.backward_and_step(loss, optimizer)
     return loss.detach()
 
 

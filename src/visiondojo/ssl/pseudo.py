@@ -26,6 +26,7 @@ from torch import nn
 from ..data.batches import Normalizer, make_batches
 from ..data.sources import Source
 from ..engine.runtime import Runtime
+from ..engine.step import eval_outputs
 from ..tasks import Task
 
 DEFAULT_THRESHOLD = 0.7
@@ -64,8 +65,7 @@ def predict(model: nn.Module, task: Task, source: Source, normalizer: Normalizer
     out = []
     try:
         for images, _ in make_batches(source, PREDICT_BATCH, runtime.device, train=False):
-            with runtime.autocast():
-                out.append(task.scores(model(normalizer(images))).float().cpu())
+            out.append(task.scores(eval_outputs(model, task, runtime, normalizer(images))).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out)

@@ -1,24 +1,69 @@
 """The Task interface: everything the training loop must not know about a task.
 
-The loop only calls these methods; classification implements them now, detection and
-segmentation (boxes, masks, their collate and metrics) implement the same interface later.
+Every place that runs a model goes through a Task: the training forward (``forward_train``: model
+and batch -> loss and logged terms), the evaluation forward (``forward_eval``: -> outputs in the
+task's own form) and the metric update (``update_metrics``). The defaults call ``model(inputs)``
+and read its output as the task's ``loss`` and ``scores`` expect (the classification shape); a
+detector, whose torchvision protocol returns a loss dict in training and a list of dicts in eval,
+overrides the three. ``capabilities`` tells the policy search and the SSL stages which of their
+tools apply (soft labels, mixing, a classifier head, per-sample losses).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 from torchmetrics import MetricCollection
 
 from ..augment.geometry import Geometry
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a task supports, for the stages that choose regularization and semi-supervised learning."""
+
+    soft_labels: bool = False
+    """Float targets that label smoothing and a teacher's soft labels blend."""
+    mixing: bool = False
+    """Mixup/CutMix can blend two samples' targets (``mix_targets``)."""
+    classifier_head: bool = False
+    """The model ends in a classifier head whose input features the augmentation distances read."""
+    per_sample_loss: bool = False
+    """``per_sample_loss`` exists: the worst-mistakes gallery and the distance measures use it."""
+
+
+@dataclass
+class StepLoss:
+    """The training forward's result: the mean loss to backpropagate and the terms worth logging
+    (a detector's box and class losses; empty for a single-term loss)."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Task(ABC):
     name: str
     monitor: str = "acc"
     """Validation metric (higher is better) for the best checkpoint and early stopping."""
+    capabilities: Capabilities = Capabilities()
+
+    def forward_train(self, model: nn.Module, inputs: torch.Tensor, targets: Any,
+                      class_weights: torch.Tensor | None = None) -> StepLoss:
+        """The training forward on model-ready ``inputs`` (the caller holds the autocast context)."""
+        return StepLoss(self.loss(model(inputs), targets, class_weights))
+
+    def forward_eval(self, model: nn.Module, inputs: torch.Tensor) -> Any:
+        """The evaluation forward (model in eval mode, no grad): outputs in the form ``scores``,
+        ``predict``, ``per_sample_loss`` and ``update_metrics`` take."""
+        return model(inputs)
+
+    def update_metrics(self, metrics: MetricCollection, outputs: Any, targets: Any) -> None:
+        """Add one evaluated batch to ``metrics`` (a collection from ``self.metrics()``)."""
+        metrics.update(self.scores(outputs), targets.long() if targets.dtype.is_floating_point else targets)
 
     @abstractmethod
     def loss(self, outputs: torch.Tensor, targets: Any, class_weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -19,11 +19,14 @@ from torchmetrics.classification import (
 )
 
 from ..plan import DataParams
-from .base import Task
+from .base import Capabilities, Task
+
+CLASSIFICATION = Capabilities(soft_labels=True, mixing=True, classifier_head=True, per_sample_loss=True)
 
 
 class MultiClassTask(Task):
     name = "multiclass"
+    capabilities = CLASSIFICATION
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
@@ -108,6 +111,7 @@ class BinaryTask(MultiClassTask):
 
 class MultiLabelTask(Task):
     name = "multilabel"
+    capabilities = CLASSIFICATION
 
     def __init__(self, num_labels: int, threshold: float = 0.5):
         self.num_labels = num_labels
