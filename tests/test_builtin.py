@@ -61,7 +61,7 @@ def test_fashion_mnist_through_data_options_and_fit_options(tmp_path, tiny_net):
         src = as_source("fashion-mnist", DataOptions(data_dir=str(tmp_path / "fm")), role="train_data")
     assert isinstance(src, InMemory)
     assert tuple(src.images.shape) == (40, 1, 28, 28)
-    assert src.targets.tolist() == written["train"][1].tolist()
+    assert src.targets.values.tolist() == written["train"][1].tolist()
     test = as_source("fashion-mnist:test", DataOptions(data_dir=str(tmp_path / "fm")))
     assert len(test) == 10
     plan = visiondojo.find_params(tiny_net(outputs=10), "fashion-mnist", data_dir=str(tmp_path / "fm"))

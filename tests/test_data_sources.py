@@ -45,8 +45,8 @@ def test_arrays_and_tensors_become_nchw(backend, dtype, layout):
     assert tuple(src.images.shape) == (5, channels, 6, 7)
     assert src.images.dtype == (torch.uint8 if dtype == "uint8" else torch.float32)
     assert torch.equal(src.images, torch.from_numpy(nchw))
-    assert src.targets.tolist() == [0, 1, 2, 1, 0]
-    assert src.targets.dtype == torch.int64
+    assert src.targets.values.tolist() == [0, 1, 2, 1, 0]
+    assert src.targets.values.dtype == torch.int64
 
 
 def test_compact_dtypes():
@@ -63,7 +63,7 @@ def test_string_labels_get_sorted_class_names():
     images = np.zeros((5, 4, 4), np.uint8)
     src = source((images, np.array(["zebra", "cat", "dog", "cat", "zebra"])))
     assert src.class_names == ["cat", "dog", "zebra"]
-    assert src.targets.tolist() == [2, 0, 1, 0, 2]
+    assert src.targets.values.tolist() == [2, 0, 1, 0, 2]
 
 
 def test_channel_axis_that_cannot_be_told_is_an_error():
@@ -92,7 +92,7 @@ def test_dataset_of_tensors_is_held_in_memory(problem):
     src = source(PairDataset(list(chw), [int(v) for v in labels]))
     assert isinstance(src, InMemory)
     assert torch.equal(src.images, chw)
-    assert src.targets.tolist() == labels.tolist()
+    assert src.targets.values.tolist() == labels.tolist()
 
 
 def test_dataset_of_pil_images_with_string_labels(problem):
@@ -103,15 +103,15 @@ def test_dataset_of_pil_images_with_string_labels(problem):
     assert tuple(src.images.shape) == (12, 3, 8, 8)
     assert torch.equal(src.images, torch.from_numpy(images).permute(0, 3, 1, 2))
     assert src.class_names == ["blue", "green", "red"]
-    assert [src.class_names[t] for t in src.targets] == names.tolist()
+    assert [src.class_names[t] for t in src.targets.values] == names.tolist()
 
 
 def test_dataset_of_hwc_arrays_with_multi_hot_targets(problem):
     images, labels = problem(10, task="multilabel", classes=3, channels=3)
     src = source(PairDataset(images, torch.from_numpy(labels)))
     assert tuple(src.images.shape) == (10, 3, 8, 8)
-    assert src.targets.dtype == torch.float32 and tuple(src.targets.shape) == (10, 3)
-    assert torch.equal(src.targets, torch.from_numpy(labels))
+    assert src.targets.values.dtype == torch.float32 and tuple(src.targets.values.shape) == (10, 3)
+    assert torch.equal(src.targets.values, torch.from_numpy(labels))
 
 
 def test_dataloader_uses_its_dataset(problem):
@@ -121,7 +121,7 @@ def test_dataloader_uses_its_dataset(problem):
     assert isinstance(src, InMemory)
     assert "DataLoader" in src.origin
     assert torch.equal(src.images[:, 0], torch.from_numpy(images))  # dataset order, not the loader's shuffle
-    assert src.targets.tolist() == labels.tolist()
+    assert src.targets.values.tolist() == labels.tolist()
 
 
 def test_dataset_over_the_memory_limit_is_streamed(problem):
@@ -163,7 +163,7 @@ def test_rgb_image_folder_with_non_square_images(tmp_path):
     src = source(tmp_path / "pets")
     assert src.class_names == ["cat", "dog"]
     assert (src.channels, tuple(src.size)) == (3, (6, 10))
-    assert src.targets.tolist() == [0, 0, 0, 1, 1, 1]
+    assert src.targets.values.tolist() == [0, 0, 0, 1, 1, 1]
     assert tuple(src.dataset[4][0].shape) == (3, 6, 10)
 
 
@@ -182,7 +182,7 @@ def test_manifest_with_several_labels_is_multilabel(tmp_path):
     manifest = _write_manifest(tmp_path, ["sky tree", "tree", "sky;water", "water|tree|sky", ""])
     src = source(manifest)
     assert src.class_names == ["sky", "tree", "water"]
-    assert src.targets.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1], [1, 1, 1], [0, 0, 0]]
+    assert src.targets.values.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1], [1, 1, 1], [0, 0, 0]]
     params = inspect_data(src, DataOptions())
     assert (params.task, params.num_classes) == ("multilabel", 3)
     assert params.class_counts == [3, 3, 2]
@@ -192,12 +192,12 @@ def test_manifest_with_one_label_per_row_is_multiclass(tmp_path):
     manifest = _write_manifest(tmp_path, ["dog", "cat", "bird", "cat", "dog", "bird"])
     src = source(manifest)
     assert src.class_names == ["bird", "cat", "dog"]
-    assert src.targets.tolist() == [2, 1, 0, 1, 2, 0]
+    assert src.targets.values.tolist() == [2, 1, 0, 1, 2, 0]
     params = inspect_data(src, DataOptions())
     assert (params.task, params.num_classes) == ("multiclass", 3)
     # Asking for multi-label keeps the multi-hot form even when each row has one label.
     forced = as_source(manifest, DataOptions(task="multilabel"))
-    assert tuple(forced.targets.shape) == (6, 3)
+    assert tuple(forced.targets.values.shape) == (6, 3)
 
 
 # ---------------------------------------------------------------- inspection
@@ -272,11 +272,11 @@ def test_stratified_split_keeps_class_proportions():
     labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
     src = _indexed_source(labels)
     train, val = validation_split(src, 0.2, seed=0)
-    assert np.bincount(val.targets.numpy()).tolist() == [12, 6, 2]
-    assert np.bincount(train.targets.numpy()).tolist() == [48, 24, 8]
+    assert np.bincount(val.targets.values.numpy()).tolist() == [12, 6, 2]
+    assert np.bincount(train.targets.values.numpy()).tolist() == [48, 24, 8]
     ids = torch.cat([train.images[:, 0, 0, 0], val.images[:, 0, 0, 0]]).long()
     assert sorted(ids.tolist()) == list(range(100))  # disjoint and complete
-    assert torch.equal(labels_of(train), train.targets) and torch.equal(labels_of(val), val.targets)
+    assert torch.equal(labels_of(train), train.targets.values) and torch.equal(labels_of(val), val.targets.values)
 
 
 def labels_of(part):
@@ -295,7 +295,7 @@ def test_split_is_deterministic_for_a_seed():
 def test_split_gives_every_class_a_validation_sample():
     labels = np.array([0] * 30 + [1] * 2 + [2] * 2)
     _, val = validation_split(_indexed_source(labels), 0.05, seed=0)
-    assert sorted(set(val.targets.tolist())) == [0, 1, 2]
+    assert sorted(set(val.targets.values.tolist())) == [0, 1, 2]
 
 
 def test_split_stratifies_labels_that_start_at_one():
@@ -303,7 +303,7 @@ def test_split_stratifies_labels_that_start_at_one():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the empty class 0 is no reason to give up stratifying
         _, val = validation_split(_indexed_source(labels), 0.2, seed=0)
-    assert np.bincount(val.targets.numpy()).tolist() == [0, 8, 8, 4]
+    assert np.bincount(val.targets.values.numpy()).tolist() == [0, 8, 8, 4]
 
 
 # ---------------------------------------------------------------- device batching
@@ -373,9 +373,9 @@ def test_val_and_test_labels_are_renumbered_to_the_training_classes(tmp_path):
     images = np.zeros((3, 4, 4), dtype=np.uint8)
     train = as_source((images, np.array(["cat", "dog", "fox"])), DataOptions())
     test = as_source((images[:2], np.array(["cat", "fox"])), DataOptions())
-    assert test.targets.tolist() == [0, 1] and test.class_names == ["cat", "fox"]
+    assert test.targets.values.tolist() == [0, 1] and test.class_names == ["cat", "fox"]
     align_classes(test, train.class_names)
-    assert test.targets.tolist() == [0, 2] and test.class_names == ["cat", "dog", "fox"]
+    assert test.targets.values.tolist() == [0, 2] and test.class_names == ["cat", "dog", "fox"]
     stranger = as_source((images[:1], np.array(["owl"])), DataOptions())
     with pytest.raises(DataError, match="'owl'.*do not occur in the training data"):
         align_classes(stranger, train.class_names)

@@ -164,3 +164,18 @@ def test_bad_budget_fails_before_training(tiny_net, problem, tmp_path):
 
 def test_format_duration():
     assert [format_duration(s) for s in (5, 75, 3600, 5430.4)] == ["5s", "1m15s", "1h00m", "1h30m"]
+
+
+def test_a_budgeted_fit_ends_on_time_and_spends_under_a_tenth_of_it_planning(tiny_net, problem, tmp_path):
+    """Read from the run's own timing record: the whole call (data checks, meta-learners, training,
+    final evaluation, report) within the budget plus 10%, and the meta-learners under 10% of it."""
+    budget = 20.0
+    run = visiondojo.fit(tiny_net(), problem(600), budget=budget, out=tmp_path / "run", progress=False)
+    timing = json.loads((run.dir / "metrics.json").read_text())["timing"]
+    assert timing["budget_s"] == budget
+    assert set(timing) == {"budget_s", "data_and_model_s", "meta_learning_s", "training_s", "report_s", "total_s"}
+    assert timing["meta_learning_s"] < 0.10 * budget
+    assert timing["total_s"] <= 1.10 * budget
+    assert timing["training_s"] > 0.5 * budget  # the budget went to training
+    parts = timing["data_and_model_s"] + timing["meta_learning_s"] + timing["training_s"] + timing["report_s"]
+    assert parts <= timing["total_s"] + 0.05

@@ -29,7 +29,7 @@ from conftest import FAST, TinyNet, make_problem, state_dicts_equal
 
 def _check_unlabeled(source, n: int, shape: tuple[int, int, int]) -> None:
     assert len(source) == n
-    assert (source.targets == UNKNOWN).all() and source.class_names is None
+    assert (source.targets.values == UNKNOWN).all() and source.class_names is None
     assert tuple(source.images_at(torch.arange(2)).shape[1:]) == shape
 
 
@@ -110,10 +110,10 @@ def test_concat_keeps_order_and_relabels() -> None:
     images, labels = make_problem(10, size=8, seed=4)
     labeled = as_source((images[:4], labels[:4]), DataOptions())
     unlabeled = as_unlabeled(images[4:], DataOptions())
-    both = concat_sources(labeled, unlabeled, torch.cat([labeled.targets, torch.full((6,), 2)]))
+    both = concat_sources(labeled, unlabeled, torch.cat([labeled.targets.values, torch.full((6,), 2)]))
     assert torch.equal(both.images_at(torch.arange(10)), torch.as_tensor(images).unsqueeze(1))
-    assert both.targets.tolist() == labels[:4].tolist() + [2] * 6
-    assert (concat_sources(labeled, unlabeled).targets == UNKNOWN).all()
+    assert both.targets.values.tolist() == labels[:4].tolist() + [2] * 6
+    assert (concat_sources(labeled, unlabeled).targets.values == UNKNOWN).all()
 
 
 # --- pseudo-labels ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from torch import nn
 from visiondojo.augment import Augmenter
 from visiondojo.data.batches import Normalizer
 from visiondojo.data.sources import DataOptions, as_source
-from visiondojo.engine.loop import TrainingDiverged
+from visiondojo.engine.epoch import TrainingDiverged
 from visiondojo.engine.runtime import Runtime
 from visiondojo.errors import ModelError
 from visiondojo.plan import DataParams, RuntimeParams, SSLParams

@@ -81,7 +81,7 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
                         channels_last=channels_last, pins=pins, progress=progress, unlabeled=extra)
     deadline = start + budget_s if budget_s is not None else None
     return _train(prep, plan, out=out, overwrite=overwrite, resume=False, deadline=deadline, progress=progress,
-                  unlabeled=extra)
+                  unlabeled=extra, started=start)
 
 
 def find_params(model: nn.Module | str, train_data: Any, val_data: Any = None, *, task: str | None = None,
@@ -127,7 +127,7 @@ def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, 
         raise VisionDojoError("this plan learns from unlabeled images (its ssl section); pass them again as "
                               "unlabeled=... (CLI: data.unlabeled in the config)")
     return _train(prep, plan, out=out, overwrite=overwrite, resume=resume, deadline=deadline, progress=progress,
-                  unlabeled=extra)
+                  unlabeled=extra, started=start)
 
 
 def _unlabeled_source(unlabeled: Any, prep: Prepared) -> Source | None:
@@ -157,6 +157,7 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
     check_ssl(plan, prep.model)
     deadline = start + budget_s if budget_s is not None else None
     runtime = Runtime(runtime_params)
+    meta_start = time.perf_counter()
     choose_ssl(plan, prep, unlabeled, runtime, deadline=deadline)
     deadline = teacher_deadline(plan, deadline, pretrain_seconds(plan))
     speed = choose_optimization(plan, prep, runtime, deadline=deadline)
@@ -164,11 +165,21 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
                                      log=TrainingProgress(progress).log)
     if searched and deadline is not None and not plan.is_pinned("optimization.epochs"):
         plan_length_for_budget(plan, prep, speed, deadline, 0.0)  # the search's time is spent too
+    now = time.perf_counter()
+    # Where the time before training went: reading and checking the data and the model, then every
+    # meta-learner (SSL choice, batch size, learning rate, run length, policy search) together.
+    plan.measurements["planning_seconds"] = {"data_and_model": round(meta_start - start, 2),
+                                             "meta_learning": round(now - meta_start, 2)}
     return plan
 
 
 def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: bool, resume: bool,
-           deadline: float | None, progress: bool | None, unlabeled: Source | None = None) -> Run:
+           deadline: float | None, progress: bool | None, unlabeled: Source | None = None,
+           started: float | None = None) -> Run:
+    """Train per ``plan`` into a run folder. ``started`` (a ``time.perf_counter()`` value: when the
+    call began) dates the run's ``timing`` record in metrics.json."""
+    started = time.perf_counter() if started is None else started
+    train_start = time.perf_counter()
     check_regularization(plan.regularization)  # before the run folder is claimed
     check_ssl(plan, prep.model)
     if resume and unlabeled is not None and ssl_active(plan.ssl):
@@ -200,7 +211,7 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     workers = plan.runtime.num_workers or None
     train_batches = make_batches(prep.train, opt.batch_size, runtime.device, train=True, seed=plan.seed,
                                  num_workers=workers,
-                                 sample_weights=balanced_sampling(plan.regularization, prep.train.targets,
+                                 sample_weights=balanced_sampling(plan.regularization, prep.train,
                                                                   plan.data.class_counts))
     eval_batch = max(opt.batch_size, 256)
     val_batches = make_batches(prep.val, eval_batch, runtime.device, train=False, num_workers=workers)
@@ -230,8 +241,10 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     metrics = {split: e.metrics for split, e in evaluations.items()}
     if not runtime.is_main:
         return Run(model=model, plan=plan, metrics=metrics, history=history, dir=run_dir)
-    write_json(run_dir / METRICS, {**metrics, "kept_epoch": result.kept_epoch, "best_epoch": result.best_epoch,
-                                   "stop_reason": result.stop_reason, "notes": notes})
+    evaluated = time.perf_counter()
+    outcome = {**metrics, "kept_epoch": result.kept_epoch, "best_epoch": result.best_epoch,
+               "stop_reason": result.stop_reason, "notes": notes}
+    write_json(run_dir / METRICS, outcome)  # before the report, so a failing report loses no result
     write_history(run_dir / HISTORY, history)
     summary = [f"stopped: {result.stop_reason}; returned the weights of epoch {result.kept_epoch} "
                f"(val {plan.monitor} {result.kept_metric:.4f}; the best was epoch {result.best_epoch})", *notes,
@@ -239,6 +252,12 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     report = _report_data(plan, prep, history, evaluations, summary)
     report.augmented = _augmented_sample(plan, prep, normalizer, runtime.device)
     write_report(run_dir / REPORT, report)
+    # Again, with the timing of the whole call now that the report is written: what a budget bounds.
+    timing = {"budget_s": None if deadline is None else round(deadline - started, 2),
+              **{f"{k}_s": v for k, v in plan.measurements.get("planning_seconds", {}).items()},
+              "training_s": round(evaluated - train_start, 2), "report_s": round(time.perf_counter() - evaluated, 2),
+              "total_s": round(time.perf_counter() - started, 2)}
+    write_json(run_dir / METRICS, {**outcome, "timing": timing})
     bar.log("visiondojo: done; " + ", ".join(f"{s} {plan.monitor} {m[plan.monitor]:.4f}" for s, m in metrics.items())
             + f"; report: {run_dir / REPORT}")
     return Run(model=model, plan=plan, metrics=metrics, history=history, dir=run_dir)
@@ -262,23 +281,17 @@ def _report_data(plan: Plan, prep: Prepared, history: list[dict], evaluations: d
     split = "test" if "test" in evaluations else "val"
     evaluation = evaluations[split]
     source = prep.test if split == "test" else prep.val
-    assert evaluation.scores is not None and evaluation.targets is not None and evaluation.losses is not None
     data = ReportData(plan=plan, history=history, metrics={s: e.metrics for s, e in evaluations.items()},
                       summary=summary, confusion_split=split, mistakes_split=split)
-    if plan.data.task == "multilabel":
-        predicted = (evaluation.scores > 0.5).long()
-        wrong = (predicted != evaluation.targets.long()).any(dim=1)
-    else:
-        predicted = evaluation.scores.argmax(dim=1)
-        wrong = predicted != evaluation.targets
-        k = plan.data.num_classes
-        data.confusion = np.bincount((evaluation.targets * k + predicted).numpy(), minlength=k * k).reshape(k, k)
-    losses = torch.where(wrong, evaluation.losses, torch.full_like(evaluation.losses, -1.0))
-    order = losses.argsort(descending=True)[: min(GALLERY_SIZE, int(wrong.sum()))]
-    if len(order):
+    if evaluation.scores is None:  # a task without collected scores has no sections of its own
+        return data
+    review = prep.task.review(evaluation.scores, evaluation.targets, evaluation.losses, plan.data.class_names,
+                              GALLERY_SIZE)
+    data.confusion = review.confusion
+    if review.mistakes:
+        order = torch.tensor([i for i, _ in review.mistakes])
         shown = (source.images_at(order).float() * plan.data.pixel_scale + plan.data.pixel_offset).clamp(0, 1)
-        names = plan.data.class_names
-        data.mistakes = [(img, _caption(evaluation.targets[i], predicted[i], names)) for img, i in zip(shown, order)]
+        data.mistakes = [(img, caption) for img, (_, caption) in zip(shown, review.mistakes)]
     return data
 
 
@@ -289,17 +302,9 @@ def _augmented_sample(plan: Plan, prep: Prepared, normalizer: Normalizer, device
         return None
     index = torch.arange(min(GALLERY_SIZE, len(prep.train)))
     images = prep.train.images_at(index).to(device)
-    targets = prep.train.targets[index].to(device)
+    targets = prep.train.targets.gather(index).to(device)
     pixels, _ = regularizer.regularize(normalizer.unit(images), targets)
     return pixels.clamp(0, 1).cpu()
-
-
-def _caption(target: torch.Tensor, predicted: torch.Tensor, names: list[str]) -> str:
-    def label(t: torch.Tensor) -> str:
-        if t.ndim == 1:
-            return "+".join(names[k] for k in t.nonzero()[:, 0].tolist()) or "none"
-        return names[int(t)]
-    return f"{label(target)} -> {label(predicted)}"
 
 
 def evaluate(run: Run | str | Path, data: Any, *, model: nn.Module | None = None, **data_options: Any) -> dict[str, Any]:

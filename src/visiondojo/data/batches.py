@@ -2,7 +2,10 @@
 
 Both give the same thing: an iterable of (raw images, targets) batches on the device, a fresh
 seeded permutation per epoch (epoch ``e`` always sees the same order, so a resumed run replays
-it exactly). ``Normalizer`` then turns raw pixels into the model's float input on the device.
+it exactly). Both gather a batch's targets from the source's targets container
+(``data.targets``): a tensor slice for dense targets, a ``RaggedBatch`` of flat objects for
+boxes; the DataLoader's workers only read images. ``Normalizer`` then turns raw pixels into the
+model's float input on the device.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 
 from ..plan import DataParams
 from .sources import InMemory, Source, Streamed
+from .targets import BatchTargets
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, BatchTargets]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -70,11 +74,8 @@ class DeviceBatches:
         order = self._epoch_order() if self.shuffle else None
         for step in range(len(self)):
             start = step * self.batch_size
-            if order is None:
-                yield self.images[start:start + self.batch_size], self.targets[start:start + self.batch_size]
-            else:
-                index = order[start:start + self.batch_size]
-                yield self.images[index], self.targets[index]
+            index = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
+            yield self.images[index], self.targets.gather(index)
 
     def _epoch_order(self) -> torch.Tensor:
         """This epoch's sample indices on the device: a pure function of (seed, epoch)."""
@@ -99,6 +100,7 @@ class LoaderBatches:
         self.device = device
         self.seed = seed
         self.epoch = 0
+        self.targets = source.targets
         self.generator = torch.Generator()
         weights = _checked_sample_weights(sample_weights, len(source), shuffle=shuffle)
         sampler = _loader_sampler(source.dataset, self.generator, shuffle=shuffle, sample_weights=weights)
@@ -106,7 +108,7 @@ class LoaderBatches:
         # The loader draws its workers' base seed from ``generator`` (reseeded per epoch), never
         # from the global RNG, so the model's random stream is the same in a resumed run.
         self.loader = DataLoader(
-            source.dataset, batch_size=batch_size, sampler=sampler,
+            _ImagesWithIndex(source.dataset), batch_size=batch_size, sampler=sampler,
             drop_last=drop_last and len(source) > batch_size, num_workers=workers,
             persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=self.generator,
         )
@@ -119,8 +121,23 @@ class LoaderBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         self.generator.manual_seed(epoch_generator(self.seed, self.epoch).initial_seed())
-        for images, targets in self.loader:
+        for images, indices in self.loader:
+            targets = self.targets.gather(indices)
             yield images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+
+class _ImagesWithIndex(Dataset):
+    """A source's dataset yielding (image, its index): the targets come from the container, so a
+    sample's objects never go through the default collate (which cannot stack ragged ones)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.dataset[index][0], index
 
 
 def _loader_sampler(dataset: Dataset, generator: torch.Generator, *, shuffle: bool,

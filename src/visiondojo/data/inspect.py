@@ -12,7 +12,7 @@ import torch
 
 from ..errors import DataError
 from ..plan import TASKS, DataParams
-from .sources import DataOptions, InMemory, Source, empty_data_error
+from .sources import DataOptions, InMemory, Source, class_labels, empty_data_error
 
 IMBALANCE_WARNING_RATIO = 10.0
 _STATS_SAMPLES_IN_MEMORY = 20_000
@@ -33,7 +33,7 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
     """DataParams for ``train``; raises DataError for empty data or labels that do not fit."""
     if len(train) == 0:
         raise empty_data_error(train.origin)
-    task = options.task or infer_task(train.targets)
+    task = options.task or infer_task(class_labels(train))
     if task not in TASKS:
         raise DataError(f"task: unknown task {task!r}; allowed: {', '.join(TASKS)}")
     num_classes = _num_classes(train, task, options)
@@ -42,7 +42,7 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
     images = _stats_sample(train)
     pixel_scale, pixel_offset = pixel_range(images)
     mean, std = channel_stats(images, pixel_scale, pixel_offset)
-    counts = class_counts(train.targets, task, num_classes)
+    counts = train.targets.class_counts(num_classes)
     _warn_imbalance(counts, train.origin)
     class_names = list(options.class_names or train.class_names or [str(i) for i in range(num_classes)])
     if len(class_names) != num_classes:
@@ -58,7 +58,7 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
 
 
 def _num_classes(train: Source, task: str, options: DataOptions) -> int:
-    targets = train.targets
+    targets = class_labels(train)
     if task == "multilabel":
         if targets.ndim != 2:
             raise DataError(f"{train.origin}: task multilabel needs (N, K) multi-hot labels, got shape {tuple(targets.shape)}")
@@ -88,7 +88,7 @@ def check_targets(source: Source, task: str, num_classes: int) -> None:
     """Raise DataError naming the first label that does not fit the task."""
     if len(source) == 0:
         raise empty_data_error(source.origin)
-    targets = source.targets
+    targets = class_labels(source)
     if task == "multilabel":
         if targets.ndim != 2 or targets.shape[1] != num_classes:
             raise DataError(
@@ -167,12 +167,6 @@ def channel_stats(images: torch.Tensor, pixel_scale: float, pixel_offset: float 
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
     return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
-
-
-def class_counts(targets: torch.Tensor, task: str, num_classes: int) -> list[int]:
-    if task == "multilabel":
-        return [int(c) for c in targets.sum(dim=0)]
-    return [int(c) for c in torch.bincount(targets, minlength=num_classes)]
 
 
 def _warn_imbalance(counts: list[int], origin: str) -> None:

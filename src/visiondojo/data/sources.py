@@ -22,6 +22,7 @@ from ..errors import DataError
 from . import builtin
 from .files import ImageFileDataset, scan_image_folder, scan_manifest
 from .images import batch_to_nchw, check_finite, image_to_chw, resize_batch, to_tensor
+from .targets import Targets, as_targets
 
 
 @dataclass
@@ -44,18 +45,22 @@ class DataOptions:
 @dataclass
 class InMemory:
     images: torch.Tensor
-    targets: torch.Tensor
+    targets: Targets
+    """A targets container (``data.targets``); a bare (N, ...) tensor is wrapped as dense targets."""
     class_names: list[str] | None
     origin: str
     positions: torch.Tensor | None = None
     """Index of each sample in the data as the user gave it (None: the same as here). A split
     keeps it, so an error found after the split names the user's index, not the subset's."""
 
+    def __post_init__(self) -> None:
+        self.targets = as_targets(self.targets)
+
     def __len__(self) -> int:
         return len(self.targets)
 
     def subset(self, indices: torch.Tensor) -> "InMemory":
-        return InMemory(self.images[indices], self.targets[indices], self.class_names, self.origin,
+        return InMemory(self.images[indices], self.targets.subset(indices), self.class_names, self.origin,
                         positions=_positions(self, indices))
 
     def position(self, index: int) -> int:
@@ -69,7 +74,8 @@ class InMemory:
 @dataclass
 class Streamed:
     dataset: Dataset
-    targets: torch.Tensor
+    """Yields (image, target); batchers read only its images and gather targets from ``targets``."""
+    targets: Targets
     class_names: list[str] | None
     origin: str
     channels: int
@@ -77,11 +83,14 @@ class Streamed:
     positions: torch.Tensor | None = None
     """As ``InMemory.positions``."""
 
+    def __post_init__(self) -> None:
+        self.targets = as_targets(self.targets)
+
     def __len__(self) -> int:
         return len(self.targets)
 
     def subset(self, indices: torch.Tensor) -> "Streamed":
-        return Streamed(Subset(self.dataset, indices.tolist()), self.targets[indices], self.class_names,
+        return Streamed(Subset(self.dataset, indices.tolist()), self.targets.subset(indices), self.class_names,
                         self.origin, self.channels, self.size, positions=_positions(self, indices))
 
     def position(self, index: int) -> int:
@@ -184,16 +193,31 @@ def align_classes(source: Source, class_names: list[str]) -> Source:
             f"(training classes: {', '.join(class_names)})"
         )
     mapping = torch.tensor([index[name] for name in own], dtype=torch.int64)
-    if source.targets.ndim == 1:
-        targets = mapping[source.targets]
+    labels = class_labels(source)
+    if labels.ndim == 1:
+        targets = mapping[labels]
     else:
-        targets = torch.zeros(len(source.targets), len(class_names), dtype=source.targets.dtype)
-        targets[:, mapping] = source.targets
-    source.targets = targets
+        targets = torch.zeros(len(labels), len(class_names), dtype=labels.dtype)
+        targets[:, mapping] = labels
+    source.targets = as_targets(targets)
     if isinstance(source, Streamed) and isinstance(getattr(source.dataset, "targets", None), torch.Tensor):
         source.dataset.targets = targets  # what the workers hand out
     source.class_names = list(class_names)
     return source
+
+
+def class_labels(source: Source) -> torch.Tensor:
+    """The (N,) class ids or (N, K) multi-hot labels of a classification source.
+
+    Classification code (inspection, class alignment, class balance, pseudo-labels) reads labels
+    densely through this, so data with a variable number of objects per image gets a clear error
+    there instead of an indexing failure.
+    """
+    values = getattr(source.targets, "values", None)
+    if values is None or values.ndim > 2:
+        raise DataError(f"{source.origin}: these targets are not class labels (one class or one multi-hot row "
+                        "per image); classification needs (N,) class ids or (N, K) multi-hot labels")
+    return values
 
 
 def _from_arrays(images: Any, targets: Any, options: DataOptions, origin: str,

@@ -12,21 +12,22 @@ from .sources import Source
 
 
 def validation_split(source: Source, fraction: float, seed: int) -> tuple[Source, Source]:
-    """Stratified by class for single-label targets; a seeded random split for multi-label ones.
+    """Stratified on the targets' ``stratify_key`` (the class of single-label targets, the rarest
+    class of an image's objects); a seeded random split for targets without one (multi-hot labels).
 
     The validation part gets ``fraction`` of the data, at least one sample per class where the
     classes allow it, and at most 10,000 samples (enough for a stable accuracy estimate).
     """
     n = len(source)
-    targets = source.targets
-    num_classes = int(targets.max()) + 1 if targets.ndim == 1 else targets.shape[1]
+    key = source.targets.stratify_key()
+    num_classes = int(key.max()) + 1 if key is not None else 1
     val_size = int(round(n * fraction))
-    val_size = min(max(val_size, num_classes if targets.ndim == 1 else 1), 10_000, n - 1)
+    val_size = min(max(val_size, num_classes), 10_000, n - 1)
     if val_size < 1:
         raise ValueError("need at least two samples to carve out a validation split")
-    stratify = targets.numpy() if targets.ndim == 1 else None
+    stratify = key.numpy() if key is not None else None
     # Only classes that occur count: labels 1..K leave class 0 empty, which is no reason to give up stratifying.
-    if stratify is not None and int(_present_counts(targets).min()) < 2:
+    if key is not None and int(_present_counts(key).min()) < 2:
         warnings.warn(
             f"{source.origin}: some class has fewer than 2 samples, so the validation split is random, not stratified",
             stacklevel=2,

@@ -19,7 +19,7 @@ Metrics = dict[str, "float | list[float]"]
 @dataclass
 class Evaluation:
     metrics: Metrics
-    """Scalar metrics as floats, per-class metrics as lists; includes ``loss``."""
+    """Scalar metrics as floats, per-class metrics as lists; includes ``loss`` for tasks with per-sample losses."""
     scores: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     losses: torch.Tensor | None = None
@@ -37,6 +37,15 @@ def metrics_to_python(values: dict[str, torch.Tensor]) -> Metrics:
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, batches: Iterable, normalizer: Normalizer, runtime: Runtime,
              *, collect: bool = False) -> Evaluation:
+    """The task's metrics over ``batches`` (model in eval mode, restored after), plus the mean
+    per-sample ``loss`` when the task has one (a detector in eval mode computes no loss).
+
+    ``collect`` keeps every score, target and per-sample loss on the host: the paired tests and
+    the report's worst mistakes read them; it needs a task with per-sample losses.
+    """
+    with_loss = task.capabilities.per_sample_loss
+    if collect and not with_loss:
+        raise ValueError(f"{task.name}: collect=True needs per-sample losses and scores, which this task lacks")
     was_training = model.training
     model.eval()
     metrics = task.metrics().to(runtime.device)
@@ -45,17 +54,20 @@ def evaluate(model: nn.Module, task: Task, batches: Iterable, normalizer: Normal
     scores, targets_all, losses = [], [], []
     for images, targets in batches:
         outputs = eval_outputs(model, task, runtime, normalizer(images))
+        task.update_metrics(metrics, outputs, targets)
+        if not with_loss:
+            continue
         sample_loss = task.per_sample_loss(outputs, targets)
         total_loss += sample_loss.double().sum()
         count += len(sample_loss)
-        task.update_metrics(metrics, outputs, targets)
         if collect:
             scores.append(task.scores(outputs).cpu())
             targets_all.append(targets.cpu())
             losses.append(sample_loss.cpu())
     model.train(was_training)
     result = metrics_to_python(metrics.compute())
-    result["loss"] = round(float(total_loss) / max(count, 1), 6)
+    if with_loss:
+        result["loss"] = round(float(total_loss) / max(count, 1), 6)
     if not collect:
         return Evaluation(result)
     return Evaluation(result, torch.cat(scores), torch.cat(targets_all), torch.cat(losses))

@@ -21,6 +21,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,13 @@ from torch import nn
 
 from ..data.batches import Normalizer
 from ..errors import ConfigError, VisionDojoError
-from ..plan import Plan
+from ..plan import OptimizationParams, Plan
 from ..tasks import Task
 from . import checkpoint
 from .evaluate import Evaluation, evaluate
 from .progress import TrainingProgress
 from .runtime import Runtime
-from .step import train_step
+from .epoch import EpochResult, TrainingDiverged, train_one_epoch
 from ..optimize.optimizers import build_optimizer
 from ..optimize.batchnorm import restore_bn_momentum, set_bn_momentum
 from ..optimize.schedules import PLATEAU_FACTOR, build_scheduler, schedule_factor
@@ -58,8 +59,30 @@ step overran it by 1.2 s)."""
 KEEP = ("last", "best")
 
 
-class TrainingDiverged(VisionDojoError):
-    """The loss became NaN or infinite."""
+class Decision(Enum):
+    """What the driver does after a validated epoch."""
+
+    CONTINUE = "continue"
+    CUT_LR = "cut the learning rate"
+    STOP = "stop early"
+
+
+class Stop(Enum):
+    """Why a run ended."""
+
+    COMPLETED = "completed"
+    BUDGET_CUT = "budget cut"
+    BUDGET_SHORTENED = "budget shortened"
+    EARLY_STOPPING = "early stopping"
+
+    def describe(self, monitor: str, patience: int | None) -> str:
+        """The sentence the run's metrics and report show."""
+        return {
+            Stop.COMPLETED: "completed the planned epochs",
+            Stop.BUDGET_CUT: "the time budget ran out mid-epoch",
+            Stop.BUDGET_SHORTENED: "the time budget: the schedule was shortened to end on time",
+            Stop.EARLY_STOPPING: f"early stopping: no val_{monitor} gain in {patience} epochs",
+        }[self]
 
 
 @dataclass
@@ -96,7 +119,9 @@ class LoopResult:
     """Its validation metric (-inf when no epoch was validated)."""
     best_epoch: int
     """The epoch with the best validation metric."""
+    stop: Stop
     stop_reason: str
+    """``stop`` in words."""
     notes: list[str]
     last_evaluation: Evaluation | None = None
     """With ``validate_each_epoch=False``: the one validation pass, with every score (paired tests
@@ -153,10 +178,9 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler, decay)
 
     try:
-        stop_reason = "completed the planned epochs"
+        stop = Stop.COMPLETED
         reserve_s = REPORT_S
         cut_off = False
-
         cycle_start = time.perf_counter()
         while True:
             if deadline is not None and state.cycle_s and state.overhead_s:
@@ -167,59 +191,37 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             if state.epoch >= state.planned_epochs:
                 break
             epoch = state.epoch
-            epoch_start = time.perf_counter()
             model.train()
             train_batches.set_epoch(epoch)
             regularize.set_epoch(epoch)
-            progress.start_epoch(epoch, state.planned_epochs, min(steps_per_epoch, state.planned_steps - state.step))
-            loss_sum = torch.zeros((), device=runtime.device)
-            seen = epoch_steps = 0
-            cut_off = False
-            for i, (images, targets) in enumerate(train_batches):
-                inputs, targets = regularize(images, targets)
-                loss = train_step(model, task, optimizer, runtime, inputs, targets, opt.grad_clip_norm, weights)
-                scheduler.step()
-                state.step += 1
-                epoch_steps += 1
-                loss_sum += loss * len(images)
-                seen += len(images)
-                if i % 20 == 19 or i == steps_per_epoch - 1:
-                    mean_loss = float(loss_sum) / seen
-                    if not math.isfinite(mean_loss):
-                        raise TrainingDiverged(
-                            f"training diverged in epoch {epoch + 1}, step {i + 1}: the loss is {mean_loss}. "
-                            f"Lower optimization.lr (now {opt.lr:g}) or check the data for extreme values."
-                        )
-                    progress.update(i + 1, mean_loss, seen / (time.perf_counter() - epoch_start))
-                if deadline is not None and time.perf_counter() > deadline - reserve_s:
-                    cut_off = True
-                    break
-                if state.step >= state.planned_steps:  # a partial last epoch
-                    break
-            train_s = time.perf_counter() - epoch_start
+            max_steps = min(steps_per_epoch, state.planned_steps - state.step)
+            progress.start_epoch(epoch, state.planned_epochs, max_steps)
+            trained = train_one_epoch(
+                model, task, optimizer, scheduler, train_batches, regularize, runtime, epoch=epoch,
+                max_steps=max_steps, grad_clip_norm=opt.grad_clip_norm, class_weights=weights,
+                stop_time=None if deadline is None else deadline - reserve_s, progress=progress)
+            state.step += trained.steps
+            cut_off = trained.cut_off
             if cut_off:  # no time for validation: the final evaluation comes next
                 progress.end_epoch(f"epoch {epoch + 1} cut short by the time budget", last=True)
-                stop_reason = "the time budget ran out mid-epoch"
+                stop = Stop.BUDGET_CUT
                 state.notes.append(f"epoch {epoch + 1} was cut short by the time budget")
                 state.elapsed_s = time.perf_counter() - clock_start
                 save()
                 break
-            train_loss = float(loss_sum) / max(seen, 1)
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": round(train_loss, 6)}
-            timing = {"train_s": round(train_s, 3), "epoch_s": round(train_s, 3),
-                      "train_images_per_s": round(seen / train_s, 1)}
+            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": round(trained.mean_loss, 6)}
+            timing = {"train_s": round(trained.seconds, 3), "epoch_s": round(trained.seconds, 3),
+                      "train_images_per_s": round(trained.images_per_s, 1)}
             if not validate_each_epoch and epoch + 1 < state.planned_epochs:
                 state.history.append({**row, **timing})
                 state.epoch += 1
-                progress.end_epoch(f"epoch {epoch + 1}/{state.planned_epochs}  train_loss {train_loss:.4f}")
+                progress.end_epoch(f"epoch {epoch + 1}/{state.planned_epochs}  train_loss {trained.mean_loss:.4f}")
                 continue
             val_start = time.perf_counter()
             evaluation = evaluate(model, task, val_batches, normalizer, runtime, collect=not validate_each_epoch)
-            val = evaluation.metrics
             # The slowest validation so far: a steady reserve keeps the budget guard from chasing noise.
             reserve_s = max(reserve_s, (time.perf_counter() - val_start) * final_eval_ratio + REPORT_S)
-            epoch_s = time.perf_counter() - epoch_start
-            monitored = float(val[plan.monitor])  # type: ignore[arg-type]
+            monitored = float(evaluation.metrics[plan.monitor])  # type: ignore[arg-type]
             improved = monitored > state.best_metric
             if improved:
                 state.best_metric, state.best_epoch, state.epochs_since_best = monitored, epoch, 0
@@ -227,33 +229,30 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                     checkpoint.save_weights(model, checkpoint_dir / BEST)
             else:
                 state.epochs_since_best += 1
-            state.history.append({**row, **{f"val_{k}": v for k, v in val.items() if not isinstance(v, list)},
-                                  **timing, "epoch_s": round(epoch_s, 3)})
+            epoch_s = trained.seconds + (time.perf_counter() - val_start)
+            scalars = {f"val_{k}": v for k, v in evaluation.metrics.items() if not isinstance(v, list)}
+            state.history.append({**row, **scalars, **timing, "epoch_s": round(epoch_s, 3)})
             state.epoch += 1
             state.elapsed_s = time.perf_counter() - clock_start
-            progress.end_epoch(
-                f"epoch {epoch + 1}/{state.planned_epochs}  train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
-                f"val_{plan.monitor} {monitored:.4f}{'  *' if improved else ''}  {seen / train_s:,.0f} img/s  {epoch_s:.1f}s",
-                last=state.epoch >= state.planned_epochs,
-            )
-            if opt.early_stopping_patience is not None and state.epochs_since_best >= opt.early_stopping_patience:
-                if opt.schedule == "plateau" and state.lr_cuts < MAX_LR_CUTS:
-                    state.lr_cuts += 1
-                    state.epochs_since_best = 0
-                    schedule_factor(scheduler).scale *= PLATEAU_FACTOR
-                    state.notes.append(f"after epoch {epoch + 1}: validation plateau, learning rate x{PLATEAU_FACTOR:g}")
-                else:
-                    stop_reason = f"early stopping: no val_{plan.monitor} gain in {opt.early_stopping_patience} epochs"
-                    save()
-                    break
+            progress.end_epoch(_epoch_line(epoch, state, trained, scalars, plan.monitor, monitored, improved, epoch_s),
+                               last=state.epoch >= state.planned_epochs)
+            decision = _after_validation(state, opt)
+            if decision is Decision.CUT_LR:
+                state.lr_cuts += 1
+                state.epochs_since_best = 0
+                schedule_factor(scheduler).scale *= PLATEAU_FACTOR
+                state.notes.append(f"after epoch {epoch + 1}: validation plateau, learning rate x{PLATEAU_FACTOR:g}")
             save()
+            if decision is Decision.STOP:
+                stop = Stop.EARLY_STOPPING
+                break
             now = time.perf_counter()
-            if epoch_steps == steps_per_epoch:  # the guard's times come from full epochs
+            if trained.steps == steps_per_epoch:  # the guard's times come from full epochs
                 state.cycle_s = [*state.cycle_s[-(GUARD_WINDOW - 1):], now - cycle_start]
-                state.overhead_s = [*state.overhead_s[-(GUARD_WINDOW - 1):], now - cycle_start - train_s]
+                state.overhead_s = [*state.overhead_s[-(GUARD_WINDOW - 1):], now - cycle_start - trained.seconds]
             cycle_start = now
-        if stop_reason.startswith("completed") and state.planned_steps < opt.epochs * steps_per_epoch:
-            stop_reason = "the time budget: the schedule was shortened to end on time"
+        if stop is Stop.COMPLETED and state.planned_steps < opt.epochs * steps_per_epoch:
+            stop = Stop.BUDGET_SHORTENED
         if state.replans:
             state.notes.append(f"the budget guard re-planned the schedule {state.replans} time(s) from the measured "
                                f"epoch times: {opt.epochs} -> {state.planned_steps / steps_per_epoch:.2f} epochs")
@@ -267,15 +266,35 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                      f"median {spread['median']:.2f}, max {spread['max']:.2f} at the end")
     best = checkpoint_dir / BEST
     last_validated = bool(state.history) and not cut_off
-    if opt.keep == "last" and last_validated and not stop_reason.startswith("early stopping"):
+    if opt.keep == "last" and last_validated and stop is not Stop.EARLY_STOPPING:
         kept_epoch, kept_metric = state.epoch, float(state.history[-1][f"val_{plan.monitor}"])
     else:
         kept_epoch, kept_metric = state.best_epoch + 1, state.best_metric
         runtime.barrier()  # the main process wrote it
         if best.exists():
             load_model(model, str(best), device=str(runtime.device))
-    return LoopResult(state.history, kept_epoch, kept_metric, state.best_epoch + 1, stop_reason, notes,
+    return LoopResult(state.history, kept_epoch, kept_metric, state.best_epoch + 1, stop,
+                      stop.describe(plan.monitor, opt.early_stopping_patience), notes,
                       evaluation if not validate_each_epoch and last_validated else None)
+
+
+def _after_validation(state: LoopState, opt: OptimizationParams) -> Decision:
+    """What a validated epoch means for the run: go on, cut the learning rate (the ``plateau``
+    schedule, up to ``MAX_LR_CUTS`` times) or stop early (patience spent)."""
+    patience = opt.early_stopping_patience
+    if patience is None or state.epochs_since_best < patience:
+        return Decision.CONTINUE
+    if opt.schedule == "plateau" and state.lr_cuts < MAX_LR_CUTS:
+        return Decision.CUT_LR
+    return Decision.STOP
+
+
+def _epoch_line(epoch: int, state: LoopState, trained: EpochResult, scalars: dict[str, Any], monitor: str,
+                monitored: float, improved: bool, epoch_s: float) -> str:
+    """The progress line of a validated epoch (a task without a validation loss shows none)."""
+    loss = f"  val_loss {scalars['val_loss']:.4f}" if "val_loss" in scalars else ""
+    return (f"epoch {epoch + 1}/{state.planned_epochs}  train_loss {trained.mean_loss:.4f}{loss}  "
+            f"val_{monitor} {monitored:.4f}{'  *' if improved else ''}  {trained.images_per_s:,.0f} img/s  {epoch_s:.1f}s")
 
 
 def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: int,

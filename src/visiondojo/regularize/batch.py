@@ -18,6 +18,7 @@ import torch
 
 from ..augment import Augmenter, check_ops, mix, smooth
 from ..data.batches import Normalizer
+from ..data.sources import Source, class_labels
 from ..errors import ConfigError
 from ..plan import RegularizationParams
 from ..tasks import Task
@@ -106,8 +107,8 @@ def class_weights(params: RegularizationParams, class_counts: list[int], device:
     return effective_number_weights(class_counts, params.class_balance_beta).to(device)
 
 
-def balanced_sampling(params: RegularizationParams, targets: torch.Tensor, class_counts: list[int]) -> torch.Tensor | None:
-    """Per-sample drawing weights for ``class_balance: resample``, else None."""
+def balanced_sampling(params: RegularizationParams, source: Source, class_counts: list[int]) -> torch.Tensor | None:
+    """Per-sample drawing weights of ``source`` for ``class_balance: resample``, else None."""
     if params.class_balance != "resample":
         return None
-    return sample_weights(targets, class_counts)
+    return sample_weights(class_labels(source), class_counts)

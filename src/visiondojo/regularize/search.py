@@ -323,7 +323,7 @@ def _distances(model: torch.nn.Module, task: Task, subset: Source, count: int, o
                normalizer: Normalizer, runtime: Runtime, seed: int) -> list[Distance]:
     index = torch.arange(count)
     pixels = normalizer.unit(subset.images_at(index).to(runtime.device))
-    targets = subset.targets[index].to(runtime.device)
+    targets = subset.targets.gather(index).to(runtime.device)
     return measure_distances(model, task, pixels, targets, ops, normalizer, runtime, seed=seed)
 
 

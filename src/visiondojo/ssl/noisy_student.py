@@ -48,7 +48,7 @@ from torch import nn
 
 from ..augment import trivial_augment
 from ..data.batches import Normalizer, make_batches
-from ..data.sources import Source
+from ..data.sources import Source, class_labels
 from ..engine.loop import LoopResult, run_training
 from ..engine.progress import TrainingProgress
 from ..engine.runtime import Runtime
@@ -154,7 +154,7 @@ def _labeled_weights(plan: Plan, train: Source) -> torch.Tensor:
     balanced classes (by loss weights or by sampling), else uniform."""
     if plan.regularization.class_balance == "none":
         return torch.full((len(train),), 1 / len(train), dtype=torch.float64)
-    weights = sample_weights(train.targets, plan.data.class_counts).double()
+    weights = sample_weights(class_labels(train), plan.data.class_counts).double()
     return weights / weights.sum()
 
 
@@ -171,7 +171,7 @@ def noisy_student(model: nn.Module, initial_state: dict[str, torch.Tensor] | Non
     history: list[dict[str, Any]] = []
     best, accepted_result = teacher_metric, None
     stopped = f"ran the planned {ssl.noisy_student_rounds} round(s)"
-    val_targets = val.targets
+    val_targets = class_labels(val)
     for r in range(1, ssl.noisy_student_rounds + 1):
         start = time.perf_counter()
         if deadline is not None and rounds and deadline - start < MIN_ROUND_SHARE * rounds[-1].seconds:
@@ -189,9 +189,9 @@ def noisy_student(model: nn.Module, initial_state: dict[str, torch.Tensor] | Non
                        "a student would learn the teacher's bias")
             break
         if ssl.pseudo_labels == "soft":
-            targets = torch.cat([task.soft_targets(train.targets), task.soft_from_scores(pseudo.probs)])
+            targets = torch.cat([task.soft_targets(class_labels(train)), task.soft_from_scores(pseudo.probs)])
         else:
-            targets = torch.cat([train.targets, pseudo.labels])
+            targets = torch.cat([class_labels(train), pseudo.labels])
         combined = concat_sources(train, unlabeled.subset(pseudo.index), targets)
         # The plan's share is a floor: with few pseudo-labels, the data's own proportion is larger.
         share = max(ssl.labeled_share, len(train) / len(combined))

@@ -34,7 +34,7 @@ from torch import nn
 from ..augment import RGB_ONLY, Augmenter
 from ..data.batches import Normalizer, make_batches
 from ..data.sources import Source
-from ..engine.loop import TrainingDiverged
+from ..engine.epoch import TrainingDiverged
 from ..engine.progress import TrainingProgress
 from ..engine.runtime import Runtime
 from ..errors import ConfigError

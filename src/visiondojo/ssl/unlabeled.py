@@ -24,6 +24,7 @@ from ..data.files import IMAGE_SUFFIXES, ImageFileDataset, scan_files
 from ..data.images import image_to_chw
 from ..data.inspect import FLOAT_SLACK, check_geometry, image_geometry
 from ..data.sources import DataOptions, InMemory, Source, Streamed, as_source
+from ..data.targets import as_targets
 from ..errors import DataError
 from ..plan import DataParams
 
@@ -55,7 +56,7 @@ def as_unlabeled(data: Any, options: DataOptions, role: str = "unlabeled") -> So
         )
     if len(source) == 0:
         raise DataError(f"{role}: no images")
-    source.targets = torch.full((len(source),), UNKNOWN, dtype=torch.int64)
+    source.targets = as_targets(torch.full((len(source),), UNKNOWN, dtype=torch.int64))
     source.class_names = None
     return source
 

@@ -7,6 +7,12 @@ and read its output as the task's ``loss`` and ``scores`` expect (the classifica
 detector, whose torchvision protocol returns a loss dict in training and a list of dicts in eval,
 overrides the three. ``capabilities`` tells the policy search and the SSL stages which of their
 tools apply (soft labels, mixing, a classifier head, per-sample losses).
+
+Batching and device transfer are not per task: every task's targets live in one container
+(``data.targets``: dense tensors or ragged objects with offsets) whose ``gather`` builds a batch
+and whose batch ``to`` moves it, so a task sees its targets already batched on the device, as a
+tensor or as a ``RaggedBatch``. What is per task is how targets move with augmented images
+(``move_targets``) and what mixing may do to them (``capabilities.mixing``, ``soft_targets``).
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
 
-from ..augment.geometry import Geometry
+from ..augment.geometry import Geometry, warp_boxes
+from ..data.targets import RaggedBatch
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,16 @@ class StepLoss:
 
     loss: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Review:
+    """What a task shows of one evaluated split in the report, beside the metrics."""
+
+    confusion: np.ndarray | None = None
+    """(K, K) counts, true class by row: single-label classification."""
+    mistakes: list[tuple[int, str]] = field(default_factory=list)
+    """(sample index in the split, caption), worst first: the gallery of the worst mistakes."""
 
 
 class Task(ABC):
@@ -102,18 +120,21 @@ class Task(ABC):
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         """Model outputs -> final predictions (class indices, multi-hot labels, boxes...)."""
 
-    def collate(self, samples: list[tuple[torch.Tensor, Any]]) -> tuple[torch.Tensor, Any]:
-        """Samples -> batch. Fixed-size targets stack; detection overrides this with lists of boxes."""
-        images, targets = zip(*samples)
-        return torch.stack(images), torch.stack([torch.as_tensor(t) for t in targets])
-
-    def to_device(self, targets: Any, device: torch.device) -> Any:
-        return targets.to(device, non_blocking=True)
+    def review(self, scores: torch.Tensor, targets: Any, losses: torch.Tensor, class_names: list[str],
+               limit: int) -> Review:
+        """The report's task sections from one split's collected scores, targets and per-sample
+        losses (``engine.evaluate`` with ``collect=True``); a task without them shows none."""
+        return Review()
 
     def move_targets(self, targets: Any, geometry: Geometry) -> Any:
-        """Move the targets with their images (``visiondojo.augment.Geometry``: one matrix per sample).
+        """Move a training batch's targets with its images (``augment.Geometry``: one matrix per sample).
 
-        Class labels do not move with the image, so classification returns them unchanged;
-        detection and segmentation move boxes, masks and keypoints with ``augment.warp_*``.
+        Class labels (dense targets) do not move with the image and come back unchanged. Ragged
+        targets with ``boxes`` (xyxy pixels) move through ``augment.warp_boxes`` in one call for
+        the whole batch; boxes pushed out of the frame are dropped with every other field of
+        their object. A segmentation task overrides this for its masks (``augment.warp_masks``).
         """
+        if isinstance(targets, RaggedBatch) and "boxes" in targets.fields:
+            boxes, keep = warp_boxes(targets.fields["boxes"], targets.image, geometry)
+            return targets.replace(boxes=boxes).keep(keep)
         return targets

@@ -6,6 +6,7 @@ log-sum-exp costs accuracy for nothing.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
@@ -19,7 +20,7 @@ from torchmetrics.classification import (
 )
 
 from ..plan import DataParams
-from .base import Capabilities, Task
+from .base import Capabilities, Review, Task
 
 CLASSIFICATION = Capabilities(soft_labels=True, mixing=True, classifier_head=True, per_sample_loss=True)
 
@@ -60,6 +61,15 @@ class MultiClassTask(Task):
 
     def correct(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return scores.argmax(dim=1) == targets.to(scores.device)
+
+    def review(self, scores: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor, class_names: list[str],
+               limit: int) -> Review:
+        """Confusion matrix and the highest-loss misclassified images, captioned "true -> predicted"."""
+        predicted = scores.argmax(dim=1)
+        k = self.num_classes
+        confusion = np.bincount((targets * k + predicted).numpy(), minlength=k * k).reshape(k, k)
+        captions = [f"{class_names[int(t)]} -> {class_names[int(p)]}" for t, p in zip(targets, predicted)]
+        return Review(confusion, worst_mistakes(predicted != targets, losses, captions, limit))
 
     def metrics(self) -> MetricCollection:
         k = self.num_classes
@@ -145,6 +155,17 @@ class MultiLabelTask(Task):
     def correct(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return ((scores > self.threshold) == targets.to(scores.device).bool()).reshape(-1)
 
+    def review(self, scores: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor, class_names: list[str],
+               limit: int) -> Review:
+        """The highest-loss images with any label wrong, captioned "true labels -> predicted labels"."""
+        predicted = (scores > self.threshold).long()
+
+        def labels(row: torch.Tensor) -> str:
+            return "+".join(class_names[k] for k in row.nonzero()[:, 0].tolist()) or "none"
+
+        captions = [f"{labels(t)} -> {labels(p)}" for t, p in zip(targets, predicted)]
+        return Review(None, worst_mistakes((predicted != targets.long()).any(dim=1), losses, captions, limit))
+
     def metrics(self) -> MetricCollection:
         k, t = self.num_labels, self.threshold
         return MetricCollection({
@@ -155,6 +176,13 @@ class MultiLabelTask(Task):
             "recall": Recall(task="multilabel", num_labels=k, threshold=t, average="none"),
             "auroc": AUROC(task="multilabel", num_labels=k),
         })
+
+
+def worst_mistakes(wrong: torch.Tensor, losses: torch.Tensor, captions: list[str], limit: int) -> list[tuple[int, str]]:
+    """Up to ``limit`` wrong samples, highest loss first, with their captions."""
+    ranked = torch.where(wrong, losses, torch.full_like(losses, -1.0))
+    order = ranked.argsort(descending=True)[: min(limit, int(wrong.sum()))]
+    return [(int(i), captions[int(i)]) for i in order]
 
 
 def make_task(params: DataParams) -> Task:

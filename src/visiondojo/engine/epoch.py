@@ -1,0 +1,98 @@
+"""One training epoch, in the style of torchvision's reference ``train_one_epoch``.
+
+Batches come in raw; each goes through the regularizer (augmentation, soft targets, mixing,
+normalization, all on the device), one ``train_step`` (the task's forward and loss, the runtime's
+backward, clipping and step) and one scheduler step. The epoch stops early at ``max_steps`` (a
+partial last epoch that the budget guard planned) or at ``stop_time`` (the budget ran out); the
+driver (``engine.loop``) decides what either means. The loss is summed on the device and read
+back every ``LOG_EVERY`` steps only, so a GPU never waits for the host between steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import VisionDojoError
+from ..tasks import Task
+from .progress import TrainingProgress
+from .runtime import Runtime
+from .step import train_step
+
+LOG_EVERY = 20
+"""Steps between host reads of the running loss (the divergence check and the progress line)."""
+
+
+class TrainingDiverged(VisionDojoError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class EpochResult:
+    steps: int
+    """Optimizer steps taken."""
+    images: int
+    """Training images seen (mixing keeps the count: a mixed pair is one image)."""
+    mean_loss: float
+    seconds: float
+    """Wall time of the epoch's training steps."""
+    cut_off: bool
+    """``stop_time`` passed: no time is left for this epoch's validation."""
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, batches: Iterable[tuple[torch.Tensor, Any]],
+                    regularize: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]], runtime: Runtime, *,
+                    epoch: int, max_steps: int, grad_clip_norm: float | None = None,
+                    class_weights: torch.Tensor | None = None, stop_time: float | None = None,
+                    progress: TrainingProgress | None = None) -> EpochResult:
+    """Train ``model`` (already in train mode) on up to ``max_steps`` batches of ``batches``.
+
+    ``stop_time`` is a ``time.perf_counter()`` value; the step that passes it is the last.
+    Raises ``TrainingDiverged`` when the running loss is not finite.
+    """
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), device=runtime.device)
+    steps = images_seen = 0
+    cut_off = False
+    for images, targets in batches if max_steps > 0 else ():
+        inputs, targets = regularize(images, targets)
+        loss = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, class_weights)
+        scheduler.step()
+        steps += 1
+        loss_sum += loss * len(images)
+        images_seen += len(images)
+        if steps % LOG_EVERY == 0 or steps == max_steps:
+            mean_loss = _checked_mean(loss_sum, images_seen, epoch, steps, optimizer)
+            if progress is not None:
+                progress.update(steps, mean_loss, images_seen / (time.perf_counter() - start))
+        if stop_time is not None and time.perf_counter() > stop_time:
+            cut_off = True
+            break
+        if steps >= max_steps:
+            break
+    mean_loss = _checked_mean(loss_sum, images_seen, epoch, steps, optimizer) if images_seen else 0.0
+    return EpochResult(steps, images_seen, mean_loss, time.perf_counter() - start, cut_off)
+
+
+def _checked_mean(loss_sum: torch.Tensor, images: int, epoch: int, step: int,
+                  optimizer: torch.optim.Optimizer) -> float:
+    """The epoch's mean loss so far (a host sync); raise ``TrainingDiverged`` unless it is finite."""
+    mean_loss = float(loss_sum) / max(images, 1)
+    if not math.isfinite(mean_loss):
+        group = optimizer.param_groups[0]
+        lr = group.get("initial_lr", group["lr"])
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch + 1}, step {step}: the loss is {mean_loss}. "
+            f"Lower optimization.lr (now {lr:g}) or check the data for extreme values."
+        )
+    return mean_loss
