@@ -17,21 +17,9 @@ from .engine.step import eval_outputs
 from .errors import DataError
 from .plan import Plan
 from .rundir import REPORT
-from .tasks import make_task
+from .tasks import Predictions, make_task
 
-
-@dataclass
-class Predictions:
-    labels: torch.Tensor
-    """(N,) class indices, or (N, K) 0/1 for multi-label."""
-    scores: torch.Tensor
-    """(N, K) probabilities."""
-    class_names: list[str]
-
-    def names(self) -> list[str] | list[list[str]]:
-        if self.labels.ndim == 2:
-            return [[self.class_names[k] for k in row.nonzero()[:, 0].tolist()] for row in self.labels]
-        return [self.class_names[int(i)] for i in self.labels]
+__all__ = ["Predictions", "Run", "load_images"]
 
 
 @dataclass
@@ -46,18 +34,18 @@ class Run:
     def report(self) -> Path | None:
         return self.dir / REPORT if self.dir is not None else None
 
-    def predict(self, images: Any, batch_size: int = 256) -> Predictions:
-        """Predict for image files (paths) or an array/tensor batch; images are resized to the trained size."""
+    def predict(self, images: Any, batch_size: int = 256) -> Any:
+        """Predict for image files (paths) or an array/tensor batch; images are resized to the trained size.
+
+        Returns the task's own form: ``Predictions`` (labels, scores, names) for classification."""
         batch = load_images(images, self.plan)
         runtime = self.inference_runtime()
         model = runtime.prepare_model(self.model).eval()
         normalizer = Normalizer(self.plan.data, runtime.device, self.plan.runtime.channels_last)
         task = make_task(self.plan.data)
-        outputs = []
-        for chunk in batch.split(batch_size):
-            outputs.append(eval_outputs(model, task, runtime, normalizer(chunk.to(runtime.device))).float().cpu())
-        logits = torch.cat(outputs)
-        return Predictions(task.predict(logits), task.scores(logits), self.plan.data.class_names)
+        outputs = [eval_outputs(model, task, runtime, normalizer(chunk.to(runtime.device)))
+                   for chunk in batch.split(batch_size)]
+        return task.predictions(outputs, self.plan.data.class_names)
 
     def inference_runtime(self) -> Runtime:
         """Inference picks its own device and precision: the run may have trained elsewhere."""

@@ -120,6 +120,10 @@ class Task(ABC):
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         """Model outputs -> final predictions (class indices, multi-hot labels, boxes...)."""
 
+    def predictions(self, outputs: list[Any], class_names: list[str]) -> Any:
+        """``forward_eval`` outputs of new images, chunk by chunk -> what ``Run.predict`` returns."""
+        raise NotImplementedError(f"{self.name}: prediction of new images is not supported yet")
+
     def review(self, scores: torch.Tensor, targets: Any, losses: torch.Tensor, class_names: list[str],
                limit: int) -> Review:
         """The report's task sections from one split's collected scores, targets and per-sample

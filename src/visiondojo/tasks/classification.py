@@ -6,6 +6,9 @@ log-sum-exp costs accuracy for nothing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,12 +25,38 @@ from torchmetrics.classification import (
 from ..plan import DataParams
 from .base import Capabilities, Review, Task
 
+
+@dataclass
+class Predictions:
+    """What ``Run.predict`` returns for classification."""
+
+    labels: torch.Tensor
+    """(N,) class indices, or (N, K) 0/1 for multi-label."""
+    scores: torch.Tensor
+    """(N, K) probabilities."""
+    class_names: list[str]
+
+    def names(self) -> list[str] | list[list[str]]:
+        if self.labels.ndim == 2:
+            return [[self.class_names[k] for k in row.nonzero()[:, 0].tolist()] for row in self.labels]
+        return [self.class_names[int(i)] for i in self.labels]
+
+
 CLASSIFICATION = Capabilities(soft_labels=True, mixing=True, classifier_head=True, per_sample_loss=True)
 
 
-class MultiClassTask(Task):
-    name = "multiclass"
+class ClassificationTask(Task):
+    """What the three classification tasks share: predictions of new images."""
+
     capabilities = CLASSIFICATION
+
+    def predictions(self, outputs: list[Any], class_names: list[str]) -> Predictions:
+        logits = torch.cat([o.float().cpu() for o in outputs])
+        return Predictions(self.predict(logits), self.scores(logits), class_names)
+
+
+class MultiClassTask(ClassificationTask):
+    name = "multiclass"
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
@@ -119,9 +148,8 @@ class BinaryTask(MultiClassTask):
         return (outputs[:, 0] > 0).long()
 
 
-class MultiLabelTask(Task):
+class MultiLabelTask(ClassificationTask):
     name = "multilabel"
-    capabilities = CLASSIFICATION
 
     def __init__(self, num_labels: int, threshold: float = 0.5):
         self.num_labels = num_labels
