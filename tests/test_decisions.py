@@ -176,3 +176,49 @@ def test_probes_run_without_a_budget_whatever_their_expected_gain(tmp_path, monk
                          regularization=visiondojo.RegularizationParams(), pin={"optimization.epochs": 2})
     gate = run.plan.measurements["probe_gates"]["lr range test"]
     assert gate["runs"] and gate["cost"] == 0 and "lr_finder" in run.plan.measurements
+
+
+def _scripted_readings(monkeypatch, script: dict[int, list[float]]) -> list[int]:
+    """Replace the throughput probe by scripted images/s per batch; returns the batches read, in order."""
+    from visiondojo import choose
+    from visiondojo.optimize.length import Throughput
+
+    order: list[int] = []
+
+    def fake(*args, **kwargs):
+        batch = args[6]
+        order.append(batch)
+        return Throughput(batch, script[batch].pop(0), 1e4, 0.1)
+
+    monkeypatch.setattr(choose, "measure_throughput", fake)
+    return order
+
+
+def test_a_high_first_reading_must_hold_up_before_the_batch_grows(monkeypatch) -> None:
+    """The scan read batch 128 at 1,300 images/s once; read twice more, interleaved with 64, it runs
+    at about the speed of 64: the smallest batch stays."""
+    from visiondojo import choose
+    from visiondojo.optimize.length import Throughput
+
+    order = _scripted_readings(monkeypatch, {64: [1000.0, 1040.0], 128: [1010.0, 1060.0]})
+    speeds = {64: Throughput(64, 1009.7, 1e4, 0.2), 128: Throughput(128, 1299.8, 1e4, 0.3),
+              256: Throughput(256, 969.8, 1e4, 0.5)}
+    plan = visiondojo.Plan()
+    batch, seconds = choose._efficient_batch((None,) * 5, plan, speeds)
+    assert batch == 64 and seconds == pytest.approx(0.4)
+    assert order == [64, 128, 64, 128]  # interleaved: a slow spell of the host hits both alike
+    assert plan.measurements["throughput_confirm"] == {"64": [1009.7, 1000.0, 1040.0], "128": [1299.8, 1010.0, 1060.0]}
+
+
+def test_a_batch_that_is_really_faster_is_kept_and_no_reading_is_spent_when_the_smallest_wins(monkeypatch) -> None:
+    from visiondojo import choose
+    from visiondojo.optimize.length import Throughput
+
+    order = _scripted_readings(monkeypatch, {64: [700.0, 720.0], 256: [1000.0, 990.0]})
+    speeds = {64: Throughput(64, 710.0, 1e4, 0.2), 128: Throughput(128, 850.0, 1e4, 0.3),
+              256: Throughput(256, 1000.0, 1e4, 0.5)}
+    assert choose._efficient_batch((None,) * 5, visiondojo.Plan(), speeds)[0] == 256
+    assert order == [64, 256, 64, 256]
+    order.clear()
+    close = {64: Throughput(64, 950.0, 1e4, 0.2), 128: Throughput(128, 1000.0, 1e4, 0.3)}
+    assert choose._efficient_batch((None,) * 5, visiondojo.Plan(), close) == (64, 0.0) and order == []
