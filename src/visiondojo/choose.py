@@ -22,7 +22,6 @@ have bought as training; ``plan.measurements["probe_gates"]`` holds both sides.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import asdict
 
@@ -57,9 +56,6 @@ EFFICIENT = 0.9
 """A batch runs efficiently when its images/s reach this share of the best candidate's."""
 PAST_PEAK = 0.9
 """The candidate scan stops at the first batch slower than this share of the best so far."""
-CONFIRM_READINGS = 3
-"""Readings per contender (the scan's one and this many minus one more, interleaved) before the
-batch may move above the smallest candidate."""
 NOISE_BIG_BATCH = 512
 NOISE_MICRO = 8
 MIN_MICRO_BATCH = 4
@@ -156,9 +152,9 @@ def _choose_batch(plan: Plan, prep: Prepared, args: tuple, allowance: float, max
     timings["throughput"] = sum(s.seconds for s in speeds.values())
     ceiling.tested = sorted(speeds)
     plan.measurements["memory"] = asdict(ceiling)
+    best_speed = max(s.train_images_per_s for s in speeds.values())
+    efficient = min(c for c, s in speeds.items() if s.train_images_per_s >= EFFICIENT * best_speed)
     plan.measurements["throughput"] = {str(c): round(s.train_images_per_s, 1) for c, s in speeds.items()}
-    efficient, confirm_s = _efficient_batch(args, plan, speeds)
-    timings["throughput"] += confirm_s
     b_big = min(NOISE_BIG_BATCH, max(speeds))  # a size the scan ran
     noise_s = NOISE_SHARE * allowance
     if b_big < NOISE_MICRO * MIN_MICRO_BATCH:
@@ -182,43 +178,6 @@ def _choose_batch(plan: Plan, prep: Prepared, args: tuple, allowance: float, max
                 f"{noise_note}; clamped to [{efficient} (smallest batch within {EFFICIENT:.0%} of the best "
                 f"images/s), {ceiling.batch_size} (memory ceiling)]")
     return b_noise
-
-
-def _efficient(speeds: dict[int, float]) -> int:
-    """The smallest batch whose images/s reach ``EFFICIENT`` of the best."""
-    best = max(speeds.values())
-    return min(c for c, ips in speeds.items() if ips >= EFFICIENT * best)
-
-
-def _efficient_batch(args: tuple, plan: Plan, speeds: dict[int, Throughput]) -> tuple[int, float]:
-    """The smallest efficient batch, confirmed when the scan's one reading per batch moves it up;
-    returns it and the seconds the confirmation took.
-
-    A scan reading is a few steps, and the rule compares every batch with the *best* reading, so
-    noise pushes the choice one way only: the maximum of noisy readings is biased high. On a
-    shared 2-core host one reading of batch 128 came out at 1,300 images/s where training then ran
-    at 900-1,060, and the run chose 128 over 64 and ended 0.6 points lower at 300 s. So when the
-    first readings put the efficient batch above the smallest, the smallest, the efficient and
-    the best batch are read again, interleaved (a slow spell of the host hits them alike), and
-    the choice is made again from each one's median reading (``measurements["throughput_confirm"]``).
-    """
-    first = {c: s.train_images_per_s for c, s in speeds.items()}
-    efficient = _efficient(first)
-    smallest = min(first)
-    if efficient == smallest:
-        return efficient, 0.0
-    contenders = sorted({smallest, efficient, max(first, key=first.__getitem__)})
-    readings = {c: [first[c]] for c in contenders}
-    seconds = 0.0
-    for _ in range(CONFIRM_READINGS - 1):
-        for batch in contenders:
-            speed = measure_throughput(*args, plan.optimization, batch, seed=plan.seed, warmup_steps=2, max_steps=3,
-                                       max_seconds=speeds[batch].seconds)
-            readings[batch].append(speed.train_images_per_s)
-            seconds += speed.seconds
-    medians = {c: statistics.median(r) for c, r in readings.items()}
-    plan.measurements["throughput_confirm"] = {str(c): [round(v, 1) for v in r] for c, r in readings.items()}
-    return _efficient(medians), seconds
 
 
 def _throughput_curve(args: tuple, plan: Plan, ceiling: int, seconds: float) -> dict[int, Throughput]:
