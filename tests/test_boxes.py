@@ -21,7 +21,7 @@ from visiondojo.engine.loop import run_training
 from visiondojo.engine.runtime import Runtime
 from visiondojo.engine.step import train_step
 from visiondojo.plan import AugmentOp, DataParams, OptimizationParams, Plan, RegularizationParams, RuntimeParams
-from visiondojo.tasks import Capabilities, StepLoss, Task
+from visiondojo.tasks import Capabilities, DetectionTask, StepLoss, Task
 
 SIZE = 32
 
@@ -153,42 +153,13 @@ def test_boxes_move_with_their_images_in_the_training_loop(tmp_path) -> None:
     assert moved > 0.5 * sum(len(batch.fields["boxes"]) for _, batch in task.seen)
 
 
-class TorchvisionDetectionTask(FirstBoxTask):
-    """torchvision's detection protocol: loss dict in training, a list of dicts in eval; labels from 1
-    (0 is the background class of torchvision's detectors)."""
-
-    name = "detection"
-    monitor = "recall"
-
-    def forward_train(self, model, inputs, targets, class_weights=None) -> StepLoss:
-        per_image = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets.per_image()]
-        losses = model(list(inputs), per_image)
-        return StepLoss(sum(losses.values()), {k: v.detach() for k, v in losses.items()})
-
-    def forward_eval(self, model, inputs) -> list[dict[str, torch.Tensor]]:
-        return model(list(inputs))
-
-    def update_metrics(self, metrics, outputs, targets) -> None:
-        for found, truth in zip(outputs, targets.per_image()):
-            if len(truth["boxes"]) == 0:
-                continue
-            if len(found["boxes"]) == 0:
-                metrics["recall"].update(torch.zeros(len(truth["boxes"])))
-                continue
-            best = torchvision.ops.box_iou(truth["boxes"], found["boxes"]).amax(dim=1)
-            metrics["recall"].update((best >= 0.5).float())
-
-    def metrics(self) -> MetricCollection:
-        return MetricCollection({"recall": MeanMetric()})
-
-
 def test_a_torchvision_detector_trains_and_evaluates_through_the_step_and_evaluation_functions() -> None:
     images, targets = box_scenes(4, seed=2, size=64, channels=3)
     source = InMemory(images, targets, ["wide", "tall"], "scenes")
     torch.manual_seed(0)
     model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
         weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=64)
-    task, runtime = TorchvisionDetectionTask(), Runtime(RuntimeParams())
+    task, runtime = DetectionTask(2), Runtime(RuntimeParams())
     plan = box_plan("detection", channels=3, size=64)
     normalizer = Normalizer(plan.data, runtime.device)
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
@@ -201,7 +172,35 @@ def test_a_torchvision_detector_trains_and_evaluates_through_the_step_and_evalua
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
 
     evaluation = evaluate(model, task, make_batches(source, 2, runtime.device, train=False), normalizer, runtime)
-    assert set(evaluation.metrics) == {"recall"} and 0.0 <= evaluation.metrics["recall"] <= 1.0
+    assert {"map", "map_50", "map_75", "mar_100"} <= set(evaluation.metrics) and "loss" not in evaluation.metrics
+    assert -1.0 <= evaluation.metrics["map"] <= 1.0
     assert model.training  # evaluate restores the mode it found
     with pytest.raises(ValueError, match="per-sample losses"):
         evaluate(model, task, [], normalizer, runtime, collect=True)
+
+
+def test_the_detection_metrics_agree_with_the_reference_coco_evaluator() -> None:
+    """faster-coco-eval (what the task uses) against pycocotools on the same fixed predictions."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    g = torch.Generator().manual_seed(5)
+    targets, predictions = [], []
+    for _ in range(12):
+        m = int(torch.randint(0, 5, (1,), generator=g))
+        xy = torch.rand(m, 2, generator=g) * 80
+        boxes = torch.cat([xy, xy + 4 + torch.rand(m, 2, generator=g) * 40], dim=1)
+        labels = torch.randint(0, 3, (m,), generator=g)
+        targets.append({"boxes": boxes, "labels": labels})
+        found = boxes + torch.randn(m, 4, generator=g) * 3  # near misses and hits
+        extra = torch.cat([xy + 10, xy + 30], dim=1)[: m // 2]  # false positives
+        predictions.append({"boxes": torch.cat([found, extra]), "scores": torch.rand(m + len(extra), generator=g),
+                            "labels": torch.cat([labels, torch.randint(0, 3, (len(extra),), generator=g)])})
+    ours = DetectionTask(3).metrics()
+    ours.update(predictions, targets)
+    reference = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools", class_metrics=True)
+    reference.update(predictions, targets)
+    mine, theirs = ours.compute(), reference.compute()
+    assert 0.05 < float(theirs["map"]) < 0.95  # a non-trivial case
+    for key in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100",
+                "map_per_class"):
+        torch.testing.assert_close(mine[key].float(), theirs[key].float(), atol=1e-4, rtol=0)

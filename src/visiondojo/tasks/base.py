@@ -83,10 +83,11 @@ class Task(ABC):
         """Add one evaluated batch to ``metrics`` (a collection from ``self.metrics()``)."""
         metrics.update(self.scores(outputs), targets.long() if targets.dtype.is_floating_point else targets)
 
-    @abstractmethod
     def loss(self, outputs: torch.Tensor, targets: Any, class_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean training loss of a batch. ``targets`` may be hard or soft (from ``soft_targets``,
-        possibly smoothed or mixed); ``class_weights`` (K,) reweight classes (class balance)."""
+        possibly smoothed or mixed); ``class_weights`` (K,) reweight classes (class balance).
+        A task whose model computes its own loss (a detector) overrides ``forward_train`` instead."""
+        raise NotImplementedError(f"{self.name}: the loss comes from forward_train")
 
     def soft_targets(self, targets: Any) -> torch.Tensor:
         """Hard targets -> float targets of the loss's shape, which label smoothing and mixing blend."""
@@ -99,26 +100,26 @@ class Task(ABC):
     smoothing_classes: int = 2
     """Classes label smoothing spreads over: K for softmax tasks, 2 for each sigmoid output."""
 
-    @abstractmethod
     def per_sample_loss(self, outputs: torch.Tensor, targets: Any) -> torch.Tensor:
-        """(N,) loss per sample: ranks the worst mistakes for the report."""
+        """(N,) loss per sample: ranks the worst mistakes for the report (``capabilities.per_sample_loss``)."""
+        raise NotImplementedError(f"{self.name}: no per-sample loss")
 
     @abstractmethod
     def metrics(self) -> MetricCollection:
         """Fresh torchmetrics collection; updated with ``(scores(outputs), targets)``."""
 
-    @abstractmethod
     def scores(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Model outputs -> probabilities."""
+        """Model outputs -> probabilities (tasks with per-sample losses: paired tests and the report read them)."""
+        raise NotImplementedError(f"{self.name}: no per-image class scores")
 
-    @abstractmethod
     def correct(self, scores: torch.Tensor, targets: Any) -> torch.Tensor:
         """Bool tensor: which validation units the ``scores`` get right (an image, or an image x label
         for multi-label tasks): what paired tests between two models count (``visiondojo.paired``)."""
+        raise NotImplementedError(f"{self.name}: no per-image correctness for paired tests yet")
 
-    @abstractmethod
-    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+    def predict(self, outputs: Any) -> Any:
         """Model outputs -> final predictions (class indices, multi-hot labels, boxes...)."""
+        return outputs
 
     def predictions(self, outputs: list[Any], class_names: list[str]) -> Any:
         """``forward_eval`` outputs of new images, chunk by chunk -> what ``Run.predict`` returns."""
