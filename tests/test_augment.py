@@ -474,3 +474,27 @@ def test_out_of_range_values_are_config_errors(field: str, value: float) -> None
         check_ops([op])
     with pytest.raises(ConfigError):
         Augmenter([op])
+
+
+def test_boxes_left_with_too_little_area_in_frame_are_dropped() -> None:
+    """With ``min_visible``, a box keeps its object only while that share of its moved area is
+    still inside the image; the detection task drops slivers under a quarter."""
+    from visiondojo.tasks.detection import MIN_VISIBLE_BOX
+
+    size = height, width = (32, 32)
+    n = 64
+    corner = torch.arange(n) % 4
+    x1 = torch.where(corner % 2 == 0, 0, width - 8).float()
+    y1 = torch.where(corner < 2, 0, height - 8).float()
+    boxes = torch.stack([x1, y1, x1 + 8, y1 + 8], dim=1)
+    _, geometry = augment(torch.zeros(n, 1, *size), [AugmentOp("translate", 1.0)], seed=9)
+    assert geometry is not None
+    moved_full = boxes + geometry.matrix[:, :2, 2].repeat(1, 2)
+    clipped, keep = warp_boxes(boxes, torch.arange(n), geometry, min_visible=MIN_VISIBLE_BOX)
+    inside = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    share = inside / 64.0
+    assert torch.allclose(clipped, torch.minimum(moved_full.clamp_min(0), torch.tensor([32.0] * 4)), atol=1e-5)
+    assert torch.equal(keep, (share >= MIN_VISIBLE_BOX) & (clipped[:, 2] - clipped[:, 0] >= 1)
+                       & (clipped[:, 3] - clipped[:, 1] >= 1))
+    _, keep_any = warp_boxes(boxes, torch.arange(n), geometry)
+    assert int(keep.sum()) < int(keep_any.sum())  # some slivers were kept by the default and dropped here

@@ -245,12 +245,13 @@ def apply_points(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def warp_boxes(boxes: torch.Tensor, index: torch.Tensor, geometry: Geometry,
-               min_size: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+               min_size: float = 1.0, min_visible: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes (M, 4) xyxy of samples ``index`` (M,) -> (moved boxes, keep mask (M,)).
 
     A box moves through its four corners; the result is their enclosing box, clipped to the
-    image. Boxes thinner than ``min_size`` pixels after clipping (pushed out of the frame) are
-    marked for dropping; drop their labels with the same mask.
+    image. Boxes thinner than ``min_size`` pixels after clipping (pushed out of the frame), or
+    keeping less than ``min_visible`` of their moved area inside it (a sliver at the border that
+    no longer shows the object), are marked for dropping; drop their labels with the same mask.
     """
     height, width = geometry.size
     x1, y1, x2, y2 = boxes.unbind(dim=1)
@@ -261,7 +262,11 @@ def warp_boxes(boxes: torch.Tensor, index: torch.Tensor, geometry: Geometry,
     high = moved.amax(dim=1)
     out = torch.cat([low[:, 0:1].clamp(0, width), low[:, 1:2].clamp(0, height),
                      high[:, 0:1].clamp(0, width), high[:, 1:2].clamp(0, height)], dim=1)
-    keep = ((out[:, 2] - out[:, 0]) >= min_size) & ((out[:, 3] - out[:, 1]) >= min_size)
+    width_in, height_in = out[:, 2] - out[:, 0], out[:, 3] - out[:, 1]
+    keep = (width_in >= min_size) & (height_in >= min_size)
+    if min_visible > 0:
+        moved_area = (high - low).clamp_min(0).prod(dim=1)
+        keep &= width_in * height_in >= min_visible * moved_area
     return out, keep
 
 

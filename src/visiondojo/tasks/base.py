@@ -68,6 +68,8 @@ class Task(ABC):
     monitor: str = "acc"
     """Validation metric (higher is better) for the best checkpoint and early stopping."""
     capabilities: Capabilities = Capabilities()
+    min_visible_box: float = 0.0
+    """A moved box keeping less than this share of its area inside the image is dropped (``move_targets``)."""
 
     def forward_train(self, model: nn.Module, inputs: torch.Tensor, targets: Any,
                       class_weights: torch.Tensor | None = None) -> StepLoss:
@@ -140,6 +142,7 @@ class Task(ABC):
         their object. A segmentation task overrides this for its masks (``augment.warp_masks``).
         """
         if isinstance(targets, RaggedBatch) and "boxes" in targets.fields:
-            boxes, keep = warp_boxes(targets.fields["boxes"], targets.image, geometry)
+            boxes, keep = warp_boxes(targets.fields["boxes"], targets.image, geometry,
+                                     min_visible=self.min_visible_box)
             return targets.replace(boxes=boxes).keep(keep)
         return targets

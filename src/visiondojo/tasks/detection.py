@@ -29,6 +29,10 @@ from .base import Capabilities, StepLoss, Task
 
 BACKGROUND = 1
 """Label offset: torchvision's detectors reserve class 0 for the background."""
+MIN_VISIBLE_BOX = 0.25
+"""An augmented box keeping under a quarter of its area in the frame is dropped: what is left is a
+sliver at the border that no longer shows the object, and training the detector to find it there
+teaches it to fire on fragments."""
 
 
 @dataclass
@@ -49,6 +53,7 @@ class DetectionTask(Task):
     monitor = "map"
     capabilities = Capabilities()
     """No soft labels, mixing, classifier head or per-sample loss: the classification tools do not apply."""
+    min_visible_box = MIN_VISIBLE_BOX
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
