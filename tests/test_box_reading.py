@@ -1,0 +1,77 @@
+"""Reading per-image box annotations: formats, normalized coordinates, clipping and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from visiondojo.data.boxes import read_boxes
+from visiondojo.errors import DataError
+
+SIZES = [(100, 200), (100, 200), (100, 200)]
+XYXY = [[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 200.0, 100.0]]
+
+
+def annotations(boxes_per_image, labels_per_image):
+    return [{"boxes": b, "labels": l} for b, l in zip(boxes_per_image, labels_per_image)]
+
+
+def test_every_format_reads_to_the_same_pixels() -> None:
+    xyxy = torch.tensor(XYXY)
+    xywh = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1)
+    cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], dim=1)
+    for fmt, boxes in (("xyxy", xyxy), ("xywh", xywh), ("cxcywh", cxcywh)):
+        targets, reading = read_boxes(annotations([boxes, [], boxes.numpy()], [[1, 2], [], [0, 0]]), SIZES, "data",
+                                      box_format=fmt)
+        assert reading.box_format == fmt and reading.format_from == "box_format" and not reading.normalized
+        assert targets.counts.tolist() == [2, 0, 2]
+        torch.testing.assert_close(targets.fields["boxes"][:2], xyxy)
+        assert targets.fields["labels"].tolist() == [1, 2, 0, 0]
+
+
+def test_normalized_coordinates_and_bounding_boxes_say_what_they_are() -> None:
+    normalized = torch.tensor(XYXY) / torch.tensor([200.0, 100.0, 200.0, 100.0])
+    targets, reading = read_boxes(annotations([normalized], [[3, 4]]), SIZES[:1], "data")
+    assert reading.normalized and reading.format_from == "the default (xyxy)"
+    torch.testing.assert_close(targets.fields["boxes"], torch.tensor(XYXY))
+    declared = tv_tensors.BoundingBoxes(torch.tensor([[30.0, 40.0, 40.0, 40.0]]), format="CXCYWH", canvas_size=(100, 200))
+    targets, reading = read_boxes(annotations([declared], [[0]]), SIZES[:1], "data", box_format="xyxy")
+    assert reading.box_format == "cxcywh" and reading.format_from == "the data (BoundingBoxes)"
+    torch.testing.assert_close(targets.fields["boxes"], torch.tensor([[10.0, 20.0, 50.0, 60.0]]))
+
+
+def test_boxes_just_outside_are_clipped_and_counted() -> None:
+    targets, reading = read_boxes(annotations([[[-2.0, 0.0, 203.0, 50.0]]], [[0]]), SIZES[:1], "data")
+    assert reading.clipped == 1
+    assert targets.fields["boxes"].tolist() == [[0.0, 0.0, 200.0, 50.0]]
+
+
+@pytest.mark.parametrize("box, label, message", [
+    ([10.0, 10.0, 5.0, 30.0], 0, "x2 <= x1"),
+    ([float("nan"), 10.0, 20.0, 30.0], 0, "NaN"),
+    ([10.0, 10.0, 290.0, 30.0], 0, "beyond the 200x100 image"),
+    ([10.0, 10.0, 20.0, 30.0], 7, "label 7 is not a class"),
+    ([10.0, 10.0, 20.0, 30.0], -1, "label -1 is not a class"),
+])
+def test_bad_objects_are_named_or_dropped(box, label, message) -> None:
+    good = [1.0, 1.0, 9.0, 9.0]
+    data = annotations([[good], [good, box]], [[0], [1, label]])
+    with pytest.raises(DataError, match=rf"train: image 1, object 1 .*{message}.*strict: false"):
+        read_boxes(data, SIZES[:2], "train", num_classes=3)
+    targets, reading = read_boxes(data, SIZES[:2], "train", num_classes=3, strict=False)
+    assert targets.counts.tolist() == [1, 1] and len(reading.dropped) == 1 and message in reading.dropped[0]
+
+
+def test_malformed_annotations_get_clear_errors() -> None:
+    with pytest.raises(DataError, match="2 images but 1 annotations"):
+        read_boxes(annotations([[XYXY[0]]], [[0]]), SIZES[:2], "data")
+    with pytest.raises(DataError, match="image 0 has 2 boxes but 1 labels"):
+        read_boxes(annotations([XYXY], [[0]]), SIZES[:1], "data")
+    with pytest.raises(DataError, match="annotation 0 is a list"):
+        read_boxes([[1, 2, 3, 4]], SIZES[:1], "data")
+    with pytest.raises(DataError, match="box_format: 'yolo'"):
+        read_boxes(annotations([XYXY], [[0, 1]]), SIZES[:1], "data", box_format="yolo")
+    with pytest.raises(DataError, match="fractional label"):
+        read_boxes(annotations([[XYXY[0]]], [np.array([0.5])]), SIZES[:1], "data")
