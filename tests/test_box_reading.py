@@ -75,3 +75,39 @@ def test_malformed_annotations_get_clear_errors() -> None:
         read_boxes(annotations([XYXY], [[0, 1]]), SIZES[:1], "data", box_format="yolo")
     with pytest.raises(DataError, match="fractional label"):
         read_boxes(annotations([[XYXY[0]]], [np.array([0.5])]), SIZES[:1], "data")
+
+
+def test_images_with_box_annotations_become_a_source_with_ragged_targets() -> None:
+    from visiondojo.data.sources import DataOptions, as_source
+    from visiondojo.data.targets import RaggedTargets
+
+    images = np.zeros((3, 100, 200), dtype=np.uint8)
+    data = (images, annotations([XYXY, [], [XYXY[0]]], [[0, 1], [], [2]]))
+    source = as_source(data, DataOptions(), role="train")
+    assert isinstance(source.targets, RaggedTargets) and source.targets.counts.tolist() == [2, 0, 1]
+    resized = as_source(data, DataOptions(resize=(50, 50)), role="train")
+    assert resized.images.shape[-2:] == (50, 50)
+    torch.testing.assert_close(resized.targets.fields["boxes"][0], torch.tensor([2.5, 10.0, 12.5, 30.0]))
+    with pytest.raises(DataError, match="object 0 .*x2 <= x1"):
+        as_source((images[:1], annotations([[[30.0, 0.0, 10.0, 5.0]]], [[0]])), DataOptions(box_format="xyxy"),
+                  role="train")
+
+
+def test_fit_says_plainly_that_it_does_not_train_detectors_yet(tmp_path) -> None:
+    import visiondojo
+
+    images = np.zeros((8, 32, 32), dtype=np.uint8)
+    data = (images, annotations([[[1.0, 1.0, 9.0, 9.0]]] * 8, [[0]] * 8))
+    with pytest.raises(DataError, match=r"box annotations were read \(\d+ images, \d+ objects\), but fit cannot train detectors yet"):
+        visiondojo.fit(torch.nn.Flatten(), data, out=tmp_path / "run", progress=False)
+
+
+def test_box_inspection_counts_sizes_and_warns_about_tiny_boxes() -> None:
+    from visiondojo.data.inspect import inspect_boxes
+
+    boxes = [[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 40.0, 40.0], [0.0, 0.0, 100.0, 100.0]], [], [[5.0, 5.0, 7.0, 30.0]]]
+    targets, _ = read_boxes(annotations(boxes, [[0, 1, 1], [], [1]]), [(128, 128)] * 3, "data")
+    with pytest.warns(UserWarning, match="1 of 4 boxes have a side under 4 pixels at 128x128"):
+        stats = inspect_boxes(targets, (128, 128), 2)
+    assert (stats.images, stats.objects, stats.objects_per_image_max, stats.images_without_objects) == (3, 4, 3, 1)
+    assert stats.class_counts == [1, 3] and stats.sizes == {"small": 2, "medium": 1, "large": 1} and stats.tiny == 1

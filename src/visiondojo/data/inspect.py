@@ -7,14 +7,21 @@ the data (a label beyond ``num_classes`` is an error, not a silent crash in the 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import DataError
 from ..plan import TASKS, DataParams
 from .sources import DataOptions, InMemory, Source, class_labels, empty_data_error
+from .targets import RaggedTargets
 
 IMBALANCE_WARNING_RATIO = 10.0
+SMALL_AREA, MEDIUM_AREA = 32**2, 96**2
+"""COCO's object size classes: small below 32x32 pixels of area, large from 96x96."""
+TINY_SIDE = 4.0
+"""Boxes with a side under this many pixels at the training size: too small for most detectors' strides."""
+TINY_WARNING_SHARE = 0.05
 _STATS_SAMPLES_IN_MEMORY = 20_000
 _STATS_SAMPLES_STREAMED = 512
 
@@ -33,6 +40,12 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
     """DataParams for ``train``; raises DataError for empty data or labels that do not fit."""
     if len(train) == 0:
         raise empty_data_error(train.origin)
+    if isinstance(train.targets, RaggedTargets):
+        stats = inspect_boxes(train.targets, image_geometry(train)[1:], options.num_classes)
+        raise DataError(
+            f"{train.origin}: box annotations were read ({len(train)} images, {stats.objects} objects), but fit "
+            "cannot train detectors yet; this version trains classifiers only"
+        )
     task = options.task or infer_task(class_labels(train))
     if task not in TASKS:
         raise DataError(f"task: unknown task {task!r}; allowed: {', '.join(TASKS)}")
@@ -177,3 +190,45 @@ def _warn_imbalance(counts: list[int], origin: str) -> None:
             "accuracy can look good while rare classes are missed: check per-class recall in the report",
             stacklevel=3,
         )
+
+
+@dataclass
+class BoxStats:
+    """What an inspection of box annotations reports."""
+
+    images: int
+    objects: int
+    objects_per_image_max: int
+    images_without_objects: int
+    class_counts: list[int]
+    sizes: dict[str, int]
+    """Objects per COCO size class (small / medium / large, by box area in pixels)."""
+    tiny: int
+    """Boxes with a side under ``TINY_SIDE`` pixels."""
+
+
+def inspect_boxes(targets: RaggedTargets, size: tuple[int, int], num_classes: int | None = None,
+                  origin: str = "data") -> BoxStats:
+    """Objects per image, class counts and box sizes of ``targets`` at image ``size``; warns about
+    what hurts training: many tiny boxes, and a strong class imbalance."""
+    boxes = targets.fields["boxes"].double()
+    labels = targets.fields["labels"]
+    k = num_classes if num_classes is not None else (int(labels.max()) + 1 if len(labels) else 0)
+    sides = (boxes[:, 2:] - boxes[:, :2]).clamp_min(0)
+    area = sides.prod(dim=1)
+    stats = BoxStats(
+        images=len(targets), objects=len(labels),
+        objects_per_image_max=int(targets.counts.max()) if len(targets) else 0,
+        images_without_objects=int((targets.counts == 0).sum()), class_counts=targets.class_counts(k),
+        sizes={"small": int((area < SMALL_AREA).sum()),
+               "medium": int(((area >= SMALL_AREA) & (area < MEDIUM_AREA)).sum()),
+               "large": int((area >= MEDIUM_AREA).sum())},
+        tiny=int((sides.amin(dim=1) < TINY_SIDE).sum()),
+    )
+    if stats.objects and stats.tiny > TINY_WARNING_SHARE * stats.objects:
+        warnings.warn(f"{origin}: {stats.tiny} of {stats.objects} boxes have a side under {TINY_SIDE:g} pixels at "
+                      f"{size[0]}x{size[1]}; most detectors miss objects that small (train at a larger size)",
+                      stacklevel=2)
+    if stats.objects:
+        _warn_imbalance(stats.class_counts, origin)
+    return stats

@@ -22,6 +22,7 @@ from ..errors import DataError
 from . import builtin
 from .files import ImageFileDataset, scan_image_folder, scan_manifest
 from .images import batch_to_nchw, check_finite, image_to_chw, resize_batch, to_tensor
+from .boxes import read_boxes
 from .targets import Targets, as_targets
 
 
@@ -38,6 +39,8 @@ class DataOptions:
     val_fraction: float = 0.1
     data_dir: str | None = None
     """Folder with the files of a built-in dataset, when not in its default place."""
+    box_format: str | None = None
+    """Box annotations' format (xyxy, xywh, cxcywh) when the data does not say; None: xyxy."""
     memory_limit_gb: float = 4.0
     """Datasets whose decoded images fit under this are held in memory and batched on the device."""
 
@@ -223,6 +226,8 @@ def class_labels(source: Source) -> torch.Tensor:
 def _from_arrays(images: Any, targets: Any, options: DataOptions, origin: str,
                  class_names: list[str] | None = None) -> InMemory:
     images = batch_to_nchw(to_tensor(images, f"{origin} images"), f"{origin} images")
+    if is_box_annotations(targets):
+        return _boxes_from_arrays(images, targets, options, origin, class_names)
     targets, names = targets_to_tensor(targets, f"{origin} labels")
     if len(images) != len(targets):
         raise DataError(f"{origin}: {len(images)} images but {len(targets)} labels; they must match one to one")
@@ -231,6 +236,29 @@ def _from_arrays(images: Any, targets: Any, options: DataOptions, origin: str,
         images = resize_batch(images, tuple(options.resize))
     # Names the data carries come first: align_classes renumbers them to the training classes.
     return InMemory(images, targets, names or class_names or options.class_names, origin)
+
+
+def is_box_annotations(targets: Any) -> bool:
+    """A list of per-image dicts with boxes: detection data rather than class labels."""
+    return isinstance(targets, (list, tuple)) and len(targets) > 0 and isinstance(targets[0], dict) \
+        and "boxes" in targets[0]
+
+
+def _boxes_from_arrays(images: torch.Tensor, annotations: Any, options: DataOptions, origin: str,
+                       class_names: list[str] | None) -> InMemory:
+    """Images with per-image box annotations -> an in-memory source with ragged targets; a
+    ``resize`` scales the boxes with the images."""
+    check_finite(images, origin)
+    height, width = images.shape[-2:]
+    num_classes = options.num_classes or (len(options.class_names) if options.class_names else None)
+    targets, _ = read_boxes(annotations, [(height, width)] * len(images), origin, box_format=options.box_format,
+                            num_classes=num_classes, strict=options.strict)
+    if options.resize is not None:
+        new_h, new_w = options.resize
+        images = resize_batch(images, (new_h, new_w))
+        scale = torch.tensor([new_w / width, new_h / height, new_w / width, new_h / height])
+        targets.fields["boxes"] = targets.fields["boxes"] * scale
+    return InMemory(images, targets, class_names or options.class_names, origin)
 
 
 def targets_to_tensor(targets: Any, origin: str) -> tuple[torch.Tensor, list[str] | None]:
