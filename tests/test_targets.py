@@ -105,3 +105,15 @@ def test_a_validation_split_of_ragged_targets_keeps_every_image_with_its_boxes()
         for index, objects in zip(part.images[:, 0, 0, 0].long().tolist(), batch.per_image()):
             assert torch.equal(objects["boxes"], samples[index]["boxes"])
             assert torch.equal(objects["labels"], samples[index]["labels"])
+
+
+def test_a_ragged_batch_chunks_as_its_images_do() -> None:
+    targets, samples = ragged([2, 0, 3, 1, 1, 0, 2, 1, 0, 4])
+    batch = targets.gather(torch.arange(10))
+    images = torch.arange(10)
+    for chunks in (1, 3, 4, 10):
+        image_parts, target_parts = images.chunk(chunks), batch.chunk(chunks)
+        assert [len(t) for t in target_parts] == [len(i) for i in image_parts]
+        for ids, part in zip(image_parts, target_parts):
+            for index, objects in zip(ids.tolist(), part.per_image()):
+                assert torch.equal(objects["boxes"], samples[index]["boxes"])

@@ -81,6 +81,18 @@ class RaggedBatch:
         """Only the objects where ``mask`` (M,) is true (boxes pushed out of the frame go, labels with them)."""
         return RaggedBatch({k: v[mask] for k, v in self.fields.items()}, self.image[mask], self.size)
 
+    def chunk(self, chunks: int) -> list["RaggedBatch"]:
+        """Consecutive groups of samples, sized as ``Tensor.chunk`` sizes them, so a batch of images
+        and its targets split alike (the noise-scale estimator's micro-batches)."""
+        step = -(-self.size // chunks)
+        parts = []
+        for start in range(0, self.size, step):
+            stop = min(start + step, self.size)
+            mine = (self.image >= start) & (self.image < stop)
+            parts.append(RaggedBatch({k: v[mine] for k, v in self.fields.items()}, self.image[mine] - start,
+                                     stop - start))
+        return parts
+
     def per_image(self) -> list[dict[str, torch.Tensor]]:
         """One dict of fields per sample, in batch order: the form torchvision's detectors take."""
         order = torch.argsort(self.image, stable=True)
