@@ -93,13 +93,15 @@ def test_images_with_box_annotations_become_a_source_with_ragged_targets() -> No
                   role="train")
 
 
-def test_fit_says_plainly_that_it_does_not_train_detectors_yet(tmp_path) -> None:
+def test_box_data_with_a_module_that_is_no_detector_gets_a_plain_error(tmp_path) -> None:
     import visiondojo
+    from visiondojo.errors import ModelError
 
     images = np.zeros((8, 32, 32), dtype=np.uint8)
     data = (images, annotations([[[1.0, 1.0, 9.0, 9.0]]] * 8, [[0]] * 8))
-    with pytest.raises(DataError, match=r"box annotations were read \(\d+ images, \d+ objects\), but fit cannot train detectors yet"):
+    with pytest.raises(ModelError, match=r"must follow torchvision's protocol"):
         visiondojo.fit(torch.nn.Flatten(), data, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_box_inspection_counts_sizes_and_warns_about_tiny_boxes() -> None:

@@ -166,8 +166,10 @@ def test_a_torchvision_detector_trains_and_evaluates_through_the_step_and_evalua
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     model.train()
     ((raw, batch),) = list(make_batches(source, 4, runtime.device, train=False))
-    loss = train_step(model, task, optimizer, runtime, normalizer(raw), batch, grad_clip_norm=10.0)
-    assert torch.isfinite(loss) and float(loss) > 0
+    step = train_step(model, task, optimizer, runtime, normalizer(raw), batch, grad_clip_norm=10.0)
+    assert torch.isfinite(step.loss) and float(step.loss) > 0
+    assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} == set(step.terms)
+    assert float(sum(step.terms.values())) == pytest.approx(float(step.loss), rel=1e-5)
     after = [p.detach() for p in model.parameters() if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
 
@@ -175,8 +177,9 @@ def test_a_torchvision_detector_trains_and_evaluates_through_the_step_and_evalua
     assert {"map", "map_50", "map_75", "mar_100"} <= set(evaluation.metrics) and "loss" not in evaluation.metrics
     assert -1.0 <= evaluation.metrics["map"] <= 1.0
     assert model.training  # evaluate restores the mode it found
-    with pytest.raises(ValueError, match="per-sample losses"):
-        evaluate(model, task, [], normalizer, runtime, collect=True)
+    collected = evaluate(model, task, make_batches(source, 2, runtime.device, train=False), normalizer, runtime,
+                         collect=True)  # a detector has no per-sample scores to collect: metrics alone
+    assert collected.scores is None and collected.metrics == evaluation.metrics
 
 
 def test_the_detection_metrics_agree_with_the_reference_coco_evaluator() -> None:

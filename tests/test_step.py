@@ -40,7 +40,7 @@ def test_the_runtime_step_clips_the_optimizers_parameters() -> None:
     task = MultiClassTask(3)
     runtime = Runtime(RuntimeParams())
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    loss = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm=0.5)
+    loss = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm=0.5).loss
 
     by_hand = torch.optim.SGD(reference.parameters(), lr=1.0)
     expected = nn.functional.cross_entropy(reference(inputs), targets)

@@ -23,8 +23,9 @@ from .engine.evaluate import Evaluation, evaluate as evaluate_batches
 from .engine.loop import run_training
 from .engine.progress import TrainingProgress
 from .engine.runtime import Runtime, resolve_runtime
+from .engine.step import eval_outputs
 from .errors import VisionDojoError
-from .models import adapt_model, build_model
+from .models import adapt_input, adapt_model, build_for
 from .plan import Plan, RegularizationParams
 from .regularize.batch import BatchRegularizer, balanced_sampling, check as check_regularization
 from .regularize.choose import choose_regularization, regularization_pins
@@ -37,9 +38,11 @@ from .ssl.noisy_student import noisy_student
 from .ssl.pretrain import pretrain
 from .ssl.stages import check_ssl, pretrain_seconds, ssl_active, teacher_deadline
 from .ssl.unlabeled import as_unlabeled, check_unlabeled, concat_sources, drop_known
-from .tasks import make_task
+from .tasks import DetectionTask, make_task
 
 GALLERY_SIZE = 16
+GALLERY_POOL = 64
+"""Validation or test images a detection gallery picks its worst from (each one costs a forward)."""
 
 
 def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data: Any = None, *,
@@ -89,11 +92,12 @@ def find_params(model: nn.Module | str, train_data: Any, val_data: Any = None, *
                 device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
                 pin: dict[str, Any] | None = None, regularization: RegularizationParams | str | Path | None = None,
                 unlabeled: Any = None, feature_layer: str | None = None, progress: bool | None = False,
-                **data_options: Any) -> Plan:
+                model_kwargs: dict | None = None, **data_options: Any) -> Plan:
     """Inspect the data and model and return the Plan that ``train`` would follow (nothing is trained)."""
     start = time.perf_counter()
     options = DataOptions(task=task, **data_options)
-    prep = prepare(model, train_data, val_data, None, options=options, adapt=adapt, seed=seed)
+    prep = prepare(model, train_data, val_data, None, options=options, adapt=adapt, seed=seed,
+                   model_kwargs=model_kwargs)
     return _find_params(prep, budget_s=parse_duration(budget), start=start, seed=seed, device=device,
                         precision=precision, channels_last=channels_last,
                         pins={**regularization_pins(regularization), **(pin or {}),
@@ -133,6 +137,9 @@ def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, 
 def _unlabeled_source(unlabeled: Any, prep: Prepared) -> Source | None:
     if unlabeled is None:
         return None
+    if prep.data.task == "detection":
+        raise VisionDojoError("unlabeled: semi-supervised learning is not available for detection yet (Noisy "
+                              "Student needs box pseudo-labels); train without unlabeled images")
     source = as_unlabeled(unlabeled, prep.options)
     check_unlabeled(source, prep.data, prep.train)
     source = drop_known(source, {"training": prep.train, "validation": prep.val, "test": prep.test})
@@ -249,7 +256,7 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     summary = [f"stopped: {result.stop_reason}; returned the weights of epoch {result.kept_epoch} "
                f"(val {plan.monitor} {result.kept_metric:.4f}; the best was epoch {result.best_epoch})", *notes,
                *[f"adapt: {c}" for c in plan.model.changes]]
-    report = _report_data(plan, prep, history, evaluations, summary)
+    report = _report_data(plan, prep, history, evaluations, summary, model, normalizer, runtime)
     report.augmented = _augmented_sample(plan, prep, normalizer, runtime.device)
     write_report(run_dir / REPORT, report)
     # Again, with the timing of the whole call now that the report is written: what a budget bounds.
@@ -277,12 +284,15 @@ def _pretrain(model: nn.Module, prep: Prepared, plan: Plan, unlabeled: Source, r
 
 
 def _report_data(plan: Plan, prep: Prepared, history: list[dict], evaluations: dict[str, Evaluation],
-                 summary: list[str]) -> ReportData:
+                 summary: list[str], model: nn.Module, normalizer: Normalizer, runtime: Runtime) -> ReportData:
     split = "test" if "test" in evaluations else "val"
     evaluation = evaluations[split]
     source = prep.test if split == "test" else prep.val
     data = ReportData(plan=plan, history=history, metrics={s: e.metrics for s, e in evaluations.items()},
                       summary=summary, confusion_split=split, mistakes_split=split)
+    if isinstance(prep.task, DetectionTask):
+        data.mistakes = _box_gallery(prep.task, model, source, plan, normalizer, runtime)
+        return data
     if evaluation.scores is None:  # a task without collected scores has no sections of its own
         return data
     review = prep.task.review(evaluation.scores, evaluation.targets, evaluation.losses, plan.data.class_names,
@@ -293,6 +303,23 @@ def _report_data(plan: Plan, prep: Prepared, history: list[dict], evaluations: d
         shown = (source.images_at(order).float() * plan.data.pixel_scale + plan.data.pixel_offset).clamp(0, 1)
         data.mistakes = [(img, caption) for img, (_, caption) in zip(shown, review.mistakes)]
     return data
+
+
+def _box_gallery(task: DetectionTask, model: nn.Module, source: Source, plan: Plan, normalizer: Normalizer,
+                 runtime: Runtime) -> list[tuple[torch.Tensor, str]]:
+    """The report's detection gallery: of the first ``GALLERY_POOL`` images of ``source``, those with
+    the most missed or false boxes, drawn with their true and predicted boxes."""
+    index = torch.arange(min(GALLERY_POOL, len(source)))
+    images = source.images_at(index)
+    was_training = model.training
+    model.eval()
+    outputs = [eval_outputs(model, task, runtime, normalizer(chunk.to(runtime.device))) for chunk in images.split(16)]
+    model.train(was_training)
+    found = [d for chunk in outputs for d in chunk]
+    truth = source.targets.gather(index).per_image()
+    pixels = (images.float() * plan.data.pixel_scale + plan.data.pixel_offset).clamp(0, 1)
+    return [(task.draw(pixels[i], found[i], truth[i], plan.data.class_names), caption)
+            for i, caption in task.box_errors(found, truth, GALLERY_SIZE)]
 
 
 def _augmented_sample(plan: Plan, prep: Prepared, normalizer: Normalizer, device: torch.device) -> torch.Tensor | None:
@@ -336,8 +363,10 @@ def load(run_dir: str | Path, *, model: nn.Module | None = None) -> Run:
                 f"{run_dir}: the run trained a model passed from Python ({plan.model.spec[7:]}); "
                 "pass an instance of it: load(run_dir, model=MyModel())"
             )
-        model = build_model(plan.model.spec, plan.data.num_outputs, plan.data.channels, plan.model.kwargs)
-    if plan.model.adapt:
+        model = build_for(plan.model.spec, plan.data, plan.model.kwargs)
+    if plan.model.adapt and plan.data.task == "detection":
+        adapt_input(model, plan.data.channels)
+    elif plan.model.adapt:
         adapt_model(model, plan.data.channels, plan.data.num_outputs)
     load_model(model, str(weights))
     metrics_path = run_dir / METRICS

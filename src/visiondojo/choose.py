@@ -47,7 +47,8 @@ NO_BUDGET_META_S = 60.0
 MAX_BATCH = 4096
 MIN_BATCH = 8
 MIN_STEPS_PER_EPOCH = 4
-CANDIDATES = (64, 128, 256, 512, 1024, 2048, 4096)
+CANDIDATES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+"""Batches the throughput scan may try, from the task's ``first_batch_candidate`` up."""
 SCAN_SHARE = 0.25
 NOISE_SHARE = 0.2
 SPEED_SHARE = 0.1
@@ -187,7 +188,8 @@ def _throughput_curve(args: tuple, plan: Plan, ceiling: int, seconds: float) -> 
     falls (caches overflow): the scan stops at the first clear drop, at the ceiling, or when the
     next candidate (about twice as long as the last) would not fit the time left.
     """
-    candidates = [c for c in CANDIDATES if c < ceiling] + [ceiling]
+    first = args[1].first_batch_candidate
+    candidates = [c for c in CANDIDATES if first <= c < ceiling] + [ceiling]
     speeds: dict[int, Throughput] = {}
     spent = 0.0
     for batch in candidates:

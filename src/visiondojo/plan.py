@@ -18,7 +18,7 @@ import yaml
 
 from .errors import ConfigError
 
-TASKS = ("binary", "multiclass", "multilabel")
+TASKS = ("binary", "multiclass", "multilabel", "detection")
 MOVED = {"optimization.weight_decay": "regularization.weight_decay"}
 """Plan fields that moved between sections, so an older plan.yaml gets a useful error."""
 
@@ -47,13 +47,17 @@ class DataParams:
     """[height, width] every image is resized to, or None to keep the stored size."""
     val_fraction: float = 0.1
     """Share of the training data held out for validation when no validation data is given."""
+    objects: dict[str, Any] = field(default_factory=dict)
+    """Detection: what inspection found in the training boxes (objects per image, COCO size
+    classes, tiny boxes) and how they were read (format, normalized, clipped); empty otherwise."""
     sources: dict[str, str] = field(default_factory=dict)
     """Where the data came from (role -> folder, CSV or built-in name) when given by name, so
     ``visiondojo train --plan plan.yaml`` can replay a run without its config."""
 
     @property
     def num_outputs(self) -> int:
-        """Logits the model must produce: one for binary, one per class otherwise."""
+        """Logits the model must produce: one for binary, one per class otherwise (a detector
+        adds its background class itself)."""
         return 1 if self.task == "binary" else self.num_classes
 
 

@@ -16,7 +16,7 @@ from .data.inspect import check_geometry, check_targets, inspect_data
 from .data.sources import DataOptions, Source, align_classes, as_source
 from .data.split import validation_split
 from .errors import DataError, ModelError
-from .models import adapt_model, build_model, check_output
+from .models import adapt_input, adapt_model, build_for, check_detections, check_output
 from .plan import DataParams, ModelParams
 from .tasks import Task, make_task
 
@@ -101,7 +101,7 @@ def _build_model(model: nn.Module | str | None, spec: str | None, data: DataPara
     torch.manual_seed(seed)  # the initial weights are part of what a plan + seed reproduce
     if model.startswith("python:"):
         raise ModelError(f"this plan was made with a model passed from Python ({model}); pass that model again")
-    return build_model(model, data.num_outputs, data.channels, model_kwargs)
+    return build_for(model, data, model_kwargs)
 
 
 def _fit_model(model: nn.Module, data: DataParams, *, adapt: bool, replay: bool) -> tuple[list[str], dict[str, str]]:
@@ -114,6 +114,10 @@ def _fit_model(model: nn.Module, data: DataParams, *, adapt: bool, replay: bool)
     read a 2-class softmax from the plan. A replay (``replay``) keeps its plan's task as it is.
     Returns the adapt changes and the evidence for the task.
     """
+    if data.task == "detection":  # the head is the detector's own: num_classes went to its builder
+        changes = adapt_input(model, data.channels) if adapt else []
+        check_detections(model, data.channels, data.height, data.width, make_task(data).forward_eval)
+        return changes, {}
     binary = data.task == "binary" and not replay
     also_fits = (2,) if binary else ()
     changes = adapt_model(model, data.channels, data.num_outputs, also_fits=also_fits) if adapt else []

@@ -18,7 +18,9 @@ _FASHION_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-NAMES = ("fashion-mnist", "digits")
+SCENES = "fashion-scenes"
+"""Detection scenes composed from Fashion-MNIST items (``data.scenes``, which reads them through here)."""
+NAMES = ("fashion-mnist", "digits", SCENES)
 
 
 def load(name: str, split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..errors import DataError
 from ..plan import TASKS, DataParams
 from .sources import DataOptions, InMemory, Source, class_labels, empty_data_error
+from .boxes import BoxReading
 from .targets import RaggedTargets
 
 IMBALANCE_WARNING_RATIO = 10.0
@@ -40,23 +42,27 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
     """DataParams for ``train``; raises DataError for empty data or labels that do not fit."""
     if len(train) == 0:
         raise empty_data_error(train.origin)
-    if isinstance(train.targets, RaggedTargets):
-        stats = inspect_boxes(train.targets, image_geometry(train)[1:], options.num_classes)
-        raise DataError(
-            f"{train.origin}: box annotations were read ({len(train)} images, {stats.objects} objects), but fit "
-            "cannot train detectors yet; this version trains classifiers only"
-        )
-    task = options.task or infer_task(class_labels(train))
+    boxes = isinstance(train.targets, RaggedTargets)
+    task = options.task or ("detection" if boxes else infer_task(class_labels(train)))
     if task not in TASKS:
         raise DataError(f"task: unknown task {task!r}; allowed: {', '.join(TASKS)}")
-    num_classes = _num_classes(train, task, options)
+    if boxes != (task == "detection"):
+        raise DataError(f"{train.origin}: task {task} needs "
+                        + ("per-image box annotations ({'boxes', 'labels'} dicts)" if task == "detection" else
+                           "class labels, but box annotations were given (they mean task: detection)"))
+    num_classes = _detection_classes(train, options) if boxes else _num_classes(train, task, options)
     check_targets(train, task, num_classes)
     channels, height, width = image_geometry(train)
     images = _stats_sample(train)
     pixel_scale, pixel_offset = pixel_range(images)
     mean, std = channel_stats(images, pixel_scale, pixel_offset)
     counts = train.targets.class_counts(num_classes)
-    _warn_imbalance(counts, train.origin)
+    objects = {}
+    if boxes:  # inspect_boxes warns about imbalance among the objects itself
+        objects = box_summary(inspect_boxes(train.targets, (height, width), num_classes, train.origin),
+                              getattr(train, "reading", None))
+    else:
+        _warn_imbalance(counts, train.origin)
     class_names = list(options.class_names or train.class_names or [str(i) for i in range(num_classes)])
     if len(class_names) != num_classes:
         raise DataError(
@@ -65,7 +71,7 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
     return DataParams(
         task=task, num_classes=num_classes, channels=channels, height=height, width=width,
         mean=mean, std=std, pixel_scale=pixel_scale, pixel_offset=pixel_offset, class_names=[str(n) for n in class_names],
-        class_counts=counts, train_size=len(train),
+        class_counts=counts, train_size=len(train), objects=objects,
         resize=list(options.resize) if options.resize is not None else None,
     )
 
@@ -97,10 +103,24 @@ def _num_classes(train: Source, task: str, options: DataOptions) -> int:
     return int(targets.max()) + 1
 
 
+def _detection_classes(train: Source, options: DataOptions) -> int:
+    """Object classes: as many as the names (given, or carried by the data), else the largest label + 1."""
+    names = options.class_names or train.class_names
+    if options.num_classes is not None:
+        return options.num_classes
+    if names:
+        return len(names)
+    labels = train.targets.fields["labels"]
+    return int(labels.max()) + 1 if len(labels) else 1
+
+
 def check_targets(source: Source, task: str, num_classes: int) -> None:
     """Raise DataError naming the first label that does not fit the task."""
     if len(source) == 0:
         raise empty_data_error(source.origin)
+    if task == "detection":
+        _check_box_labels(source, num_classes)
+        return
     targets = class_labels(source)
     if task == "multilabel":
         if targets.ndim != 2 or targets.shape[1] != num_classes:
@@ -117,6 +137,22 @@ def check_targets(source: Source, task: str, num_classes: int) -> None:
             f"{source.origin}: label {int(targets[first])} at index {source.position(first)} is outside "
             f"0..{num_classes - 1} "
             f"({int(bad.sum())} labels out of range); fix the labels or set num_classes"
+        )
+
+
+def _check_box_labels(source: Source, num_classes: int) -> None:
+    if not isinstance(source.targets, RaggedTargets) or "boxes" not in source.targets.fields:
+        raise DataError(f"{source.origin}: task detection needs per-image box annotations "
+                        "({'boxes': (M, 4), 'labels': (M,)} per image), not class labels")
+    labels = source.targets.fields["labels"]
+    bad = (labels < 0) | (labels >= num_classes)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        image = int(torch.searchsorted(source.targets.offsets, row, right=True)) - 1
+        obj = row - int(source.targets.offsets[image])
+        raise DataError(
+            f"{source.origin}: image {source.position(image)}, object {obj}: label {int(labels[row])} is outside "
+            f"0..{num_classes - 1} ({int(bad.sum())} labels out of range); fix the labels or give every class a name"
         )
 
 
@@ -205,6 +241,21 @@ class BoxStats:
     """Objects per COCO size class (small / medium / large, by box area in pixels)."""
     tiny: int
     """Boxes with a side under ``TINY_SIDE`` pixels."""
+
+
+def box_summary(stats: BoxStats, reading: BoxReading | None) -> dict[str, Any]:
+    """What the plan records about the training boxes (``DataParams.objects``)."""
+    summary: dict[str, Any] = {
+        "objects": stats.objects, "per_image_mean": round(stats.objects / max(stats.images, 1), 3),
+        "per_image_max": stats.objects_per_image_max, "images_without_objects": stats.images_without_objects,
+        "sizes": stats.sizes, "tiny": stats.tiny}
+    if reading is not None:
+        summary["read_as"] = (f"{reading.box_format} from {reading.format_from}"
+                              + (", normalized coordinates (all in [0, 1]) scaled to pixels" if reading.normalized
+                                 else ", pixel coordinates"))
+        summary["clipped"] = reading.clipped
+        summary["dropped"] = len(reading.dropped)
+    return summary
 
 
 def inspect_boxes(targets: RaggedTargets, size: tuple[int, int], num_classes: int | None = None,

@@ -68,6 +68,16 @@ def fashion_scenes(split: str = "train", n: int | None = None, *, size: int = 12
                           seed=seed * 3 + offset, item_offset=first, class_names=list(FASHION_MNIST_CLASSES))
 
 
+def load_split(split: str, data_dir: str | None = None) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]], list[str]]:
+    """(images, per-image box dicts, class names) for a data spec's split part: ``train``, ``val``,
+    ``test``, optionally with a scene count (``fashion-scenes:train:2000``)."""
+    part, _, count = split.partition(":")
+    if count and not count.isdigit():
+        raise DataError(f"fashion-scenes:{split}: the scene count must be a whole number, as in fashion-scenes:train:2000")
+    scenes = fashion_scenes(part, int(count) if count else None, data_dir=data_dir)
+    return scenes.images, scenes.targets.gather(slice(None)).per_image(), scenes.class_names
+
+
 def compose_scenes(items: np.ndarray, labels: np.ndarray, n: int, *, size: int = 128, seed: int = 0,
                    item_offset: int = 0, class_names: list[str] | None = None) -> Scenes:
     """``n`` scenes from ``items`` (K, 28, 28) uint8 with class ``labels`` (K,); a pure function of its inputs."""

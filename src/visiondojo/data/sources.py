@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from ..errors import DataError
-from . import builtin
+from . import builtin, scenes
 from .files import ImageFileDataset, scan_image_folder, scan_manifest
 from .images import batch_to_nchw, check_finite, image_to_chw, resize_batch, to_tensor
-from .boxes import read_boxes
+from .boxes import BoxReading, read_boxes
 from .targets import Targets, as_targets
 
 
@@ -55,6 +55,8 @@ class InMemory:
     positions: torch.Tensor | None = None
     """Index of each sample in the data as the user gave it (None: the same as here). A split
     keeps it, so an error found after the split names the user's index, not the subset's."""
+    reading: BoxReading | None = None
+    """How box annotations were read (format, normalized, clipped, dropped), for the plan."""
 
     def __post_init__(self) -> None:
         self.targets = as_targets(self.targets)
@@ -64,7 +66,7 @@ class InMemory:
 
     def subset(self, indices: torch.Tensor) -> "InMemory":
         return InMemory(self.images[indices], self.targets.subset(indices), self.class_names, self.origin,
-                        positions=_positions(self, indices))
+                        positions=_positions(self, indices), reading=self.reading)
 
     def position(self, index: int) -> int:
         """The user's index of sample ``index``."""
@@ -157,6 +159,9 @@ def _adapt(data: Any, options: DataOptions, role: str, default_split: str) -> So
 def _from_path(data: str | Path, options: DataOptions, role: str, default_split: str) -> Source:
     text = str(data)
     name, _, split = text.partition(":")
+    if name == builtin.SCENES:
+        images, targets, class_names = scenes.load_split(split or default_split, options.data_dir)
+        return _from_arrays(images, targets, options, f"{role} ({text})", class_names)
     if name in builtin.NAMES:
         images, targets, class_names = builtin.load(name, split or default_split, options.data_dir)
         return _from_arrays(images, targets, options, f"{role} ({text})", class_names)
@@ -251,14 +256,14 @@ def _boxes_from_arrays(images: torch.Tensor, annotations: Any, options: DataOpti
     check_finite(images, origin)
     height, width = images.shape[-2:]
     num_classes = options.num_classes or (len(options.class_names) if options.class_names else None)
-    targets, _ = read_boxes(annotations, [(height, width)] * len(images), origin, box_format=options.box_format,
+    targets, reading = read_boxes(annotations, [(height, width)] * len(images), origin, box_format=options.box_format,
                             num_classes=num_classes, strict=options.strict)
     if options.resize is not None:
         new_h, new_w = options.resize
         images = resize_batch(images, (new_h, new_w))
         scale = torch.tensor([new_w / width, new_h / height, new_w / width, new_h / height])
         targets.fields["boxes"] = targets.fields["boxes"] * scale
-    return InMemory(images, targets, class_names or options.class_names, origin)
+    return InMemory(images, targets, class_names or options.class_names, origin, reading=reading)
 
 
 def targets_to_tensor(targets: Any, origin: str) -> tuple[torch.Tensor, list[str] | None]:

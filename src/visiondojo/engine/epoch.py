@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
@@ -43,6 +43,8 @@ class EpochResult:
     """Wall time of the epoch's training steps."""
     cut_off: bool
     """``stop_time`` passed: no time is left for this epoch's validation."""
+    mean_terms: dict[str, float] = field(default_factory=dict)
+    """Mean of each logged loss term (a detector's box and class losses), for ``history.csv``."""
 
     @property
     def images_per_s(self) -> float:
@@ -62,14 +64,17 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
     """
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=runtime.device)
+    term_sums: dict[str, torch.Tensor] = {}
     steps = images_seen = 0
     cut_off = False
     for images, targets in batches if max_steps > 0 else ():
         inputs, targets = regularize(images, targets)
-        loss = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, class_weights)
+        step = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, class_weights)
         scheduler.step()
         steps += 1
-        loss_sum += loss * len(images)
+        loss_sum += step.loss * len(images)
+        for name, value in step.terms.items():
+            term_sums[name] = term_sums.get(name, 0.0) + value.float() * len(images)
         images_seen += len(images)
         if steps % LOG_EVERY == 0 or steps == max_steps:
             mean_loss = _checked_mean(loss_sum, images_seen, epoch, steps, optimizer)
@@ -81,7 +86,8 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
         if steps >= max_steps:
             break
     mean_loss = _checked_mean(loss_sum, images_seen, epoch, steps, optimizer) if images_seen else 0.0
-    return EpochResult(steps, images_seen, mean_loss, time.perf_counter() - start, cut_off)
+    mean_terms = {name: float(total) / max(images_seen, 1) for name, total in term_sums.items()}
+    return EpochResult(steps, images_seen, mean_loss, time.perf_counter() - start, cut_off, mean_terms)
 
 
 def _checked_mean(loss_sum: torch.Tensor, images: int, epoch: int, step: int,

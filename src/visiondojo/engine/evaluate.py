@@ -41,11 +41,11 @@ def evaluate(model: nn.Module, task: Task, batches: Iterable, normalizer: Normal
     per-sample ``loss`` when the task has one (a detector in eval mode computes no loss).
 
     ``collect`` keeps every score, target and per-sample loss on the host: the paired tests and
-    the report's worst mistakes read them; it needs a task with per-sample losses.
+    the report's worst mistakes read them. A task without per-sample losses (a detector) has
+    none to keep, and its Evaluation carries the metrics alone.
     """
     with_loss = task.capabilities.per_sample_loss
-    if collect and not with_loss:
-        raise ValueError(f"{task.name}: collect=True needs per-sample losses and scores, which this task lacks")
+    collect = collect and with_loss
     was_training = model.training
     model.eval()
     metrics = task.metrics().to(runtime.device)
@@ -65,7 +65,7 @@ def evaluate(model: nn.Module, task: Task, batches: Iterable, normalizer: Normal
             targets_all.append(targets.cpu())
             losses.append(sample_loss.cpu())
     model.train(was_training)
-    result = metrics_to_python(metrics.compute())
+    result = metrics_to_python(task.finish_metrics(metrics.compute()))
     if with_loss:
         result["loss"] = round(float(total_loss) / max(count, 1), 6)
     if not collect:

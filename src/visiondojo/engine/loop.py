@@ -209,7 +209,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 state.elapsed_s = time.perf_counter() - clock_start
                 save()
                 break
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": round(trained.mean_loss, 6)}
+            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": round(trained.mean_loss, 6),
+                   **{f"train_{name}": round(value, 6) for name, value in trained.mean_terms.items()}}
             timing = {"train_s": round(trained.seconds, 3), "epoch_s": round(trained.seconds, 3),
                       "train_images_per_s": round(trained.images_per_s, 1)}
             if not validate_each_epoch and epoch + 1 < state.planned_epochs:

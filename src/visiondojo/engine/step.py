@@ -26,14 +26,14 @@ def forward_loss(model: nn.Module, task: Task, runtime: Runtime, inputs: torch.T
 
 def train_step(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, runtime: Runtime,
                inputs: torch.Tensor, targets: Any, grad_clip_norm: float | None = None,
-               class_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """One optimizer step on model-ready ``inputs``; returns the detached loss (no host sync).
+               class_weights: torch.Tensor | None = None) -> StepLoss:
+    """One optimizer step on model-ready ``inputs``; returns the detached loss and its terms (no host sync).
 
     Weight decay, when attached (``regularize.weight_decay``), runs as the optimizer's pre-step hook.
     """
-    loss = forward_loss(model, task, runtime, inputs, targets, class_weights).loss
-    runtime.backward_and_step(loss, optimizer, grad_clip_norm=grad_clip_norm)
-    return loss.detach()
+    step = forward_loss(model, task, runtime, inputs, targets, class_weights)
+    runtime.backward_and_step(step.loss, optimizer, grad_clip_norm=grad_clip_norm)
+    return StepLoss(step.loss.detach(), {k: v.detach() for k, v in step.terms.items()})
 
 
 @torch.no_grad()

@@ -29,22 +29,7 @@ def adapt_model(model: nn.Module, in_channels: int, num_outputs: int, *, also_fi
     (trained as a 2-class softmax) as well as one of 1, and replacing a fitting head would throw
     away its weights.
     """
-    changes: list[str] = []
-    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
-    if first is not None and first[1].in_channels != in_channels:
-        name, conv = first
-        if conv.groups != 1:
-            raise ModelError(f"cannot adapt input channels of grouped conv {name!r}")
-        new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                        conv.dilation, 1, conv.bias is not None, conv.padding_mode)
-        with torch.no_grad():
-            # Keep what the filters respond to: average over the old input channels, repeated.
-            mean = conv.weight.mean(dim=1, keepdim=True)
-            new.weight.copy_(mean.repeat(1, in_channels, 1, 1) * (conv.in_channels / in_channels))
-            if conv.bias is not None:
-                new.bias.copy_(conv.bias)
-        _set_module(model, name, new)
-        changes.append(f"input layer {name}: {conv.in_channels} -> {in_channels} input channels")
+    changes = adapt_input(model, in_channels)
     head = find_head(model)
     if head is None:
         raise ModelError("cannot find the classifier head (no nn.Linear in the model); build the model "
@@ -59,6 +44,52 @@ def adapt_model(model: nn.Module, in_channels: int, num_outputs: int, *, also_fi
                                            layer.padding, bias=layer.bias is not None))
         changes.append(f"classifier head {name}: {layer.out_channels} -> {num_outputs} outputs")
     return changes
+
+
+def adapt_input(model: nn.Module, in_channels: int) -> list[str]:
+    """Refit the first ``Conv2d`` (module order) to ``in_channels``; return a sentence per change."""
+    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None or first[1].in_channels == in_channels:
+        return []
+    name, conv = first
+    if conv.groups != 1:
+        raise ModelError(f"cannot adapt input channels of grouped conv {name!r}")
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, 1, conv.bias is not None, conv.padding_mode)
+    with torch.no_grad():
+        # Keep what the filters respond to: average over the old input channels, repeated.
+        mean = conv.weight.mean(dim=1, keepdim=True)
+        new.weight.copy_(mean.repeat(1, in_channels, 1, 1) * (conv.in_channels / in_channels))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    _set_module(model, name, new)
+    return [f"input layer {name}: {conv.in_channels} -> {in_channels} input channels"]
+
+
+def check_detections(model: nn.Module, channels: int, height: int, width: int,
+                     forward: Callable[[nn.Module, torch.Tensor], Any]) -> None:
+    """Dry evaluation forward of two blank images through the detection task's ``forward``:
+    raises ModelError unless the model answers torchvision's detection protocol (one dict of
+    ``boxes``, ``scores`` and ``labels`` per image)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = forward(model, torch.zeros(2, channels, height, width, device=device))
+    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError) as exc:
+        raise ModelError(
+            f"the detector fails on {channels}x{height}x{width} inputs ({str(exc).splitlines()[0]}); a detector "
+            "must follow torchvision's protocol: model(list of images) -> list of {'boxes', 'scores', 'labels'}"
+        ) from None
+    finally:
+        model.train(was_training)
+    keys = {"boxes", "scores", "labels"}
+    if not isinstance(out, list) or len(out) != 2 or not all(isinstance(d, dict) and keys <= set(d) for d in out):
+        raise ModelError(
+            f"the model returned {type(out).__name__} for 2 images; a detector must follow torchvision's "
+            "protocol: in eval mode model(list of images) -> one {'boxes', 'scores', 'labels'} dict per image"
+        )
 
 
 def find_head(model: nn.Module) -> tuple[str, nn.Module] | None:

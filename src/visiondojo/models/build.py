@@ -11,9 +11,26 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import ModelError
+from ..plan import DataParams
+from .detectors import BUILTIN_DETECTORS, build_detector
 from .fmnist_resnet import FMNISTResNet
 
 BUILTIN: dict[str, Callable[..., nn.Module]] = {"fmnist-resnet": FMNISTResNet}
+
+
+def build_for(spec: str, data: DataParams, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """``spec`` built for ``data``'s task: a detector for detection data, else a classifier."""
+    if data.task == "detection":
+        detector = build_detector(spec, data.num_classes, data.channels, (data.height, data.width), kwargs)
+        if detector is not None:
+            return detector
+        if spec in BUILTIN:
+            raise ModelError(f"model spec {spec!r} is a classifier; for detection use "
+                             f"{', '.join(BUILTIN_DETECTORS)} or torchvision:<detection model>")
+    elif spec in BUILTIN_DETECTORS:
+        raise ModelError(f"model spec {spec!r} is a detector; the data has class labels ({data.task}): use a "
+                         f"classifier such as {', '.join(BUILTIN)}")
+    return build_model(spec, data.num_outputs, data.channels, kwargs)
 
 
 def build_model(spec: str, num_outputs: int, in_channels: int, kwargs: dict[str, Any] | None = None) -> nn.Module:

@@ -116,7 +116,7 @@ def lr_range_test(model: nn.Module, task: Task, train: Source, runtime: Runtime,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images, targets = next(batches)
-            loss = float(train_step(probe, task, optimizer, runtime, normalizer(images), targets))
+            loss = float(train_step(probe, task, optimizer, runtime, normalizer(images), targets).loss)
             lrs.append(lr)
             losses.append(loss)
             if not math.isfinite(loss) or (len(losses) > 5 and loss > 2 * DIVERGENCE_FACTOR * min(losses)):

@@ -39,7 +39,7 @@ from ..errors import ConfigError
 from ..learning_curve import cost_gate
 from ..optimize.length import Throughput, epoch_seconds
 from ..paired import MIN_EFFECT, POWER, detectable_effect
-from ..plan import Plan, RegularizationParams
+from ..plan import AugmentOp, Plan, RegularizationParams
 from ..prepare import Prepared
 from ..tasks import Task
 from .class_balance import choose_class_balance, imbalance_ratio
@@ -58,6 +58,17 @@ PRIOR_LABEL_SMOOTHING = 0.1
 """Shorter single-label runs get label smoothing without augmentation: it is what the search chose
 on Fashion-MNIST at 8-9 epochs (+0.39 and +0.51 points over none, search time included), and the
 one soft-label option it never rejected there."""
+DETECTION_PRIOR_WHY = ("the detection prior: horizontal flips (the one augmentation of torchvision's reference "
+                       "detection recipe), scale 0.8-1.2 and shifts of up to 10% (Ultralytics' defaults go to "
+                       "0.5-1.5), brightness and contrast; boxes move with every geometric op")
+
+
+def detection_prior() -> list[AugmentOp]:
+    """Flip, zoom, translate, brightness and contrast, each on every image at a random strength."""
+    return [AugmentOp("hflip", 1.0), AugmentOp("zoom", 0.5), AugmentOp("translate", 1 / 3),
+            AugmentOp("brightness", 0.5), AugmentOp("contrast", 0.5)]
+
+
 MAX_MIN_EFFECT = 0.03
 """The search runs only when its validation images detect a 3-point gain (power 0.8): below about
 500 images, the proxies' differences are noise."""
@@ -74,7 +85,7 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
                           deadline: float | None, log: Callable[[str], None] = lambda message: None) -> bool:
     """Fill ``plan.regularization``; returns whether the policy search ran (and spent time)."""
     counts = plan.data.class_counts
-    if counts:
+    if counts and prep.task.capabilities.class_balance:
         mode, why = choose_class_balance(counts)
         plan.choose("regularization.class_balance", mode, why)
         plan.measurements["imbalance_ratio"] = round(imbalance_ratio(counts), 3)
@@ -144,8 +155,12 @@ def _trial_name(trial: Any) -> str:
 
 def _prior(plan: Plan, task: Task, why_not_searched: str) -> None:
     """The policy without a search: TrivialAugment for a run long enough to memorize, else none
-    (with label smoothing for single-label classification, unless soft labels are pinned)."""
+    (with label smoothing for single-label classification, unless soft labels are pinned); for
+    detection, the detection prior whatever the length."""
     epochs = plan.optimization.epochs
+    if plan.data.task == "detection":
+        plan.choose("regularization.augment", detection_prior(), f"{why_not_searched}; {DETECTION_PRIOR_WHY}")
+        return
     if epochs >= PRIOR_MIN_EPOCHS:
         plan.choose("regularization.augment", trivial_augment(plan.data.channels),
                     f"{why_not_searched}; {epochs} planned epochs would let the model memorize its images: "

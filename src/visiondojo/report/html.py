@@ -61,7 +61,8 @@ def _fmt(value: Any) -> str:
 def render(data: ReportData) -> str:
     plan = data.plan
     names = plan.data.class_names
-    parts = [f"<h1>visiondojo run report</h1><p class=muted>{html.escape(plan.data.task)} classification, "
+    kind = "object detection" if plan.data.task == "detection" else f"{plan.data.task} classification"
+    parts = [f"<h1>visiondojo run report</h1><p class=muted>{html.escape(kind)}, "
              f"{plan.data.num_classes} classes, model {html.escape(plan.model.spec)}</p>"]
     if data.summary:
         parts.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in data.summary) + "</ul>")
@@ -74,6 +75,14 @@ def render(data: ReportData) -> str:
     shown_first = data.confusion_split or data.mistakes_split
     ordered = sorted(data.metrics.items(), key=lambda item: item[0] != shown_first)
     for split, metrics in ordered:
+        if isinstance(metrics.get("map_per_class"), list):
+            rows = [[name, metrics["map_per_class"][i], metrics["mar_100_per_class"][i],
+                     plan.data.class_counts[i] if i < len(plan.data.class_counts) else ""]
+                    for i, name in enumerate(names)]
+            parts.append(f"<h2>Per-class average precision ({split})</h2><p class=muted>COCO AP@[.5:.95] and "
+                         "AR@100 per class; -1: no object of the class in the split</p>"
+                         + _table(["class", "AP", "AR@100", "train objects"], rows))
+            break
         if isinstance(metrics.get("precision"), list):
             label = "label" if plan.data.task == "multilabel" else "class"
             rows = [[name, metrics["precision"][i], metrics["recall"][i],
@@ -89,8 +98,11 @@ def render(data: ReportData) -> str:
                      + _img(plots.confusion_matrix(data.confusion, names), "confusion matrix"))
     if data.mistakes:
         images = torch.stack([m[0] for m in data.mistakes])
-        parts.append(f"<h2>Worst mistakes ({data.mistakes_split})</h2><p class=muted>highest-loss misclassified "
-                     "images: true label, then prediction</p>"
+        parts.append(f"<h2>Worst mistakes ({data.mistakes_split})</h2><p class=muted>"
+                     + ("" if plan.data.task == "detection" else "highest-loss misclassified ")
+                     + ("images: true boxes green, predicted boxes (score 0.5 and up) red; the images with the "
+                        "most missed or false boxes first</p>" if plan.data.task == "detection" else
+                        "images: true label, then prediction</p>")
                      + _img(plots.gallery(images, [m[1] for m in data.mistakes]), "worst mistakes"))
     parts += _regularization(plan, data.augmented)
     parts += _augment_search(plan)

@@ -32,11 +32,19 @@ def learning_curves(history: list[dict[str, Any]], monitor: str) -> bytes:
                 for axis in (left, right):
                     axis.axvline(i + 0.5, color="tab:gray", linestyle=":", linewidth=1)
     left.plot(epochs, [row["train_loss"] for row in history], label="train loss")
-    left.plot(epochs, [row["val_loss"] for row in history], label="val loss")
+    if all("val_loss" in row for row in history):
+        left.plot(epochs, [row["val_loss"] for row in history], label="val loss")
+    terms = [k for k in history[0] if k.startswith("train_") and k not in ("train_loss", "train_s",
+                                                                            "train_images_per_s")]
+    for name in terms:  # a detector's loss terms, thinner, under their sum
+        left.plot(epochs, [row[name] for row in history], linewidth=1, alpha=0.7, label=name[len("train_"):])
     left.set_xlabel("epoch")
     left.set_yscale("log")
     left.legend()
-    right.plot(epochs, [row[f"val_{monitor}"] for row in history], color="tab:green", label=f"val {monitor}")
+    validated = [(e, row[f"val_{monitor}"]) for e, row in zip(epochs, history) if row.get(f"val_{monitor}") != ""
+                 and f"val_{monitor}" in row]
+    right.plot([e for e, _ in validated], [v for _, v in validated], color="tab:green", marker=".",
+               label=f"val {monitor}")
     right.set_xlabel("epoch")
     right.legend(loc="lower right")
     lr_axis = right.twinx()

@@ -42,6 +42,8 @@ class Capabilities:
     """The model ends in a classifier head whose input features the augmentation distances read."""
     per_sample_loss: bool = False
     """``per_sample_loss`` exists: the worst-mistakes gallery and the distance measures use it."""
+    class_balance: bool = False
+    """Each sample has one class that the loss can weight or the sampler draw by (class balance)."""
 
 
 @dataclass
@@ -68,6 +70,9 @@ class Task(ABC):
     monitor: str = "acc"
     """Validation metric (higher is better) for the best checkpoint and early stopping."""
     capabilities: Capabilities = Capabilities()
+    first_batch_candidate: int = 64
+    """The smallest batch the throughput scan tries: below 64 a classifier of small images spends
+    its step on overhead, while a detector's images are costly enough to keep a CPU busy at 8."""
     min_visible_box: float = 0.0
     """A moved box keeping less than this share of its area inside the image is dropped (``move_targets``)."""
 
@@ -80,6 +85,10 @@ class Task(ABC):
         """The evaluation forward (model in eval mode, no grad): outputs in the form ``scores``,
         ``predict``, ``per_sample_loss`` and ``update_metrics`` take."""
         return model(inputs)
+
+    def finish_metrics(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The computed metrics as the run reports them (a task may align or drop entries)."""
+        return values
 
     def update_metrics(self, metrics: MetricCollection, outputs: Any, targets: Any) -> None:
         """Add one evaluated batch to ``metrics`` (a collection from ``self.metrics()``)."""

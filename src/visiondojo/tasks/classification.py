@@ -23,6 +23,7 @@ from torchmetrics.classification import (
 )
 
 from ..plan import DataParams
+from .detection import DetectionTask
 from .base import Capabilities, Review, Task
 
 
@@ -42,7 +43,8 @@ class Predictions:
         return [self.class_names[int(i)] for i in self.labels]
 
 
-CLASSIFICATION = Capabilities(soft_labels=True, mixing=True, classifier_head=True, per_sample_loss=True)
+CLASSIFICATION = Capabilities(soft_labels=True, mixing=True, classifier_head=True, per_sample_loss=True,
+                              class_balance=True)
 
 
 class ClassificationTask(Task):
@@ -214,6 +216,8 @@ def worst_mistakes(wrong: torch.Tensor, losses: torch.Tensor, captions: list[str
 
 
 def make_task(params: DataParams) -> Task:
+    if params.task == "detection":
+        return DetectionTask(params.num_classes)
     if params.task == "binary":
         return BinaryTask()
     if params.task == "multilabel":

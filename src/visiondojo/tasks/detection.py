@@ -23,12 +23,17 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_iou
+from torchvision.utils import draw_bounding_boxes
 
 from ..data.targets import RaggedBatch
 from .base import Capabilities, StepLoss, Task
 
 BACKGROUND = 1
-"""Label offset: torchvision's detectors reserve class 0 for the background."""
+"""Label offset: torchvision's detectors reserve class 0 for the background, so a detector for K
+classes is built with K + 1 (``models.detectors``)."""
+GALLERY_SCORE = 0.5
+"""Detections shown in the report's gallery and counted as false there: the confident ones."""
 MIN_VISIBLE_BOX = 0.25
 """An augmented box keeping under a quarter of its area in the frame is dropped: what is left is a
 sliver at the border that no longer shows the object, and training the detector to find it there
@@ -54,6 +59,7 @@ class DetectionTask(Task):
     capabilities = Capabilities()
     """No soft labels, mixing, classifier head or per-sample loss: the classification tools do not apply."""
     min_visible_box = MIN_VISIBLE_BOX
+    first_batch_candidate = 8
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
@@ -65,7 +71,14 @@ class DetectionTask(Task):
         return StepLoss(sum(losses.values()), {k: v.detach() for k, v in losses.items()})
 
     def forward_eval(self, model: nn.Module, inputs: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        return [{**found, "labels": found["labels"] - BACKGROUND} for found in model(list(inputs))]
+        """Detections with labels back in 0..K-1. Detectors that score classes with sigmoids (FCOS,
+        RetinaNet) have an output for the background class too; boxes it wins are dropped."""
+        out = []
+        for found in model(list(inputs)):
+            real = found["labels"] >= BACKGROUND
+            out.append({"boxes": found["boxes"][real], "scores": found["scores"][real],
+                        "labels": found["labels"][real] - BACKGROUND})
+        return out
 
     def update_metrics(self, metrics: MetricCollection, outputs: list[dict[str, torch.Tensor]],
                        targets: RaggedBatch) -> None:
@@ -74,6 +87,50 @@ class DetectionTask(Task):
     def metrics(self) -> MetricCollection:
         return MetricCollection({"map": MeanAveragePrecision(box_format="xyxy", iou_type="bbox",
                                                               backend="faster_coco_eval", class_metrics=True)})
+
+    def finish_metrics(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-class AP and AR as one entry per class 0..K-1 (-1 for a class with no object and no
+        detection, COCO's "absent"); torchmetrics lists only the classes it saw, in ``classes``."""
+        values = dict(values)
+        seen = values.pop("classes", None)
+        for name in ("map_per_class", "mar_100_per_class"):
+            if name in values and seen is not None:
+                aligned = torch.full((self.num_classes,), -1.0)
+                present = seen.reshape(-1).long()
+                inside = (present >= 0) & (present < self.num_classes)
+                aligned[present[inside]] = values[name].reshape(-1).float().cpu()[inside.cpu()]
+                values[name] = aligned
+        return values
+
+    def box_errors(self, outputs: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]],
+                   limit: int) -> list[tuple[int, str]]:
+        """(image index, caption) of the ``limit`` images with the most missed and false boxes, worst
+        first: a true box is missed when no detection of its class (score ``GALLERY_SCORE`` and up)
+        overlaps it at IoU 0.5; such a detection overlapping no true box of its class is false."""
+        ranked = []
+        for i, (found, truth) in enumerate(zip(outputs, targets)):
+            confident = found["scores"] >= GALLERY_SCORE
+            boxes, labels = found["boxes"][confident].float().cpu(), found["labels"][confident].cpu()
+            match = ((box_iou(truth["boxes"].float(), boxes) >= 0.5)
+                     & (truth["labels"][:, None] == labels[None, :]))
+            missed, false = int((~match.any(dim=1)).sum()), int((~match.any(dim=0)).sum())
+            ranked.append((missed + false, i, f"{missed} missed, {false} false"))
+        ranked.sort(key=lambda r: (-r[0], r[1]))
+        return [(i, caption) for _, i, caption in ranked[:limit]]
+
+    def draw(self, pixels: torch.Tensor, found: dict[str, torch.Tensor], truth: dict[str, torch.Tensor],
+             class_names: list[str]) -> torch.Tensor:
+        """One image (C, H, W) in [0, 1] as RGB with its true boxes (green) and confident detections (red)."""
+        image = (pixels.clamp(0, 1) * 255).to(torch.uint8).cpu()
+        image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+        if len(truth["boxes"]):
+            image = draw_bounding_boxes(image, truth["boxes"].float().cpu(), colors="lime", width=1)
+        confident = found["scores"] >= GALLERY_SCORE
+        if bool(confident.any()):
+            names = [class_names[int(k)] for k in found["labels"][confident]]
+            image = draw_bounding_boxes(image, found["boxes"][confident].float().cpu(), labels=names, colors="red",
+                                        width=1)
+        return image.float() / 255
 
     def predictions(self, outputs: list[Any], class_names: list[str]) -> Detections:
         found = [d for chunk in outputs for d in chunk]
