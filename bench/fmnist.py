@@ -196,9 +196,9 @@ def run_visiondojo(budget_s: float, seed: int, name: str = "visiondojo",
     return visiondojo_result(run)
 
 
-def visiondojo_result(run: visiondojo.Run) -> Result:
+def visiondojo_result(run: visiondojo.Run, metric: str = "acc") -> Result:
     """The figures every benchmark records for a ``fit`` run (its whole plan included)."""
-    return {"test_acc": run.metrics["test"]["acc"], "epochs": len(run.history),
+    return {f"test_{metric}": run.metrics["test"][metric], "epochs": len(run.history),
             "train_images_per_s": overall_throughput(run.history), "plan": run.plan.to_dict(), "history": run.history,
             "run_dir": os.path.relpath(run.dir, BENCH_DIR.parent) if run.dir is not None else None}
 
@@ -249,8 +249,9 @@ def run_contender_here(name: str, budget_s: float, seed: int, out: Path,
     result["torch_threads"] = threads
     result["cpu_utilization"] = round((cpu_seconds() - cpu_start) / (wall_s * threads), 3)
     out.write_text(json.dumps(result, indent=2))
-    log(f"{name}: test_acc {result['test_acc']:.4f}, {result['epochs']} epochs, {result['wall_s']}s, "
-        f"{result['train_images_per_s']:,.0f} img/s, peak RSS {result['peak_rss_mb']:.0f} MB, "
+    scored = next(k for k in result if k.startswith("test_"))
+    log(f"{name}: {scored} {result[scored]:.4f}, {result['epochs']} epochs, {result['wall_s']}s, "
+        f"{result['train_images_per_s'] or 0:,.0f} img/s, peak RSS {result['peak_rss_mb']:.0f} MB, "
         f"CPU utilization {result['cpu_utilization']:.2f}")
 
 

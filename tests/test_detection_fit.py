@@ -146,3 +146,26 @@ def test_detection_refuses_what_it_cannot_train(scenes):
     bad[5] = {"boxes": bad[5]["boxes"], "labels": torch.full_like(bad[5]["labels"], 7)}
     with pytest.raises(DataError, match=r"image 5, object 0 .*label 7 is not a class \(0..1\)"):
         visiondojo.find_params("small-fcos", (images, bad), class_names=["bright", "grey"], model_kwargs=TINY)
+
+
+def test_the_cli_writes_coco_results_and_prints_the_coco_table(full_run, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from visiondojo.cli import main
+
+    images, _ = rectangle_scenes(3, seed=9)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"scene{i}.png"))
+        Image.fromarray(image[0].numpy()).save(paths[-1])
+    out = tmp_path / "preds.json"
+    assert main(["predict", str(full_run.dir), *paths, "--out", str(out)]) == 0
+    assert "detections in 3 images" in capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
+    assert {r["image_id"] for r in results} <= set(paths)
+    assert all(r["bbox"][2] > 0 and r["bbox"][3] > 0 and 0 <= r["bbox"][0] <= 64 for r in results)
+    assert main(["predict", str(full_run.dir), paths[0], "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "path,class,score,x1,y1,x2,y2"

@@ -58,9 +58,9 @@ PRIOR_LABEL_SMOOTHING = 0.1
 """Shorter single-label runs get label smoothing without augmentation: it is what the search chose
 on Fashion-MNIST at 8-9 epochs (+0.39 and +0.51 points over none, search time included), and the
 one soft-label option it never rejected there."""
-DETECTION_PRIOR_WHY = ("the detection prior: horizontal flips (the one augmentation of torchvision's reference "
-                       "detection recipe), scale 0.8-1.2 and shifts of up to 10% (Ultralytics' defaults go to "
-                       "0.5-1.5), brightness and contrast; boxes move with every geometric op")
+DETECTION_PRIOR_WHY = ("horizontal flips (the one augmentation of torchvision's reference detection recipe), "
+                       "scale 0.8-1.2 and shifts of up to 10% (Ultralytics' defaults go to 0.5-1.5), brightness "
+                       "and contrast; boxes move with every geometric op")
 
 
 def detection_prior() -> list[AugmentOp]:
@@ -92,8 +92,8 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
     if plan.is_pinned("regularization.augment"):
         return False
     if not prep.task.capabilities.classifier_head:
-        _prior(plan, prep.task, f"{prep.task.name}: no classifier head, whose input features the search's augmentation "
-                     "distances are measured on")
+        _prior(plan, prep.task, f"no policy search for {prep.task.name} yet: its augmentation distances are measured "
+                     "on a classifier head's input features, and its paired tests count per-image right answers")
         return False
     # Under a budget the search's own share comes off the run's epochs; pinned epochs stay.
     epochs = plan.optimization.epochs
@@ -159,7 +159,14 @@ def _prior(plan: Plan, task: Task, why_not_searched: str) -> None:
     detection, the detection prior whatever the length."""
     epochs = plan.optimization.epochs
     if plan.data.task == "detection":
-        plan.choose("regularization.augment", detection_prior(), f"{why_not_searched}; {DETECTION_PRIOR_WHY}")
+        if epochs >= PRIOR_MIN_EPOCHS:
+            plan.choose("regularization.augment", detection_prior(), f"{why_not_searched}; {epochs} planned epochs "
+                        f"would let the detector memorize its images: {DETECTION_PRIOR_WHY}")
+        else:
+            plan.choose("regularization.augment", [AugmentOp("hflip", 1.0)],
+                        f"{why_not_searched}; {epochs} planned epochs are too few to need more than horizontal "
+                        "flips (the one augmentation of torchvision's reference detection recipe; they cost no "
+                        "fit, and the objects' mirror images are objects of the same class)")
         return
     if epochs >= PRIOR_MIN_EPOCHS:
         plan.choose("regularization.augment", trivial_augment(plan.data.channels),

@@ -52,6 +52,41 @@ class Detections:
     def names(self) -> list[list[str]]:
         return [[self.class_names[int(k)] for k in labels] for labels in self.labels]
 
+    def to_coco(self, image_ids: list[Any] | None = None) -> list[dict[str, Any]]:
+        """COCO results form: one ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` per
+        detection; ``image_ids`` default to 0..N-1, categories are the class indices (0..K-1)."""
+        ids = list(range(len(self.boxes))) if image_ids is None else list(image_ids)
+        results = []
+        for image_id, boxes, scores, labels in zip(ids, self.boxes, self.scores, self.labels):
+            for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+                results.append({"image_id": image_id, "category_id": int(label),
+                                "category": self.class_names[int(label)],
+                                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                                "score": round(score, 5)})
+        return results
+
+
+COCO_ROWS = (("map", "Average Precision", "0.50:0.95", "all"), ("map_50", "Average Precision", "0.50", "all"),
+             ("map_75", "Average Precision", "0.75", "all"), ("map_small", "Average Precision", "0.50:0.95", "small"),
+             ("map_medium", "Average Precision", "0.50:0.95", "medium"),
+             ("map_large", "Average Precision", "0.50:0.95", "large"), ("mar_1", "Average Recall", "0.50:0.95", "all"),
+             ("mar_10", "Average Recall", "0.50:0.95", "all"), ("mar_100", "Average Recall", "0.50:0.95", "all"),
+             ("mar_small", "Average Recall", "0.50:0.95", "small"),
+             ("mar_medium", "Average Recall", "0.50:0.95", "medium"),
+             ("mar_large", "Average Recall", "0.50:0.95", "large"))
+
+
+def coco_table(metrics: dict[str, Any]) -> str:
+    """The twelve lines of COCO's summary, as pycocotools prints them (-1: no such objects)."""
+    lines = []
+    for key, kind, iou, area in COCO_ROWS:
+        if key in metrics:
+            dets = key.rpartition("_")[2] if key.startswith("mar_") and key[4:].isdigit() else "100"
+            short = "(AP)" if kind.endswith("Precision") else "(AR)"
+            lines.append(f" {kind:<18} {short} @[ IoU={iou:<9} | area={area:>6} | maxDets={dets:>3} ] = "
+                         f"{float(metrics[key]):.3f}")
+    return "\n".join(lines)
+
 
 class DetectionTask(Task):
     name = "detection"
