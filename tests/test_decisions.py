@@ -176,3 +176,22 @@ def test_probes_run_without_a_budget_whatever_their_expected_gain(tmp_path, monk
                          regularization=visiondojo.RegularizationParams(), pin={"optimization.epochs": 2})
     gate = run.plan.measurements["probe_gates"]["lr range test"]
     assert gate["runs"] and gate["cost"] == 0 and "lr_finder" in run.plan.measurements
+
+
+def test_a_range_test_cut_short_by_its_time_is_not_trusted(tmp_path, monkeypatch) -> None:
+    """When the machine runs slower than the throughput scan measured, the range test's curve ends
+    while the loss still falls; its minimum / 10 would be far too low a learning rate."""
+    from visiondojo import choose
+    from visiondojo.optimize.lr_finder import RangeTest
+    from visiondojo.optimize.optimizers import default_lr
+
+    def cut_short(*args, **kwargs):
+        return RangeTest(1e-6, args[6], [1e-6, 2e-6, 4e-6], [2.3, 2.3, 2.29], [2.3, 2.3, 2.29], 9.0, "time")
+
+    monkeypatch.setattr(choose, "lr_range_test", cut_short)
+    images, labels = make_problem(400, size=8, seed=6)
+    run = visiondojo.fit(TinyNet(), (images, labels), out=tmp_path / "r", progress=False,
+                         regularization=visiondojo.RegularizationParams(), pin={"optimization.epochs": 1})
+    opt = run.plan.optimization
+    assert opt.lr == default_lr(opt.optimizer, opt.batch_size)[0]
+    assert "cut short by its time after 3 of" in run.plan.evidence["optimization.lr"]

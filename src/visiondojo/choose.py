@@ -277,6 +277,11 @@ def _choose_lr(plan: Plan, prep: Prepared, args: tuple, speed: Throughput, b_noi
     test = lr_range_test(*args, opt, test_batch, seed=plan.seed, steps=steps, max_seconds=time_left)
     timings["lr range test"] = test.seconds
     plan.measurements["lr_finder"] = asdict(test)
+    if test.stopped == "time" and len(test.lrs) < low:  # slower than measured: the curve ends mid-range
+        lr, why = default_lr(opt.optimizer, opt.batch_size)
+        plan.choose("optimization.lr", lr, f"range test cut short by its time after {len(test.lrs)} of {steps} steps "
+                    f"(learning rates up to {test.lrs[-1]:.3g} only, the loss still falling): not trusted; {why}")
+        return
     lr, note = test.suggestion, ""
     if test_batch != opt.batch_size and b_noise is not None:
         lr = scale_lr(lr, test_batch, opt.batch_size, b_noise)

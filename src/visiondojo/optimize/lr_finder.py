@@ -95,6 +95,8 @@ class RangeTest:
     losses: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: str = "planned steps"
+    """Why the test ended: ``planned steps``, ``diverged`` or ``time`` (``max_seconds`` ran out first)."""
 
 
 LR_RANGES = {"adamw": (1e-6, 1.0), "lamb": (1e-5, 10.0), "sgd": (1e-4, 10.0), "lars": (1e-3, 100.0)}
@@ -108,6 +110,7 @@ def lr_range_test(model: nn.Module, task: Task, train: Source, runtime: Runtime,
     lr_start, lr_end = LR_RANGES.get(params.optimizer, (1e-6, 1.0))
     growth = (lr_end / lr_start) ** (1 / max(steps - 1, 1))
     lrs, losses = [], []
+    stopped = "planned steps"
     with model_copy(model, runtime) as probe:
         optimizer = build_optimizer(probe, params)
         batches = endless_batches(train, batch_size, runtime, seed)
@@ -120,9 +123,11 @@ def lr_range_test(model: nn.Module, task: Task, train: Source, runtime: Runtime,
             lrs.append(lr)
             losses.append(loss)
             if not math.isfinite(loss) or (len(losses) > 5 and loss > 2 * DIVERGENCE_FACTOR * min(losses)):
+                stopped = "diverged"
                 break
-            if time.perf_counter() - start > max_seconds:
+            if time.perf_counter() - start > max_seconds and step + 1 < steps:
+                stopped = "time"
                 break
     found = suggest_lr(lrs, losses)
     return RangeTest(found.lr, batch_size, [float(f"{x:.4g}") for x in lrs], [round(x, 5) for x in losses],
-                     [round(x, 5) for x in found.smoothed], time.perf_counter() - start)
+                     [round(x, 5) for x in found.smoothed], time.perf_counter() - start, stopped)
