@@ -53,6 +53,8 @@ def test_a_tiny_detector_learns_easy_scenes(full_run, scenes):
     assert run.plan.data.task == "detection" and run.plan.monitor == "map"
     assert run.metrics["test"]["map_50"] >= 0.6, run.metrics["test"]
     assert len(run.metrics["test"]["map_per_class"]) == 2
+    curves = run.metrics["test"]["pr_50_per_class"]
+    assert len(curves) == 2 and len(curves[0]) == 101 and curves[0][0] > 0.8  # precise at low recall
     # Each loss term of the detector is logged per epoch, beside their sum.
     row = run.history[-1]
     terms = row["train_classification"] + row["train_bbox_regression"] + row["train_bbox_ctrness"]
@@ -63,6 +65,7 @@ def test_a_tiny_detector_learns_easy_scenes(full_run, scenes):
     assert objects["read_as"].startswith("xyxy") and objects["sizes"]["small"] == objects["objects"]
     report = (run.dir / "report.html").read_text()
     assert "object detection" in report and "Per-class average precision" in report and "missed" in report
+    assert "Precision-recall curves" in report
 
 
 def test_predictions_are_boxes_in_pixels_where_the_objects_are(full_run):
@@ -169,3 +172,17 @@ def test_the_cli_writes_coco_results_and_prints_the_coco_table(full_run, tmp_pat
     assert all(r["bbox"][2] > 0 and r["bbox"][3] > 0 and 0 <= r["bbox"][0] <= 64 for r in results)
     assert main(["predict", str(full_run.dir), paths[0], "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "path,class,score,x1,y1,x2,y2"
+
+
+def test_the_memory_probe_reads_the_densest_images(scenes):
+    from visiondojo.data.sources import InMemory
+    from visiondojo.data.boxes import read_boxes
+    from visiondojo.optimize.memory import densest
+
+    images, targets = scenes[0]
+    ragged, _ = read_boxes(targets, [(64, 64)] * len(images), "scenes")
+    source = InMemory(images, ragged, None, "scenes")
+    dense = densest(source, 10)
+    assert len(dense) == 10 and bool((dense.targets.counts == 3).all())
+    labeled = InMemory(images, torch.zeros(len(images), dtype=torch.long), None, "labels")
+    assert densest(labeled, 10) is labeled  # class labels: every image is alike

@@ -49,7 +49,8 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
         task: str | None = None, budget: str | float | None = None, out: str | Path | None = None,
         overwrite: bool = False, seed: int = 0, adapt: bool = False, num_classes: int | None = None,
         class_names: list[str] | None = None, resize: tuple[int, int] | None = None, strict: bool = True,
-        val_fraction: float = 0.1, data_dir: str | None = None, device: str = "auto", precision: str = "auto",
+        val_fraction: float = 0.1, data_dir: str | None = None, box_format: str | None = None,
+        device: str = "auto", precision: str = "auto",
         channels_last: bool | str = "auto", epochs: int | None = None, batch_size: int | None = None,
         lr: float | None = None, pin: dict[str, Any] | None = None, model_kwargs: dict | None = None,
         regularization: RegularizationParams | str | Path | None = None, unlabeled: Any = None,
@@ -59,6 +60,10 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
     Data: ``(images, labels)`` arrays or tensors, a Dataset or DataLoader, an image folder, a CSV
     manifest, or a built-in name (``fashion-mnist``, ``digits``; their test split is used as
     ``test_data`` unless given). Without ``val_data`` a stratified ``val_fraction`` is held out.
+    Detection data: ``(images, [{"boxes", "labels"} per image])`` (``box_format`` xyxy, xywh or
+    cxcywh when the boxes do not say; normalized coordinates are recognized), a Dataset yielding
+    such pairs, or ``fashion-scenes[:split[:count]]``; the model is then a detector
+    (``small-fcos``, ``torchvision:<detection model>`` or a module speaking torchvision's protocol).
     ``budget`` ('5m', 300) bounds the whole call: the schedule is planned to end on time.
     ``epochs``, ``batch_size``, ``lr`` and ``pin`` ({'regularization.weight_decay': 0.01, ...}) pin
     plan fields that the meta-learners then leave alone. ``regularization`` (a RegularizationParams,
@@ -72,7 +77,7 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
     start = time.perf_counter()
     budget_s = parse_duration(budget)
     options = DataOptions(task=task, num_classes=num_classes, class_names=class_names, resize=resize,
-                          strict=strict, val_fraction=val_fraction, data_dir=data_dir)
+                          strict=strict, val_fraction=val_fraction, data_dir=data_dir, box_format=box_format)
     prep = prepare(model, train_data, val_data, test_data, options=options, adapt=adapt, seed=seed,
                    model_kwargs=model_kwargs)
     extra = _unlabeled_source(unlabeled, prep)
@@ -226,7 +231,8 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     final_eval_ratio = 1 + test_size / len(prep.val)
     result = run_training(model, prep.task, plan, train_batches, val_batches, runtime, normalizer,
                           run_dir / CHECKPOINTS, deadline=teacher_deadline(plan, deadline) if semi else deadline,
-                          final_eval_ratio=final_eval_ratio, resume=resume, progress=bar)
+                          final_eval_ratio=final_eval_ratio, resume=resume, progress=bar,
+                          final_eval_s=plan.measurements.get("final_evaluation_s", 0.0) if deadline else 0.0)
     history, notes = result.history, result.notes
     if students:
         assert unlabeled is not None

@@ -217,17 +217,23 @@ def _probe_pays(plan: Plan, prep: Prepared, name: str, seconds: float, speed: Th
     return gate.runs
 
 
+def final_evaluation_seconds(prep: Prepared, speed: Throughput) -> float:
+    """Expected seconds of the run's final pass over the validation and test images."""
+    test_size = len(prep.test) if prep.test is not None else 0
+    return (len(prep.val) + test_size) / speed.eval_images_per_s
+
+
 def _training_time(prep: Prepared, speed: Throughput, deadline: float, still_to_spend: float) -> tuple[float, float]:
     """(seconds of the budget left for training, seconds per epoch) at ``speed``, after ``still_to_spend``
     more seconds of meta-learning and with the final evaluation and report reserved."""
-    test_size = len(prep.test) if prep.test is not None else 0
-    final_s = (len(prep.val) + test_size) / speed.eval_images_per_s + REPORT_S
+    final_s = final_evaluation_seconds(prep, speed) + REPORT_S
     remaining = deadline - time.perf_counter() - final_s - max(still_to_spend, 0.0)
     return remaining, epoch_seconds(speed, len(prep.train), len(prep.val))
 
 
 def plan_length_for_budget(plan: Plan, prep: Prepared, speed: Throughput, deadline: float, still_to_spend: float) -> None:
     remaining, per_epoch = _training_time(prep, speed, deadline, still_to_spend)
+    plan.measurements["final_evaluation_s"] = round(final_evaluation_seconds(prep, speed), 2)
     plan.choose("optimization.epochs", plan_epochs(remaining, per_epoch),
                 f"{format_duration(remaining)} of the budget left for training at {speed.train_images_per_s:,.0f} "
                 f"train img/s and {speed.eval_images_per_s:,.0f} eval img/s (batch {speed.batch_size}): "

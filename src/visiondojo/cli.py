@@ -106,6 +106,7 @@ def _train(args: argparse.Namespace) -> int:
             model.spec, data.train, data.val, data.test, task=data.task, budget=args.budget or training.budget,
             out=out, overwrite=overwrite, seed=training.seed, adapt=model.adapt, num_classes=data.num_classes,
             class_names=data.class_names, resize=data.resize, strict=data.strict, val_fraction=data.val_fraction,
+            box_format=data.box_format,
             data_dir=args.data_dir or data.data_dir, device=training.device, precision=training.precision,
             channels_last=training.channels_last, pin={**training.pins(), **config.regularization.pins()},
             model_kwargs=model.kwargs, progress=_progress(args),

@@ -29,7 +29,9 @@ class DataConfig(_Section):
     test: Optional[str] = None
     unlabeled: Optional[str] = None
     """Images without labels to learn from too (an image folder, CSV manifest or built-in name)."""
-    task: Optional[Literal["binary", "multiclass", "multilabel"]] = None
+    task: Optional[Literal["binary", "multiclass", "multilabel", "detection"]] = None
+    box_format: Optional[Literal["xyxy", "xywh", "cxcywh"]] = None
+    """Box annotations' format when the data does not say (default xyxy)."""
     num_classes: Optional[int] = None
     class_names: Optional[list[str]] = None
     resize: Optional[tuple[int, int]] = None

@@ -47,6 +47,8 @@ class DataParams:
     """[height, width] every image is resized to, or None to keep the stored size."""
     val_fraction: float = 0.1
     """Share of the training data held out for validation when no validation data is given."""
+    box_format: str | None = None
+    """Detection: the box format the user declared (xyxy, xywh, cxcywh), so a replay reads boxes alike."""
     objects: dict[str, Any] = field(default_factory=dict)
     """Detection: what inspection found in the training boxes (objects per image, COCO size
     classes, tiny boxes) and how they were read (format, normalized, clipped); empty otherwise."""
@@ -128,6 +130,13 @@ class RegularizationParams:
     cutmix: float = 0.0
     """CutMix magnitude: the Beta(a, a) concentration a of the per-sample kept area (0: off).
     With both on, each sample gets one of the two, chosen at random."""
+    mosaic: float = 0.0
+    """Detection: probability per sample of becoming a 2x2 mosaic of itself and three other images
+    of the batch, their boxes moved along, the quadrants meeting anywhere in the middle half of
+    each side (``augment.detection_mix``; 0: off)."""
+    box_mixup: float = 0.0
+    """Detection: probability per sample of being blended about half and half with another image of
+    the batch, keeping both images' boxes (0: off)."""
     weight_decay: float = 0.05
     """Decoupled weight decay rate (p -= lr * rate * p as its own step); never on norms or biases."""
     adaptive_decay: bool = False

@@ -72,6 +72,7 @@ def prepare(model: nn.Module | str | None, train_data: Any, val_data: Any = None
     data = copy.deepcopy(known) if known is not None else inspect_data(train, options)
     data.train_size, data.val_size = len(train), len(val)
     data.val_fraction = options.val_fraction
+    data.box_format = options.box_format
     data.sources = {role: str(value) for role, value in
                     (("train", train_data), ("val", val_data), ("test", test_data)) if isinstance(value, (str, Path))}
     for source in (train, val, test):
@@ -141,4 +142,5 @@ def options_from_plan(data: DataParams, base: DataOptions | None = None) -> Data
     options.class_names = list(data.class_names) or None
     options.resize = tuple(data.resize) if data.resize else None  # type: ignore[assignment]
     options.val_fraction = data.val_fraction
+    options.box_format = data.box_format
     return options

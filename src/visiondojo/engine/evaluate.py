@@ -29,8 +29,8 @@ class Evaluation:
 def metrics_to_python(values: dict[str, torch.Tensor]) -> Metrics:
     out: Metrics = {}
     for name, value in values.items():
-        value = value.detach().float().cpu()
-        out[name] = round(float(value), 6) if value.ndim == 0 else [round(float(v), 6) for v in value]
+        value = value.detach().double().cpu().round(decimals=6)
+        out[name] = float(value) if value.ndim == 0 else value.tolist()
     return out
 
 

@@ -131,12 +131,15 @@ class LoopResult:
 def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, val_batches: Any,
                  runtime: Runtime, normalizer: Normalizer, checkpoint_dir: Path, *,
                  deadline: float | None = None, final_eval_ratio: float = 1.0, resume: bool = False,
-                 progress: TrainingProgress | None = None, validate_each_epoch: bool = True) -> LoopResult:
+                 progress: TrainingProgress | None = None, validate_each_epoch: bool = True,
+                 final_eval_s: float = 0.0) -> LoopResult:
     """Train ``model`` in place per ``plan``; on return it holds the weights ``optimization.keep`` names.
 
     With a ``deadline`` (a ``time.perf_counter()`` value), the loop keeps back the time the final
     evaluation needs: the last validation pass times ``final_eval_ratio`` (the final evaluation
-    covers validation and test data) plus ``REPORT_S``.
+    covers validation and test data) plus ``REPORT_S``; before the first validation, the planner's
+    estimate of that evaluation (``final_eval_s``), so an epoch cut short by the budget still leaves
+    the final evaluation its time.
 
     ``validate_each_epoch=False`` validates and checkpoints after the last epoch only: for short
     trainings that keep their final weights and never stop early (the policy search's proxies),
@@ -179,7 +182,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
 
     try:
         stop = Stop.COMPLETED
-        reserve_s = REPORT_S
+        reserve_s = REPORT_S + final_eval_s
         cut_off = False
         cycle_start = time.perf_counter()
         while True:

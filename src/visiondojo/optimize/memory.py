@@ -3,6 +3,7 @@
 - CUDA: real forward/backward/step at doubling batch sizes on a probe copy; an out-of-memory
   error, or a peak above ``HEADROOM`` of the device, ends the search; the answer is the
   largest size that ran within the headroom.
+- Both probe the densest images of the data when it has per-image objects (``densest``).
 - CPU: activation memory per sample is measured exactly (the bytes autograd saves for the
   backward pass, through ``saved_tensors_hooks``) and set against the memory the machine has
   available. The answer is an upper bound for the throughput scan (choose.py), which runs real
@@ -78,10 +79,21 @@ def saved_activation_bytes(model: nn.Module, task: Task, runtime: Runtime, norma
     return max(total - parameter_bytes, 0)
 
 
+def densest(train: Source, n: int) -> Source:
+    """The ``n`` images of ``train`` with the most objects when its targets are per-image objects
+    (boxes), else ``train`` itself: a detector's memory grows with the objects it matches and the
+    proposals it keeps, so a ceiling measured on average images would not hold for the densest."""
+    counts = getattr(train.targets, "counts", None)
+    if counts is None:
+        return train
+    return train.subset(torch.argsort(counts, descending=True, stable=True)[:max(n, 1)])
+
+
 def memory_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime, normalizer: Any,
                    params: OptimizationParams, *, max_batch: int, seed: int = 0) -> MemoryCeiling:
     """The largest batch size (at most ``max_batch``) that runs a training step within the headroom."""
     start = time.perf_counter()
+    train = densest(train, max_batch)
     with model_copy(model, runtime) as probe:
         optimizer = build_optimizer(probe, params)
         if runtime.device.type == "cuda":

@@ -1,8 +1,9 @@
 """The loop's regularization plug-in: raw batch -> augmented model inputs and (soft) targets.
 
 Per training batch, on the device: pixels to [0, 1] units, the augmentation policy (geometry
-moves the task's targets with the images), soft targets with label smoothing, mixup/CutMix,
-then standardization. With nothing to do it is the plain fused normalization, so a run without
+moves the task's targets with the images), mosaic and box mixup (detection: images built from
+several, with their boxes), soft targets with label smoothing, mixup/CutMix, then
+standardization. With nothing to do it is the plain fused normalization, so a run without
 regularization computes exactly what it did before.
 
 Randomness comes from its own generator on the training device, reseeded from (seed, epoch) at
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..augment import Augmenter, check_ops, mix, smooth
+from ..augment import Augmenter, check_ops, mix, mix_boxes, smooth
 from ..data.batches import Normalizer
 from ..data.sources import Source, class_labels
 from ..errors import ConfigError
@@ -26,6 +27,8 @@ from .class_balance import MODES, check_beta, effective_number_weights, sample_w
 from .dropout import check_rate
 
 _SEED_OFFSET = 7_777_777
+BOX_MIXING = ("mosaic", "box_mixup")
+"""Detection ops that build an image from several (probabilities per sample): ``box_mixing`` tasks only."""
 
 
 class BatchRegularizer:
@@ -38,13 +41,14 @@ class BatchRegularizer:
         self.normalizer = normalizer
         self.augmenter = Augmenter(params.augment)
         self.soft = params.label_smoothing > 0 or params.mixup > 0 or params.cutmix > 0
+        self.box_mixing = params.mosaic > 0 or params.box_mixup > 0
         self.generator = torch.Generator(device=device)
         self.seed = seed
         self.set_epoch(0)
 
     @property
     def active(self) -> bool:
-        return bool(self.augmenter) or self.soft
+        return bool(self.augmenter) or self.soft or self.box_mixing
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed * 100_003 + epoch + _SEED_OFFSET)
@@ -62,6 +66,9 @@ class BatchRegularizer:
             pixels, geometry = self.augmenter(pixels, self.generator)
             if geometry is not None:
                 targets = self.task.move_targets(targets, geometry)
+        if self.box_mixing:
+            pixels, targets = mix_boxes(pixels, targets, self.params.mosaic, self.params.box_mixup, self.generator,
+                                        min_visible=self.task.min_visible_box)
         if self.soft:
             p = self.params
             targets = self.task.soft_targets(targets)
@@ -78,6 +85,10 @@ def check_supported(params: RegularizationParams, task: Task, where: str = "regu
     for name in ("mixup", "cutmix"):
         if getattr(params, name) > 0 and not task.capabilities.mixing:
             raise ConfigError(f"{where}.{name}: the {task.name} task cannot mix two images' targets; set it to 0")
+    for name in BOX_MIXING:
+        if getattr(params, name) > 0 and not task.capabilities.box_mixing:
+            raise ConfigError(f"{where}.{name}: the {task.name} task has no boxes to carry into a mosaic or a "
+                              "blend of images (detection only); set it to 0")
 
 
 def check(params: RegularizationParams) -> None:
@@ -86,10 +97,11 @@ def check(params: RegularizationParams) -> None:
     check_ops(params.augment, f"{where}.augment")
     if not 0.0 <= params.label_smoothing < 1.0:
         raise ConfigError(f"{where}.label_smoothing: {params.label_smoothing} is outside [0, 1); 0.1 is common")
-    for name in ("mixup", "cutmix"):
+    for name in ("mixup", "cutmix", *BOX_MIXING):
         value = getattr(params, name)
         if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{where}.{name}: magnitude {value} is outside [0, 1] (0 turns it off)")
+            kind = "probability" if name in BOX_MIXING else "magnitude"
+            raise ConfigError(f"{where}.{name}: {kind} {value} is outside [0, 1] (0 turns it off)")
     if params.weight_decay < 0:
         raise ConfigError(f"{where}.weight_decay: {params.weight_decay} is negative")
     check_rate(params.dropout, "dropout")

@@ -82,6 +82,9 @@ def render(data: ReportData) -> str:
             parts.append(f"<h2>Per-class average precision ({split})</h2><p class=muted>COCO AP@[.5:.95] and "
                          "AR@100 per class; -1: no object of the class in the split</p>"
                          + _table(["class", "AP", "AR@100", "train objects"], rows))
+            if metrics.get("pr_50_per_class"):
+                parts.append(f"<h2>Precision-recall curves ({split})</h2><p class=muted>at IoU 0.5, per class</p>"
+                             + _img(plots.pr_curves(metrics["pr_50_per_class"], names), "precision-recall curves"))
             break
         if isinstance(metrics.get("precision"), list):
             label = "label" if plan.data.task == "multilabel" else "class"

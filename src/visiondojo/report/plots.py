@@ -128,3 +128,21 @@ def augment_distances(distances: Sequence[dict[str, Any]], groups: Sequence[dict
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[n], label=n) for n in names]
     axis.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _png(fig)
+
+
+def pr_curves(curves: Sequence[Sequence[float]], class_names: Sequence[str]) -> bytes:
+    """Precision against recall per class (COCO's 101 recall points at IoU 0.5); -1 rows (absent classes) skipped."""
+    fig, axis = plt.subplots(figsize=(6, 4))
+    recall = np.linspace(0, 1, len(curves[0])) if curves else []
+    for name, curve in zip(class_names, curves):
+        if min(curve) < 0 and max(curve) < 0:
+            continue
+        values = np.asarray(curve, dtype=float)
+        values[values < 0] = np.nan  # recall the detector never reached
+        axis.plot(recall, values, linewidth=1, label=name)
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _png(fig)

@@ -44,6 +44,9 @@ class Capabilities:
     """``per_sample_loss`` exists: the worst-mistakes gallery and the distance measures use it."""
     class_balance: bool = False
     """Each sample has one class that the loss can weight or the sampler draw by (class balance)."""
+    box_mixing: bool = False
+    """Mosaic and box mixup can build an image from several, its boxes from theirs: ragged targets
+    with ``boxes`` (``augment.detection_mix``)."""
 
 
 @dataclass

@@ -91,7 +91,7 @@ def coco_table(metrics: dict[str, Any]) -> str:
 class DetectionTask(Task):
     name = "detection"
     monitor = "map"
-    capabilities = Capabilities()
+    capabilities = Capabilities(box_mixing=True)
     """No soft labels, mixing, classifier head or per-sample loss: the classification tools do not apply."""
     min_visible_box = MIN_VISIBLE_BOX
     first_batch_candidate = 8
@@ -121,20 +121,31 @@ class DetectionTask(Task):
 
     def metrics(self) -> MetricCollection:
         return MetricCollection({"map": MeanAveragePrecision(box_format="xyxy", iou_type="bbox",
-                                                              backend="faster_coco_eval", class_metrics=True)})
+                                                              backend="faster_coco_eval", class_metrics=True,
+                                                              extended_summary=True)})
 
     def finish_metrics(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-class AP and AR as one entry per class 0..K-1 (-1 for a class with no object and no
         detection, COCO's "absent"); torchmetrics lists only the classes it saw, in ``classes``."""
         values = dict(values)
         seen = values.pop("classes", None)
+        precision = values.pop("precision", None)
+        for name in ("ious", "recall", "scores"):  # the extended summary's raw arrays: not reported
+            values.pop(name, None)
+        if seen is None:
+            return values
+        present = seen.reshape(-1).long().cpu()
+        inside = (present >= 0) & (present < self.num_classes)
         for name in ("map_per_class", "mar_100_per_class"):
-            if name in values and seen is not None:
+            if name in values:
                 aligned = torch.full((self.num_classes,), -1.0)
-                present = seen.reshape(-1).long()
-                inside = (present >= 0) & (present < self.num_classes)
-                aligned[present[inside]] = values[name].reshape(-1).float().cpu()[inside.cpu()]
+                aligned[present[inside]] = values[name].reshape(-1).float().cpu()[inside]
                 values[name] = aligned
+        if precision is not None and precision.ndim == 5:
+            # COCO's precision at 101 recall points, IoU 0.5, all areas, 100 detections: the PR curve.
+            curves = torch.full((self.num_classes, precision.shape[1]), -1.0)
+            curves[present[inside]] = precision[0, :, :, 0, -1].T.float().cpu()[inside]
+            values["pr_50_per_class"] = curves
         return values
 
     def box_errors(self, outputs: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]],
