@@ -93,6 +93,10 @@ class RegularizationConfig(_Section):
     label_smoothing: Optional[float] = None
     mixup: Optional[float] = None
     cutmix: Optional[float] = None
+    mosaic: Optional[float] = None
+    """Detection: probability per image of becoming a 2x2 mosaic of four images of the batch."""
+    box_mixup: Optional[float] = None
+    """Detection: probability per image of being blended with another, both box sets kept."""
     adaptive_decay: Optional[bool] = None
     dropout: Optional[float] = None
     stochastic_depth: Optional[float] = None

@@ -124,8 +124,11 @@ def _regularization(plan: Plan, augmented: torch.Tensor | None) -> list[str]:
     """The regularization policy in physical units, and a sample of what the model saw."""
     reg = plan.regularization
     rows = [[f"augment: {op.name}", f"magnitude {op.magnitude:.2f}, p {op.p:.2f}: {describe(op)}"] for op in reg.augment]
-    rows += [["label smoothing", reg.label_smoothing], ["mixup (Beta a)", reg.mixup], ["cutmix (Beta a)", reg.cutmix],
-             ["weight decay", f"{reg.weight_decay:g}" + (" (adaptive per layer)" if reg.adaptive_decay else "")],
+    if plan.data.task == "detection":
+        rows += [["mosaic (probability)", reg.mosaic], ["box mixup (probability)", reg.box_mixup]]
+    else:
+        rows += [["label smoothing", reg.label_smoothing], ["mixup (Beta a)", reg.mixup], ["cutmix (Beta a)", reg.cutmix]]
+    rows += [["weight decay", f"{reg.weight_decay:g}" + (" (adaptive per layer)" if reg.adaptive_decay else "")],
              ["dropout", "model's own" if reg.dropout is None else reg.dropout],
              ["stochastic depth", "model's own" if reg.stochastic_depth is None else reg.stochastic_depth],
              ["class balance", reg.class_balance]]
