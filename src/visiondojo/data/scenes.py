@@ -19,6 +19,7 @@ items 50,000-59,999, test from its test set; each object's item index is kept (f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from .builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
+from .formats import export_coco, export_voc, export_yolo
 from .targets import RaggedTargets
 
 ITEM_SIZE = 28
@@ -76,6 +78,17 @@ def load_split(split: str, data_dir: str | None = None) -> tuple[torch.Tensor, l
         raise DataError(f"fashion-scenes:{split}: the scene count must be a whole number, as in fashion-scenes:train:2000")
     scenes = fashion_scenes(part, int(count) if count else None, data_dir=data_dir)
     return scenes.images, scenes.targets.gather(slice(None)).per_image(), scenes.class_names
+
+
+def export_scenes(split: str, n: int, folder: str | Path, fmt: str = "coco", *, size: int = 128, seed: int = 0,
+                  data_dir: str | None = None) -> Path:
+    """Write ``n`` scenes of ``split`` as a COCO, VOC or YOLO data set in ``folder`` (to try the scenes
+    with tools made for those formats, or the readers on known boxes); returns what to read."""
+    writers = {"coco": export_coco, "voc": export_voc, "yolo": export_yolo}
+    if fmt not in writers:
+        raise DataError(f"fashion-scenes: unknown format {fmt!r}; choose one of {', '.join(writers)}")
+    made = fashion_scenes(split, n, size=size, seed=seed, data_dir=data_dir)
+    return writers[fmt](made.images, made.targets, made.class_names, folder, split=split)
 
 
 def compose_scenes(items: np.ndarray, labels: np.ndarray, n: int, *, size: int = 128, seed: int = 0,

@@ -1,7 +1,8 @@
 """Adapters: every accepted form of data becomes an ``InMemory`` or a ``Streamed`` source.
 
 - ``InMemory``: one (N, C, H, W) tensor plus targets. Arrays and tensors, the built-in datasets,
-  and any ``Dataset`` / ``DataLoader`` whose images fit ``DataOptions.memory_limit_gb`` land here;
+  detection data sets on disk (COCO, VOC, YOLO: ``formats``, letterboxed to one size) and any
+  ``Dataset`` / ``DataLoader`` whose images fit ``DataOptions.memory_limit_gb`` land here;
   training batches them on the device with no per-sample Python.
 - ``Streamed``: a ``Dataset`` read by DataLoader workers. Image folders, CSV manifests and datasets
   too large for memory land here. Targets are always known up front (inspection and stratified
@@ -19,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from ..errors import DataError
-from . import builtin, scenes
+from . import builtin, formats, scenes
 from .files import ImageFileDataset, scan_image_folder, scan_manifest
 from .images import batch_to_nchw, check_finite, image_to_chw, resize_batch, to_tensor
 from .boxes import BoxReading, read_boxes
@@ -34,6 +35,8 @@ class DataOptions:
     num_classes: int | None = None
     class_names: list[str] | None = None
     resize: tuple[int, int] | None = None
+    """(height, width) every image is resized to. Detection files (COCO, VOC, YOLO) are letterboxed
+    to it, their aspect kept; without it, to a size planned from them (``formats.plan_size``)."""
     strict: bool = True
     """False skips unreadable image files (and says how many) instead of failing."""
     val_fraction: float = 0.1
@@ -57,6 +60,9 @@ class InMemory:
     keeps it, so an error found after the split names the user's index, not the subset's."""
     reading: BoxReading | None = None
     """How box annotations were read (format, normalized, clipped, dropped), for the plan."""
+    letterboxes: torch.Tensor | None = None
+    """Detection files (``formats``): (N, 5) per image, the scale, pad x, pad y, original height
+    and width of its letterbox, so predictions map back to the original pixels."""
 
     def __post_init__(self) -> None:
         self.targets = as_targets(self.targets)
@@ -65,8 +71,9 @@ class InMemory:
         return len(self.targets)
 
     def subset(self, indices: torch.Tensor) -> "InMemory":
+        letterboxes = self.letterboxes[indices] if self.letterboxes is not None else None
         return InMemory(self.images[indices], self.targets.subset(indices), self.class_names, self.origin,
-                        positions=_positions(self, indices), reading=self.reading)
+                        positions=_positions(self, indices), reading=self.reading, letterboxes=letterboxes)
 
     def position(self, index: int) -> int:
         """The user's index of sample ``index``."""
@@ -165,6 +172,9 @@ def _from_path(data: str | Path, options: DataOptions, role: str, default_split:
     if name in builtin.NAMES:
         images, targets, class_names = builtin.load(name, split or default_split, options.data_dir)
         return _from_arrays(images, targets, options, f"{role} ({text})", class_names)
+    found = formats.locate(text)
+    if found is not None:
+        return _from_detection_files(found, options, default_split)
     path = Path(text)
     if not path.exists():
         raise DataError(
@@ -177,10 +187,27 @@ def _from_path(data: str | Path, options: DataOptions, role: str, default_split:
         files = scan_manifest(path, resize=options.resize, strict=options.strict,
                               multi_hot=options.task == "multilabel")
     else:
-        raise DataError(f"{role}: {path} is a file but not a CSV manifest; pass a class folder or a .csv")
+        raise DataError(f"{role}: {path} is a file but not a CSV manifest or a COCO .json; pass a class folder, "
+                        "a .csv, a COCO .json, a VOC folder or a YOLO data set")
     dataset = ImageFileDataset(files.paths, files.targets, files.channels, files.size)
     return Streamed(dataset, files.targets, files.class_names, str(path),
                     files.channels, files.size)
+
+
+def _from_detection_files(found: tuple[Path, str, str | None], options: DataOptions, default_split: str) -> InMemory:
+    """A COCO / VOC / YOLO data set, letterboxed to ``options.resize`` or to a size planned from it.
+
+    A planned size becomes ``options.resize``: the validation and test data read after the
+    training data are letterboxed to the same size, and the plan records it (so does a replay).
+    """
+    path, file_format, split = found
+    files = formats.read_detection_files(path, file_format=file_format, split=split, default_split=default_split,
+                                         resize=options.resize, strict=options.strict,
+                                         memory_limit_gb=options.memory_limit_gb)
+    if options.resize is None:
+        options.resize = files.reading.size
+    return InMemory(files.images, files.targets, files.class_names, files.origin, reading=files.reading,
+                    letterboxes=files.letterboxes)
 
 
 def align_classes(source: Source, class_names: list[str]) -> Source:

@@ -1,0 +1,90 @@
+"""Letterboxing: images of many sizes onto one training canvas, aspect kept, and back again.
+
+Detection data on disk comes in every size and shape; a batch needs one. Stretching every image to
+a square would change the objects' aspect ratios (a person in a portrait photo would train as a
+squat one), so each image is scaled as a whole until its longer side fits the canvas (small images
+are scaled up too, so objects keep the same share of the canvas) and the rest of the canvas is
+padded. The padding goes to the bottom and right: the image keeps its top-left corner at (0, 0),
+so a box maps to the canvas by the scale alone, with no half-pixel offsets from splitting odd
+padding in two. ``pad`` (the image's top-left corner on the canvas) is still returned and
+honoured by ``unletterbox_boxes``, so centred letterboxes (``center=True``, as other tools make
+them) map back too. The padding is grey (114 of 255, as Ultralytics pads): mid-range, so it shifts
+the pixel mean less than black and does not look like the dark edge of an object.
+
+The training size, when the user gives none, is planned from the data (``plan_size``).
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import median
+from typing import Sequence
+
+import torch
+
+from ..images import resize_batch
+
+PAD_VALUE = 114
+"""Padding of uint8 images (float images, assumed in [0, 1], get 114 / 255)."""
+SIZE_MULTIPLE = 32
+"""Planned sizes are a multiple of this: the largest stride of the common detector backbones."""
+MAX_PLANNED_SIDE = 640
+"""Planned sizes stop here (the common detection training size): larger images train downscaled
+unless ``resize`` asks for more."""
+
+
+def plan_size(sizes: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], str]:
+    """The square training size for images of ``sizes`` ((height, width) each) and how it was found.
+
+    The median of the images' longer sides, rounded up to a multiple of ``SIZE_MULTIPLE``, at most
+    ``MAX_PLANNED_SIDE``: the median, so that a few huge or tiny images do not decide for all; up
+    to the stride multiple, so every feature map divides evenly.
+    """
+    middle = median(max(h, w) for h, w in sizes)
+    side = min(MAX_PLANNED_SIDE, max(SIZE_MULTIPLE, math.ceil(middle / SIZE_MULTIPLE) * SIZE_MULTIPLE))
+    rule = (f"planned: median longer side {middle:g} px, rounded up to a multiple of {SIZE_MULTIPLE}, "
+            f"at most {MAX_PLANNED_SIDE}")
+    return (side, side), rule
+
+
+def letterbox_scale(original: tuple[int, int], size: tuple[int, int]) -> float:
+    """The factor that fits an image of ``original`` (height, width) into ``size`` with its aspect kept."""
+    return min(size[0] / original[0], size[1] / original[1])
+
+
+def letterbox(image: torch.Tensor, size: tuple[int, int], *,
+              center: bool = False) -> tuple[torch.Tensor, float, tuple[float, float]]:
+    """(C, H, W) image -> (C, *size) canvas, the ``scale`` it was resized by, and ``pad``: the
+    (x, y) of its top-left corner on the canvas ((0, 0) unless ``center``).
+
+    A box maps onto the canvas as ``box * scale + (pad_x, pad_y, pad_x, pad_y)``. The resized image
+    has whole-pixel sides, so along its shorter side the true factor differs from ``scale`` by
+    at most half a pixel over the whole side.
+    """
+    channels, height, width = image.shape
+    scale = letterbox_scale((height, width), size)
+    new_h = min(size[0], max(1, round(height * scale)))
+    new_w = min(size[1], max(1, round(width * scale)))
+    fill = PAD_VALUE if not image.dtype.is_floating_point else PAD_VALUE / 255
+    canvas = torch.full((channels, *size), fill, dtype=image.dtype)
+    left = (size[1] - new_w) // 2 if center else 0
+    top = (size[0] - new_h) // 2 if center else 0
+    canvas[:, top:top + new_h, left:left + new_w] = resize_batch(image.unsqueeze(0), (new_h, new_w))[0]
+    return canvas, scale, (float(left), float(top))
+
+
+def unletterbox_boxes(boxes: torch.Tensor, scale: float, pad: tuple[float, float],
+                      original_size: tuple[int, int]) -> torch.Tensor:
+    """(M, 4) xyxy boxes on a letterboxed canvas -> the same boxes in the original image's pixels.
+
+    The inverse of ``letterbox``'s mapping, clipped to the original (height, width): a predicted
+    box that reaches into the padding ends at the image's edge.
+    """
+    boxes = torch.as_tensor(boxes)
+    if not boxes.dtype.is_floating_point:
+        boxes = boxes.float()
+    shift = torch.tensor([pad[0], pad[1], pad[0], pad[1]], dtype=boxes.dtype, device=boxes.device)
+    original = (boxes - shift) / scale
+    height, width = original_size
+    limits = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
+    return torch.minimum(original.clamp_min(0), limits)
