@@ -157,13 +157,13 @@ def run_ultralytics(budget_s: float, seed: int, args: argparse.Namespace) -> dic
             shutil.copy(font, config / name)
     from ultralytics import YOLO
 
-    from visiondojo.data.detection_files import export_yolo
+    from visiondojo.data.formats import export_yolo
 
     root = RUNS_DIR / f"scenes-yolo-{args.train}-{args.val}"
     if not (root / "data.yaml").is_file():
         train, val = scenes("train", args.train, 0), scenes("val", args.val, 0)
-        export_yolo({"train": (train.images, per_image(train)), "val": (val.images, per_image(val))},
-                    train.class_names, root)
+        export_yolo(train.images, per_image(train), train.class_names, root, split="train")
+        export_yolo(val.images, per_image(val), val.class_names, root, split="val")
     test = scenes("test", args.test, 0)
     start = time.perf_counter()
     model = YOLO("yolo26n.yaml")

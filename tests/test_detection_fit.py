@@ -83,6 +83,22 @@ def test_predictions_are_boxes_in_pixels_where_the_objects_are(full_run):
     assert found.names()[0] and set(found.names()[0]) <= {"0", "1"}
 
 
+def test_predictions_on_larger_images_of_another_shape_come_back_in_their_pixels(full_run):
+    """A 64x64 scene upscaled to 96 x 128: letterboxed to the training size for the detector, and the
+    boxes mapped back onto the 96 x 128 image."""
+    images, targets = rectangle_scenes(8, seed=6)
+    big = torch.nn.functional.interpolate(images.float(), size=(96, 128), mode="nearest").to(torch.uint8)
+    found = full_run.predict(big)
+    scale = torch.tensor([2.0, 1.5, 2.0, 1.5])
+    hits = 0
+    for boxes, scores, truth in zip(found.boxes, found.scores, targets):
+        if len(scores):
+            best = boxes[scores.argmax()].unsqueeze(0)
+            hits += int(visiondojo.tasks.detection.box_iou(best, truth["boxes"] * scale).max() >= 0.5)
+    assert hits >= 6
+    assert all(float(b[:, 2].max()) <= 128 and float(b[:, 3].max()) <= 96 for b in found.boxes if len(b))
+
+
 class Interrupted(Exception):
     pass
 
@@ -186,3 +202,26 @@ def test_the_memory_probe_reads_the_densest_images(scenes):
     assert len(dense) == 10 and bool((dense.targets.counts == 3).all())
     labeled = InMemory(images, torch.zeros(len(images), dtype=torch.long), None, "labels")
     assert densest(labeled, 10) is labeled  # class labels: every image is alike
+
+
+def test_a_detector_trains_from_coco_files_and_the_cli_evaluates_it(scenes, tmp_path, capsys):
+    """COCO JSON in (images of two sizes, letterboxed to a planned size), COCO table out."""
+    from visiondojo.cli import main
+    from visiondojo.data.formats import export_coco
+
+    (images, targets), (test_images, test_targets) = scenes
+    wide = torch.nn.functional.interpolate(images[:40].float(), size=(48, 64), mode="nearest").to(torch.uint8)
+    squeezed = [{"boxes": t["boxes"] * torch.tensor([1.0, 0.75, 1.0, 0.75]), "labels": t["labels"]}
+                for t in targets[:40]]
+    pictures = list(images[40:]) + list(wide)
+    train_json = export_coco(pictures, targets[40:] + squeezed, ["bright", "grey"], tmp_path / "coco", split="train")
+    test_json = export_coco(test_images, test_targets, ["bright", "grey"], tmp_path / "coco", split="test")
+    run = visiondojo.fit("small-fcos", str(train_json), test_data=str(test_json), out=tmp_path / "run",
+                         **{**PINS, "epochs": 4})
+    assert run.plan.data.task == "detection" and run.plan.data.class_names == ["bright", "grey"]
+    assert (run.plan.data.height, run.plan.data.width) == (64, 64) and run.plan.data.resize == [64, 64]
+    assert run.plan.data.sources["train"] == str(train_json)
+    assert run.metrics["test"]["map_50"] > 0.3
+    assert main(["evaluate", str(run.dir), "--data", str(test_json)]) == 0
+    table = capsys.readouterr().out
+    assert "Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ]" in table

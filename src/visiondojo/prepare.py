@@ -66,7 +66,7 @@ def prepare(model: nn.Module | str | None, train_data: Any, val_data: Any = None
                             "pass more images, or validation data as val_data")  # as_source refused 0
         train, val = validation_split(train, options.val_fraction, seed)
     else:
-        val = as_source(val_data, options, role="val_data")
+        val = as_source(val_data, options, role="val_data", default_split="val")
     test = as_source(test_data, options, role="test_data", default_split="test") if test_data is not None else None
 
     data = copy.deepcopy(known) if known is not None else inspect_data(train, options)

@@ -17,7 +17,8 @@ from .engine.step import eval_outputs
 from .errors import DataError
 from .plan import Plan
 from .rundir import REPORT
-from .tasks import Predictions, make_task
+from .data.formats import letterbox, unletterbox_boxes
+from .tasks import DetectionTask, Predictions, make_task
 
 __all__ = ["Predictions", "Run", "load_images"]
 
@@ -38,14 +39,18 @@ class Run:
         """Predict for image files (paths) or an array/tensor batch; images are resized to the trained size.
 
         Returns the task's own form: ``Predictions`` (labels, scores, names) for classification."""
-        batch = load_images(images, self.plan)
+        task = make_task(self.plan.data)
+        boxed = isinstance(task, DetectionTask)
+        batch, letterboxes = load_letterboxed(images, self.plan) if boxed else (load_images(images, self.plan), [])
         runtime = self.inference_runtime()
         model = runtime.prepare_model(self.model).eval()
         normalizer = Normalizer(self.plan.data, runtime.device, self.plan.runtime.channels_last)
-        task = make_task(self.plan.data)
         outputs = [eval_outputs(model, task, runtime, normalizer(chunk.to(runtime.device)))
                    for chunk in batch.split(batch_size)]
-        return task.predictions(outputs, self.plan.data.class_names)
+        found = task.predictions(outputs, self.plan.data.class_names)
+        if boxed:  # back from the training canvas to each image's own pixels
+            found.boxes = [unletterbox_boxes(b, scale, pad, size) for b, (scale, pad, size) in zip(found.boxes, letterboxes)]
+        return found
 
     def inference_runtime(self) -> Runtime:
         """Inference picks its own device and precision: the run may have trained elsewhere."""
@@ -53,23 +58,56 @@ class Run:
         return Runtime(params)
 
 
+def load_letterboxed(images: Any, plan: Plan) -> tuple[torch.Tensor, list[tuple[float, tuple[float, float], tuple[int, int]]]]:
+    """Paths or arrays -> (N, C, H, W) letterboxed to the training size (aspect kept, as detection
+    files are read for training), and per image the (scale, pad, original size) to map boxes back.
+    Images already at the training size are unchanged."""
+    data = plan.data
+    paths = _paths(images)
+    if paths is not None:
+        pictures = [_read_image(path, data.channels) for path in paths]
+    else:
+        pictures = list(batch_to_nchw(to_tensor(images, "images"), "images"))
+    canvases, letterboxes = [], []
+    for picture in pictures:
+        canvas, scale, pad = letterbox(picture, (data.height, data.width))
+        canvases.append(canvas)
+        letterboxes.append((scale, pad, (picture.shape[1], picture.shape[2])))
+    return _as_trained(torch.stack(canvases), plan), letterboxes
+
+
+def _paths(images: Any) -> list[str | Path] | None:
+    """The image files named by ``images`` (one path or a list of them), or None for array data."""
+    if isinstance(images, (str, Path)):
+        return [images]
+    if isinstance(images, Sequence) and images and isinstance(images[0], (str, Path)):
+        return list(images)
+    return None
+
+
+def _read_image(path: str | Path, channels: int) -> torch.Tensor:
+    try:
+        with Image.open(path) as image:
+            return pil_to_chw(image, channels)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the image ({exc})") from None
+
+
 def load_images(images: Any, plan: Plan) -> torch.Tensor:
     """Paths or arrays -> (N, C, H, W) in the training data's channels, size and pixel dtype."""
     data = plan.data
     size = (data.height, data.width)
-    if isinstance(images, (str, Path)):
-        images = [images]
-    if isinstance(images, Sequence) and images and isinstance(images[0], (str, Path)):
-        tensors = []
-        for path in images:
-            try:
-                with Image.open(path) as image:
-                    tensors.append(resize_batch(pil_to_chw(image, data.channels).unsqueeze(0), size)[0])
-            except (OSError, ValueError) as exc:
-                raise DataError(f"{path}: cannot read the image ({exc})") from None
-        batch = torch.stack(tensors)
+    paths = _paths(images)
+    if paths is not None:
+        batch = torch.stack([resize_batch(_read_image(path, data.channels).unsqueeze(0), size)[0] for path in paths])
     else:
         batch = resize_batch(batch_to_nchw(to_tensor(images, "images"), "images"), size)
+    return _as_trained(batch, plan)
+
+
+def _as_trained(batch: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """Check the channels and bring the pixels to the training data's dtype and range."""
+    data = plan.data
     if batch.shape[1] != data.channels:
         raise DataError(f"images have {batch.shape[1]} channels but the model was trained on {data.channels}")
     trained_on_bytes = data.pixel_scale == 1.0 / 255.0 and data.pixel_offset == 0.0
