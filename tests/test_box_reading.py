@@ -87,7 +87,9 @@ def test_images_with_box_annotations_become_a_source_with_ragged_targets() -> No
     assert isinstance(source.targets, RaggedTargets) and source.targets.counts.tolist() == [2, 0, 1]
     resized = as_source(data, DataOptions(resize=(50, 50)), role="train")
     assert resized.images.shape[-2:] == (50, 50)
-    torch.testing.assert_close(resized.targets.fields["boxes"][0], torch.tensor([2.5, 10.0, 12.5, 30.0]))
+    # Letterboxed, aspect kept: 100 x 200 scales by 1/4 to 25 x 50 at the top of the 50 x 50 canvas.
+    torch.testing.assert_close(resized.targets.fields["boxes"][0], torch.tensor([2.5, 5.0, 12.5, 15.0]))
+    assert resized.letterboxes[0].tolist() == [0.25, 0.0, 0.0, 100.0, 200.0]
     with pytest.raises(DataError, match="object 0 .*x2 <= x1"):
         as_source((images[:1], annotations([[[30.0, 0.0, 10.0, 5.0]]], [[0]])), DataOptions(box_format="xyxy"),
                   role="train")

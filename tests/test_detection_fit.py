@@ -225,3 +225,29 @@ def test_a_detector_trains_from_coco_files_and_the_cli_evaluates_it(scenes, tmp_
     assert main(["evaluate", str(run.dir), "--data", str(test_json)]) == 0
     table = capsys.readouterr().out
     assert "Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ]" in table
+
+
+def test_a_dataset_of_images_and_box_dicts_of_two_sizes_is_letterboxed_with_its_boxes():
+    from torch.utils.data import Dataset
+
+    from visiondojo.data.sources import DataOptions, InMemory, as_source
+
+    class Boxes(Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            side = 32 if i < 2 else 64
+            image = torch.zeros(1, side, side, dtype=torch.uint8)
+            image[0, 4:12, 6:20] = 255
+            return image, {"boxes": torch.tensor([[6.0, 4.0, 20.0, 12.0]]), "labels": torch.tensor([i % 2])}
+
+    options = DataOptions()
+    source = as_source(Boxes(), options, role="train_data")
+    assert isinstance(source, InMemory) and tuple(source.images.shape) == (5, 1, 64, 64)
+    assert options.resize == (64, 64)  # planned from the data: validation and test data follow it
+    for i, boxes in enumerate(source.targets.gather(slice(None)).per_image()):
+        rows, cols = (source.images[i, 0] > 127).nonzero(as_tuple=True)
+        drawn = torch.tensor([[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]], dtype=torch.float32)
+        assert torch.allclose(boxes["boxes"], drawn, atol=1.0), (i, boxes["boxes"], drawn)  # resampling's edge
+    assert source.letterboxes[0].tolist() == [2.0, 0.0, 0.0, 32.0, 32.0]

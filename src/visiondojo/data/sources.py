@@ -259,7 +259,7 @@ def _from_arrays(images: Any, targets: Any, options: DataOptions, origin: str,
                  class_names: list[str] | None = None) -> InMemory:
     images = batch_to_nchw(to_tensor(images, f"{origin} images"), f"{origin} images")
     if is_box_annotations(targets):
-        return _boxes_from_arrays(images, targets, options, origin, class_names)
+        return _boxes_from_images(images, targets, options, origin, class_names)
     targets, names = targets_to_tensor(targets, f"{origin} labels")
     if len(images) != len(targets):
         raise DataError(f"{origin}: {len(images)} images but {len(targets)} labels; they must match one to one")
@@ -276,21 +276,30 @@ def is_box_annotations(targets: Any) -> bool:
         and "boxes" in targets[0]
 
 
-def _boxes_from_arrays(images: torch.Tensor, annotations: Any, options: DataOptions, origin: str,
+def _boxes_from_images(images: torch.Tensor | list[torch.Tensor], annotations: Any, options: DataOptions, origin: str,
                        class_names: list[str] | None) -> InMemory:
-    """Images with per-image box annotations -> an in-memory source with ragged targets; a
-    ``resize`` scales the boxes with the images."""
-    check_finite(images, origin)
-    height, width = images.shape[-2:]
+    """Images with per-image box annotations -> an in-memory source with ragged targets.
+
+    Images of one size stay as they are unless ``resize`` is set; images of several sizes, or a
+    ``resize``, are letterboxed as detection files are (aspect kept, boxes moved with them, the
+    letterboxes kept so predictions map back), to ``resize`` or a size planned from the data,
+    which then becomes ``options.resize`` so validation and test data match.
+    """
+    sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
     num_classes = options.num_classes or (len(options.class_names) if options.class_names else None)
-    targets, reading = read_boxes(annotations, [(height, width)] * len(images), origin, box_format=options.box_format,
-                            num_classes=num_classes, strict=options.strict)
-    if options.resize is not None:
-        new_h, new_w = options.resize
-        images = resize_batch(images, (new_h, new_w))
-        scale = torch.tensor([new_w / width, new_h / height, new_w / width, new_h / height])
-        targets.fields["boxes"] = targets.fields["boxes"] * scale
-    return InMemory(images, targets, class_names or options.class_names, origin, reading=reading)
+    targets, reading = read_boxes(annotations, sizes, origin, box_format=options.box_format,
+                                  num_classes=num_classes, strict=options.strict)
+    names = class_names or options.class_names
+    if options.resize is None and len(set(sizes)) == 1:
+        stacked = images if isinstance(images, torch.Tensor) else torch.stack(images)
+        check_finite(stacked, origin)
+        return InMemory(stacked, targets, names, origin, reading=reading)
+    size = tuple(options.resize) if options.resize is not None else formats.plan_size(sizes)[0]
+    options.resize = size  # type: ignore[assignment]
+    letterboxes = formats.letterbox_targets(targets, sizes, size)
+    stacked = torch.stack([formats.letterbox(image, size)[0] for image in images])
+    check_finite(stacked, origin)
+    return InMemory(stacked, targets, names, origin, reading=reading, letterboxes=letterboxes)
 
 
 def targets_to_tensor(targets: Any, origin: str) -> tuple[torch.Tensor, list[str] | None]:
@@ -343,7 +352,10 @@ def _from_dataset(dataset: Dataset, options: DataOptions, origin: str, num_worke
         raise DataError(f"{origin}: the Dataset has no __len__; visiondojo needs map-style datasets") from None
     if length == 0:
         raise empty_data_error(origin)  # before the pass below, which reads a first sample
-    converted = _ConvertedDataset(dataset, origin, options.resize)
+    first = dataset[0]
+    boxes = isinstance(first, (tuple, list)) and len(first) >= 2 and is_box_annotations([first[1]])
+    # Box data is letterboxed after the pass (the boxes move with it); labels allow a plain resize.
+    converted = _ConvertedDataset(dataset, origin, None if boxes else options.resize)
     loader = DataLoader(converted, batch_size=64, num_workers=num_workers, collate_fn=list)
     limit = options.memory_limit_gb * 2**30
     images: list[torch.Tensor] | None = []
@@ -356,7 +368,7 @@ def _from_dataset(dataset: Dataset, options: DataOptions, origin: str, num_worke
             index += 1
             if first_shape is None:
                 first_shape = tuple(image.shape)
-            elif tuple(image.shape) != first_shape:
+            elif tuple(image.shape) != first_shape and not boxes:
                 raise DataError(
                     f"{origin}: sample {index} has shape {tuple(image.shape)} but sample 0 has {first_shape}; "
                     "set resize: [HEIGHT, WIDTH] (Python: resize=(H, W)) to bring all images to one size"
@@ -367,6 +379,12 @@ def _from_dataset(dataset: Dataset, options: DataOptions, origin: str, num_worke
                 used += image.numel() * image.element_size()
                 if used > limit:
                     images = None
+    if boxes:
+        if images is None:
+            raise DataError(f"{origin}: the images take more than memory_limit_gb ({options.memory_limit_gb:g} GB); "
+                            "detection data is held in memory: set a smaller resize or raise memory_limit_gb")
+        return _boxes_from_images(images, targets, options, origin, getattr(dataset, "classes", None)
+                                  or options.class_names)
     target_tensor, names = targets_to_tensor(_stack_targets(targets, origin), f"{origin} labels")
     class_names = names or getattr(dataset, "classes", None) or options.class_names
     converted.targets = target_tensor

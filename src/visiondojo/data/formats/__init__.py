@@ -20,11 +20,11 @@ from pathlib import Path
 from ...errors import DataError
 from .coco import export_coco, read_coco
 from .common import DetectionFiles, FileReading, load_listing
-from .letterbox import letterbox, plan_size, unletterbox_boxes
+from .letterbox import letterbox, letterbox_targets, plan_size, unletterbox_boxes
 from .voc import export_voc, is_voc, read_voc
 from .yolo import export_yolo, is_yolo, read_yolo
 
-__all__ = ["DetectionFiles", "FileReading", "export_coco", "export_voc", "export_yolo", "letterbox", "locate",
+__all__ = ["DetectionFiles", "FileReading", "export_coco", "export_voc", "export_yolo", "letterbox", "letterbox_targets", "locate",
            "plan_size", "read_detection_files", "unletterbox_boxes"]
 
 

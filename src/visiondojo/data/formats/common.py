@@ -32,7 +32,7 @@ from ...errors import DataError
 from ..boxes import OUTSIDE_TOLERANCE, BoxReading, _problem, read_boxes
 from ..images import image_to_chw, pil_to_chw
 from ..targets import RaggedTargets
-from .letterbox import letterbox, letterbox_scale, plan_size
+from .letterbox import letterbox, letterbox_targets, plan_size
 
 GREY_MODES = ("1", "L", "I", "I;16", "F")
 """PIL modes of single-channel images."""
@@ -131,11 +131,7 @@ def load_listing(listing: Listing, *, resize: tuple[int, int] | None = None, str
         raise DataError(f"{listing.origin}: {len(entries)} images at {channels}x{size[0]}x{size[1]} take "
                         f"{needed / 2**30:.1f} GB, more than memory_limit_gb ({memory_limit_gb:g}); set a smaller "
                         "resize, raise memory_limit_gb, or train on a part of the data")
-    scales = torch.tensor([letterbox_scale(s, size) for s in sizes], dtype=torch.float64)
-    targets.fields["boxes"] = (targets.fields["boxes"].double()
-                               * scales.repeat_interleave(targets.counts)[:, None]).to(torch.float32)
-    letterboxes = torch.cat([scales[:, None], torch.zeros(len(sizes), 2, dtype=torch.float64),
-                             torch.tensor(sizes, dtype=torch.float64).reshape(-1, 2)], dim=1)
+    letterboxes = letterbox_targets(targets, sizes, size)
     images, failed = _decode_all([e.image for e in entries], channels, size)
     for index, why in failed:
         listing.refuse(strict, entries[index].where, f"the image file {entries[index].image} {why}",

@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from ..images import resize_batch
+from ..targets import RaggedTargets
 
 PAD_VALUE = 114
 """Padding of uint8 images (float images, assumed in [0, 1], get 114 / 255)."""
@@ -88,3 +89,13 @@ def unletterbox_boxes(boxes: torch.Tensor, scale: float, pad: tuple[float, float
     height, width = original_size
     limits = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
     return torch.minimum(original.clamp_min(0), limits)
+
+
+def letterbox_targets(targets: RaggedTargets, sizes: Sequence[tuple[int, int]], size: tuple[int, int]) -> torch.Tensor:
+    """Move every image's boxes (in place) onto its letterbox canvas of ``size`` (images of ``sizes``,
+    placed top-left); returns the (N, 5) letterboxes: scale, pad x, pad y, original height, width."""
+    scales = torch.tensor([letterbox_scale(s, size) for s in sizes], dtype=torch.float64)
+    targets.fields["boxes"] = (targets.fields["boxes"].double()
+                               * scales.repeat_interleave(targets.counts)[:, None]).to(torch.float32)
+    return torch.cat([scales[:, None], torch.zeros(len(sizes), 2, dtype=torch.float64),
+                      torch.tensor(sizes, dtype=torch.float64).reshape(-1, 2)], dim=1)
