@@ -221,6 +221,8 @@ def test_a_detector_trains_from_coco_files_and_the_cli_evaluates_it(scenes, tmp_
     assert run.plan.data.task == "detection" and run.plan.data.class_names == ["bright", "grey"]
     assert (run.plan.data.height, run.plan.data.width) == (64, 64) and run.plan.data.resize == [64, 64]
     assert run.plan.data.sources["train"] == str(train_json)
+    objects = run.plan.data.objects
+    assert objects["file_format"] == "COCO" and objects["size_from"].startswith("planned: median longer side 64")
     assert run.metrics["test"]["map_50"] > 0.3
     assert main(["evaluate", str(run.dir), "--data", str(test_json)]) == 0
     table = capsys.readouterr().out

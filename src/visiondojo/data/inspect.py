@@ -255,6 +255,11 @@ def box_summary(stats: BoxStats, reading: BoxReading | None) -> dict[str, Any]:
                                  else ", pixel coordinates"))
         summary["clipped"] = reading.clipped
         summary["dropped"] = len(reading.dropped)
+        for name in ("file_format", "size_from", "ignored"):  # detection files (``formats.FileReading``)
+            if getattr(reading, name, None):
+                summary[name] = getattr(reading, name)
+        if getattr(reading, "skipped_images", None):
+            summary["skipped_images"] = len(reading.skipped_images)  # type: ignore[attr-defined]
     return summary
 
 
