@@ -6,6 +6,8 @@ Usage (from the repository root)::
     python bench/detection.py --budget 600 --out bench/results/detection.json
     python bench/detection.py --budget 60 --train 800 --test 200 --out bench/results/detection-smoke.json
 
+Resumable: contenders already in ``--out`` for the same budget, sizes and seed are kept, not rerun.
+
 Data: ``fashion-scenes`` (``visiondojo.data.scenes``): ``--train`` training scenes (default 8,000),
 ``--val`` validation scenes (1,000) and ``--test`` test scenes (1,000), 128x128, 10 classes, generated
 once per (split, count, seed) and cached under ``bench/results/``. Every contender is scored on the
@@ -24,7 +26,12 @@ Contenders, each in its own child process (peak RSS its own):
   folders; offline it needs ``amp=False``, ``plots=False`` and a font where it looks for
   ``Arial.ttf`` (a bench-owned config folder gets matplotlib's DejaVu Sans under that name). Its
   predictions on the test images (``conf=0.001``, up to 100 per image) go through the same
-  evaluator;
+  evaluator. Its ``optimizer=auto`` picks MuSGD (Muon) for a run of more than 10,000 iterations,
+  as its default 100 epochs of these scenes are; Muon's Newton-Schulz orthogonalization costs
+  seconds per step on a CPU, so ``ultralytics-adamw`` pins what ``auto`` picks for short runs
+  (AdamW, its learning rate then set by Ultralytics' rule for the class count). Ultralytics sets
+  torch to CPU count - 1 threads (on import and when it selects the CPU); the bench gives it all
+  the cores like the others;
 - ``visiondojo``: ``visiondojo.fit("small-fcos", train, val, test, budget=...)`` at its defaults.
 
 What a budget covers: ``fit``'s covers the whole call, its test pass included; the reference's
@@ -52,7 +59,7 @@ from fmnist import RUNS_DIR, log, run_contender_here, run_contender_in_child, vi
 from visiondojo.data.scenes import Scenes, fashion_scenes
 from visiondojo.models import small_fcos
 
-CONTENDERS = ("reference", "ultralytics", "visiondojo")
+CONTENDERS = ("reference", "ultralytics", "ultralytics-adamw", "visiondojo")
 BATCH = 16
 SIZE = 128
 
@@ -144,7 +151,7 @@ def run_reference(budget_s: float, seed: int, args: argparse.Namespace) -> dict[
 # --- (b) Ultralytics YOLO ---------------------------------------------------------------------------
 
 
-def run_ultralytics(budget_s: float, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_ultralytics(budget_s: float, seed: int, args: argparse.Namespace, optimizer: str = "auto") -> dict[str, Any]:
     config = RUNS_DIR / "ultralytics-config"
     config.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_CONFIG_DIR"] = str(config)
@@ -157,6 +164,13 @@ def run_ultralytics(budget_s: float, seed: int, args: argparse.Namespace) -> dic
             shutil.copy(font, config / name)
     from ultralytics import YOLO
 
+    import ultralytics.utils.torch_utils as ultralytics_torch
+
+    # Ultralytics sets torch to CPU count - 1 threads (1 on 2 cores) on import and again when it picks
+    # the CPU for training (its NUM_THREADS); every contender gets all the cores.
+    ultralytics_torch.NUM_THREADS = len(os.sched_getaffinity(0))
+    torch.set_num_threads(ultralytics_torch.NUM_THREADS)
+
     from visiondojo.data.formats import export_yolo
 
     root = RUNS_DIR / f"scenes-yolo-{args.train}-{args.val}"
@@ -167,7 +181,7 @@ def run_ultralytics(budget_s: float, seed: int, args: argparse.Namespace) -> dic
     test = scenes("test", args.test, 0)
     start = time.perf_counter()
     model = YOLO("yolo26n.yaml")
-    model.train(data=str(root / "data.yaml"), time=budget_s / 3600, epochs=1000, imgsz=SIZE, amp=False,
+    model.train(data=str(root / "data.yaml"), time=budget_s / 3600, imgsz=SIZE, amp=False, optimizer=optimizer,
                 plots=False, device="cpu", workers=0, seed=seed, pretrained=False, verbose=False,
                 project=str(RUNS_DIR / "ultralytics-runs"), name=f"seed{seed}", exist_ok=True)
     trained_s = time.perf_counter() - start
@@ -183,8 +197,8 @@ def run_ultralytics(budget_s: float, seed: int, args: argparse.Namespace) -> dic
     seen = args.train * (epochs or 0)
     return {**score(predictions, per_image(test)), "epochs": epochs, "train_s": round(trained_s, 1),
             "train_images_per_s": round(seen / trained_s, 1) if epochs else None,
-            "plan": {"model": "yolo26n.yaml", "pretrained": False, "imgsz": SIZE, "amp": False,
-                     "time_h": round(budget_s / 3600, 4), "defaults": "Ultralytics' own (optimizer=auto, mosaic, ...)"}}
+            "plan": {"model": "yolo26n.yaml", "pretrained": False, "imgsz": SIZE, "amp": False, "optimizer": optimizer,
+                     "time_h": round(budget_s / 3600, 4), "defaults": "Ultralytics' own otherwise (mosaic, ...)"}}
 
 
 # --- (c) visiondojo ---------------------------------------------------------------------------------
@@ -199,7 +213,8 @@ def run_visiondojo(budget_s: float, seed: int, args: argparse.Namespace) -> dict
     return {**visiondojo_result(run, metric="map"), "test_map_50": run.metrics["test"]["map_50"]}
 
 
-RUNNERS = {"reference": run_reference, "ultralytics": run_ultralytics, "visiondojo": run_visiondojo}
+RUNNERS = {"reference": run_reference, "ultralytics": run_ultralytics, "visiondojo": run_visiondojo,
+           "ultralytics-adamw": lambda budget, seed, args: run_ultralytics(budget, seed, args, optimizer="AdamW")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,7 +239,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}")
     for split, n in (("train", args.train), ("val", args.val), ("test", args.test)):
         scenes(split, n, 0)  # generated once, before any clock starts
-    results = {name: run_contender_in_child(name, args.budget, args.seed, Path(__file__), sizes) for name in names}
+    # Resumable: contenders already in --out for the same budget, sizes and seed are kept, not rerun.
+    keys = {"budget_s": args.budget, "seed": args.seed, "train_images": args.train, "test_images": args.test}
+    earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    same = all(earlier.get(k) == v for k, v in keys.items())
+    results = {name: earlier[name] for name in CONTENDERS if same and name in earlier}
+    for name in names:
+        if name not in results:
+            results[name] = run_contender_in_child(name, args.budget, args.seed, Path(__file__), sizes)
     report: dict[str, Any] = {"benchmark": "fashion-scenes detection", "budget_s": args.budget, "seed": args.seed,
                               "train_images": args.train, "val_images": args.val, "test_images": args.test,
                               "cpu_count": len(os.sched_getaffinity(0)), "torch": torch.__version__,

@@ -22,8 +22,6 @@ from torchmetrics.classification import (
     Recall,
 )
 
-from ..plan import DataParams
-from .detection import DetectionTask
 from .base import Capabilities, Review, Task
 
 
@@ -213,13 +211,3 @@ def worst_mistakes(wrong: torch.Tensor, losses: torch.Tensor, captions: list[str
     ranked = torch.where(wrong, losses, torch.full_like(losses, -1.0))
     order = ranked.argsort(descending=True)[: min(limit, int(wrong.sum()))]
     return [(int(i), captions[int(i)]) for i in order]
-
-
-def make_task(params: DataParams) -> Task:
-    if params.task == "detection":
-        return DetectionTask(params.num_classes)
-    if params.task == "binary":
-        return BinaryTask()
-    if params.task == "multilabel":
-        return MultiLabelTask(params.num_classes)
-    return MultiClassTask(params.num_classes)
