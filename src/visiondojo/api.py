@@ -25,7 +25,7 @@ from .engine.progress import TrainingProgress
 from .engine.runtime import Runtime, resolve_runtime
 from .engine.step import eval_outputs
 from .errors import VisionDojoError
-from .models import adapt_input, adapt_model, build_for
+from .models import adapt_for, build_for
 from .plan import Plan, RegularizationParams
 from .regularize.batch import BatchRegularizer, balanced_sampling, check as check_regularization
 from .regularize.choose import choose_regularization, regularization_pins
@@ -370,10 +370,8 @@ def load(run_dir: str | Path, *, model: nn.Module | None = None) -> Run:
                 "pass an instance of it: load(run_dir, model=MyModel())"
             )
         model = build_for(plan.model.spec, plan.data, plan.model.kwargs)
-    if plan.model.adapt and plan.data.task == "detection":
-        adapt_input(model, plan.data.channels)
-    elif plan.model.adapt:
-        adapt_model(model, plan.data.channels, plan.data.num_outputs)
+    if plan.model.adapt:
+        adapt_for(model, plan.data)
     load_model(model, str(weights))
     metrics_path = run_dir / METRICS
     metrics = {}

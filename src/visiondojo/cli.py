@@ -186,9 +186,9 @@ def _write_detections(found: Detections, paths: list[str], out: str | None, fmt:
         text = json.dumps(found.to_coco(paths), indent=1)
     else:
         lines = ["path,class,score,x1,y1,x2,y2"]
-        lines += [",".join([r["image_id"], r["category"], f"{r['score']:.4f}",
-                            *(f"{v:.1f}" for v in (r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2],
-                                                   r["bbox"][1] + r["bbox"][3]))]) for r in found.to_coco(paths)]
+        for path, boxes, scores, names in zip(paths, found.boxes, found.scores, found.names()):
+            lines += [",".join([path, name, f"{score:.4f}", *(f"{v:.1f}" for v in box)])
+                      for box, score, name in zip(boxes.tolist(), scores.tolist(), names)]
         text = "\n".join(lines) + "\n"
     if out:
         Path(out).write_text(text)

@@ -16,7 +16,7 @@ from .data.inspect import check_geometry, check_targets, inspect_data
 from .data.sources import DataOptions, Source, align_classes, as_source
 from .data.split import validation_split
 from .errors import DataError, ModelError
-from .models import adapt_input, adapt_model, build_for, check_detections, check_output
+from .models import adapt_for, build_for, check_detections, check_output
 from .plan import DataParams, ModelParams
 from .tasks import Task, make_task
 
@@ -115,13 +115,12 @@ def _fit_model(model: nn.Module, data: DataParams, *, adapt: bool, replay: bool)
     read a 2-class softmax from the plan. A replay (``replay``) keeps its plan's task as it is.
     Returns the adapt changes and the evidence for the task.
     """
-    if data.task == "detection":  # the head is the detector's own: num_classes went to its builder
-        changes = adapt_input(model, data.channels) if adapt else []
-        check_detections(model, data.channels, data.height, data.width, make_task(data).forward_eval)
-        return changes, {}
     binary = data.task == "binary" and not replay
     also_fits = (2,) if binary else ()
-    changes = adapt_model(model, data.channels, data.num_outputs, also_fits=also_fits) if adapt else []
+    changes = adapt_for(model, data, also_fits=also_fits) if adapt else []
+    if data.task == "detection":  # the head is the detector's own: num_classes went to its builder
+        check_detections(model, data.channels, data.height, data.width, make_task(data).forward_eval)
+        return changes, {}
     for change in changes:
         warnings.warn(f"adapt: {change}", stacklevel=4)
     outputs = check_output(model, data.channels, data.height, data.width, data.num_outputs, also_fits=also_fits,

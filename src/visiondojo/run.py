@@ -36,9 +36,11 @@ class Run:
         return self.dir / REPORT if self.dir is not None else None
 
     def predict(self, images: Any, batch_size: int = 256) -> Any:
-        """Predict for image files (paths) or an array/tensor batch; images are resized to the trained size.
+        """Predict for image files (paths) or an array/tensor batch; images are resized to the trained
+        size (a detector's letterboxed, aspect kept, and its boxes mapped back to each image's pixels).
 
-        Returns the task's own form: ``Predictions`` (labels, scores, names) for classification."""
+        Returns the task's own form: ``Predictions`` (labels, scores, names) for classification,
+        ``Detections`` (boxes, scores, labels per image) for detection."""
         task = make_task(self.plan.data)
         boxed = isinstance(task, DetectionTask)
         batch, letterboxes = load_letterboxed(images, self.plan) if boxed else (load_images(images, self.plan), [])

@@ -56,12 +56,12 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
     images = _stats_sample(train)
     pixel_scale, pixel_offset = pixel_range(images)
     mean, std = channel_stats(images, pixel_scale, pixel_offset)
-    counts = train.targets.class_counts(num_classes)
     objects = {}
-    if boxes:  # inspect_boxes warns about imbalance among the objects itself
-        objects = box_summary(inspect_boxes(train.targets, (height, width), num_classes, train.origin),
-                              getattr(train, "reading", None))
+    if boxes:  # inspect_boxes counts the objects per class and warns about their imbalance itself
+        stats = inspect_boxes(train.targets, (height, width), num_classes, train.origin)
+        counts, objects = stats.class_counts, box_summary(stats, getattr(train, "reading", None))
     else:
+        counts = train.targets.class_counts(num_classes)
         _warn_imbalance(counts, train.origin)
     class_names = list(options.class_names or train.class_names or [str(i) for i in range(num_classes)])
     if len(class_names) != num_classes:

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..plan import DataParams
+from .adapt import adapt_input, adapt_model
 from .detectors import BUILTIN_DETECTORS, build_detector
 from .fmnist_resnet import FMNISTResNet
 
@@ -31,6 +32,14 @@ def build_for(spec: str, data: DataParams, kwargs: dict[str, Any] | None = None)
         raise ModelError(f"model spec {spec!r} is a detector; the data has class labels ({data.task}): use a "
                          f"classifier such as {', '.join(BUILTIN)}")
     return build_model(spec, data.num_outputs, data.channels, kwargs)
+
+
+def adapt_for(model: nn.Module, data: DataParams, *, also_fits: tuple[int, ...] = ()) -> list[str]:
+    """Fit ``model`` to ``data`` in place (``adapt=True``); a sentence per change. A detector gets
+    its input channels refitted only: its head was built for the classes by its builder."""
+    if data.task == "detection":
+        return adapt_input(model, data.channels)
+    return adapt_model(model, data.channels, data.num_outputs, also_fits=also_fits)
 
 
 def build_model(spec: str, num_outputs: int, in_channels: int, kwargs: dict[str, Any] | None = None) -> nn.Module:

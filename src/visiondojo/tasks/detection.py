@@ -92,7 +92,8 @@ class DetectionTask(Task):
     name = "detection"
     monitor = "map"
     capabilities = Capabilities(box_mixing=True)
-    """No soft labels, mixing, classifier head or per-sample loss: the classification tools do not apply."""
+    """Mosaic and box mixup; no soft labels, mixup/CutMix, classifier head, per-sample loss or class
+    balance: the classification tools do not apply."""
     min_visible_box = MIN_VISIBLE_BOX
     first_batch_candidate = 8
 
