@@ -88,7 +88,7 @@ def test_search_respects_its_allowance() -> None:
     longest = max(t.seconds for t in result.trials)
     assert result.seconds <= allowance + 1.5 * longest  # it never starts a proxy it expects to overrun
     assert result.space["proxy_trainings"] == len(result.trials) >= 2
-    assert result.trials[0].groups == {} and result.trials[0].soft == {}
+    assert result.trials[0].groups == {} and result.trials[0].target_options == {}
 
 
 def proxy_outcome(score: float, images: int = 300) -> ProxyOutcome:
@@ -107,12 +107,12 @@ def test_search_scores_combinations(monkeypatch) -> None:
     """Color only pays off on top of medium geometry: a search scoring ops alone would miss it."""
     from visiondojo.regularize import search
 
-    def fake_run(self, policy, measure=None):
-        groups = {op.group for op in policy.augment}
+    def fake_run(self, augment, options, measure=None):
+        groups = {op.group for op in augment}
         score = 0.80 + 0.03 * ("wide/weak" in groups) + 0.05 * ("spatial/medium" in groups)
         score += 0.03 * ({"spatial/medium", "color/weak"} <= groups) - 0.02 * ("color/weak" in groups and
                                                                             "spatial/medium" not in groups)
-        score += 0.03 * (policy.label_smoothing > 0 and policy.mixup == 0 and policy.cutmix == 0)
+        score += 0.03 * (options == {"label_smoothing": 0.1})
         return proxy_outcome(score), (SYNTHETIC if measure is not None else None)
 
     monkeypatch.setattr(search.Proxy, "run", fake_run)
@@ -120,7 +120,7 @@ def test_search_scores_combinations(monkeypatch) -> None:
     result = search_policy(plan, TinyNet(), task, train, val, Runtime(RuntimeParams()), 1e6,
                            train_images_per_s=1e6, eval_images_per_s=1e6)
     assert {op.group for op in result.augment} == {"wide/weak", "spatial/medium", "color/weak"}
-    assert result.soft == {"label_smoothing": 0.1}
+    assert result.target_options == {"label_smoothing": 0.1}
     color_trials = [t for t in result.trials if "color" in t.groups]  # the color step
     assert color_trials and all(t.groups.get("spatial") == "medium" for t in color_trials)
     # color medium scores below color weak, so color strong is never tried (stronger only hurts more)
@@ -128,7 +128,7 @@ def test_search_scores_combinations(monkeypatch) -> None:
     # wide weak helps, wide medium does not (so no wide strong); label smoothing helps, mixup on top
     # does not (so no CutMix); 3 spatial levels, 2 color levels
     assert [t.groups for t in result.trials[1:3]] == [{"wide": "weak"}, {"wide": "medium"}]
-    assert [t.soft for t in result.trials[3:5]] == [{"label_smoothing": 0.1}, {"label_smoothing": 0.1, "mixup": 0.2}]
+    assert [t.target_options for t in result.trials[3:5]] == [{"label_smoothing": 0.1}, {"label_smoothing": 0.1, "mixup": 0.2}]
     assert result.space["proxy_trainings"] == 1 + 2 + 2 + 3 + 2 + 2 == len(result.trials) + 2
     assert result.stopped == "tried every planned combination"
     # every adopted change was significant on the paired test; the gain held at half the subset
@@ -142,16 +142,16 @@ def test_when_no_wide_menu_helps_the_search_refines_no_family(monkeypatch) -> No
     ends after the soft labels, without spending proxies on single families."""
     from visiondojo.regularize import search
 
-    def fake_run(self, policy, measure=None):
-        score = 0.75 - 0.02 * bool(policy.augment) + 0.03 * (policy.label_smoothing > 0) - 0.03 * (policy.mixup > 0)
+    def fake_run(self, augment, options, measure=None):
+        score = 0.75 - 0.02 * bool(augment) + 0.03 * (options.get("label_smoothing", 0) > 0) - 0.03 * (options.get("mixup", 0) > 0)
         return proxy_outcome(score), (SYNTHETIC if measure is not None else None)
 
     monkeypatch.setattr(search.Proxy, "run", fake_run)
     plan, train, val, task = _search_inputs()
     result = search_policy(plan, TinyNet(), task, train, val, Runtime(RuntimeParams()), 1e6,
                            train_images_per_s=1e6, eval_images_per_s=1e6)
-    assert result.augment == [] and result.soft == {"label_smoothing": 0.1}
-    assert [(t.groups, t.soft) for t in result.trials] == [
+    assert result.augment == [] and result.target_options == {"label_smoothing": 0.1}
+    assert [(t.groups, t.target_options) for t in result.trials] == [
         ({}, {}), ({"wide": "weak"}, {}), ({}, {"label_smoothing": 0.1}), ({}, {"label_smoothing": 0.1, "mixup": 0.2})]
     assert "no wide menu beat no augmentation (0.7300 for the weakest against 0.7500)" in result.stopped
     assert result.stopped.endswith("no family refinements")
@@ -185,8 +185,8 @@ def test_wide_menu_holds_every_group_up_to_its_level(monkeypatch) -> None:
     """A wide menu is one menu across families; a level that does not beat the best so far ends the step."""
     from visiondojo.regularize import search
 
-    def fake_run(self, policy, measure=None):
-        groups = {op.group for op in policy.augment}
+    def fake_run(self, augment, options, measure=None):
+        groups = {op.group for op in augment}
         score = 0.80 + 0.04 * ("wide/medium" in groups) - 0.03 * ("wide/strong" in groups)
         score -= 0.01 * any(g.startswith(("spatial", "color")) for g in groups)  # stacking on top hurts
         return proxy_outcome(score), (SYNTHETIC if measure is not None else None)
@@ -194,7 +194,7 @@ def test_wide_menu_holds_every_group_up_to_its_level(monkeypatch) -> None:
     monkeypatch.setattr(search.Proxy, "run", fake_run)
     plan, train, val, task = _search_inputs()
     result = search_policy(plan, TinyNet(), task, train, val, Runtime(RuntimeParams()), 1e6,
-                           train_images_per_s=1e6, eval_images_per_s=1e6, search_soft=False)
+                           train_images_per_s=1e6, eval_images_per_s=1e6, search_targets=False)
     assert {op.group for op in result.augment} == {"wide/medium"}
     weak_and_medium = {(r.op, r.magnitude) for r in SYNTHETIC if r.magnitude < 1.0}
     assert {(op.name, op.magnitude) for op in result.augment} == weak_and_medium

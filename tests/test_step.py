@@ -14,7 +14,7 @@ from visiondojo.engine.step import train_step
 from visiondojo.errors import ConfigError
 from visiondojo.plan import RegularizationParams, RuntimeParams
 from visiondojo.regularize.batch import check_supported
-from visiondojo.regularize.search import soft_options_for
+from visiondojo.regularize.search import target_options_for
 from visiondojo.tasks import Capabilities, MultiClassTask
 
 from conftest import TinyNet, make_problem
@@ -101,14 +101,14 @@ def test_every_model_call_of_fit_goes_through_the_task(tmp_path, monkeypatch) ->
 
 def test_a_task_without_soft_labels_gets_no_soft_options_and_a_clear_refusal() -> None:
     class HardOnly(MultiClassTask):
-        capabilities = Capabilities(classifier_head=True, per_sample_loss=True)
+        capabilities = Capabilities(per_sample_loss=True)
 
     class NoMixing(MultiClassTask):
-        capabilities = Capabilities(soft_labels=True, classifier_head=True, per_sample_loss=True)
+        capabilities = Capabilities(soft_labels=True, per_sample_loss=True)
 
-    assert soft_options_for(HardOnly(3)) == []
-    assert soft_options_for(NoMixing(3)) == [{"label_smoothing": 0.1}]
-    assert len(soft_options_for(MultiClassTask(3))) == 3
+    assert target_options_for(HardOnly(3)) == []
+    assert target_options_for(NoMixing(3)) == [{"label_smoothing": 0.1}]
+    assert len(target_options_for(MultiClassTask(3))) == 3
     with pytest.raises(ConfigError, match="label_smoothing: the multiclass task has no soft labels"):
         check_supported(RegularizationParams(label_smoothing=0.1), HardOnly(3))
     with pytest.raises(ConfigError, match="cutmix: the multiclass task cannot mix"):

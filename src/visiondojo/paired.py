@@ -61,14 +61,16 @@ class PairedTest:
     min_effect: float
     verdict: str
     """accepted, below the minimum effect, underpowered, or not significant."""
+    unit: str = "images"
+    """What a unit is (``Task.unit``): images, image labels, objects."""
 
     @property
     def accepted(self) -> bool:
         return self.verdict == "accepted"
 
     def describe(self) -> str:
-        return (f"{self.verdict}: {self.effect:+.2%} on {self.images} images ({self.candidate_only} only the candidate, "
-                f"{self.baseline_only} only the baseline got right; sign test p = {self.p_value:.3g} vs "
+        return (f"{self.verdict}: {self.effect:+.2%} on {self.images} {self.unit} ({self.candidate_only} only the "
+                f"candidate, {self.baseline_only} only the baseline got right; sign test p = {self.p_value:.3g} vs "
                 f"{self.alpha:.3g}, power {self.power:.2f} for a {self.min_effect:.1%} gain)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +124,7 @@ def detectable_effect(images: int, discordance: float = DISCORDANCE_PRIOR, alpha
 
 
 def paired_test(baseline_right: torch.Tensor, candidate_right: torch.Tensor, *, alpha: float = ALPHA,
-                min_effect: float = MIN_EFFECT) -> PairedTest:
+                min_effect: float = MIN_EFFECT, unit: str = "images") -> PairedTest:
     """Whether the candidate beats the baseline on the same validation units (bool tensors of equal length)."""
     if baseline_right.shape != candidate_right.shape:
         raise ValueError(f"paired test: {tuple(baseline_right.shape)} and {tuple(candidate_right.shape)} "
@@ -142,4 +144,4 @@ def paired_test(baseline_right: torch.Tensor, candidate_right: torch.Tensor, *, 
         verdict = "underpowered"
     else:
         verdict = "not significant"
-    return PairedTest(n, candidate_only, baseline_only, effect, p, power, alpha, min_effect, verdict)
+    return PairedTest(n, candidate_only, baseline_only, effect, p, power, alpha, min_effect, verdict, unit)

@@ -24,6 +24,8 @@ class Evaluation:
     targets: torch.Tensor | None = None
     losses: torch.Tensor | None = None
     """Per-sample losses, in data order (for the worst-mistakes gallery)."""
+    correct: torch.Tensor | None = None
+    """Which validation units the model got right, in data order (``Task.correct``): the paired tests."""
 
 
 def metrics_to_python(values: dict[str, torch.Tensor]) -> Metrics:
@@ -40,21 +42,22 @@ def evaluate(model: nn.Module, task: Task, batches: Iterable, normalizer: Normal
     """The task's metrics over ``batches`` (model in eval mode, restored after), plus the mean
     per-sample ``loss`` when the task has one (a detector in eval mode computes no loss).
 
-    ``collect`` keeps every score, target and per-sample loss on the host: the paired tests and
-    the report's worst mistakes read them. A task without per-sample losses (a detector) has
-    none to keep, and its Evaluation carries the metrics alone.
+    ``collect`` keeps on the host which units the model got right (``Task.correct``: the paired
+    tests read it) and, for a task with per-sample losses, every score, target and loss (the
+    report's worst mistakes); a detector has no per-sample loss, and keeps the units alone.
     """
     with_loss = task.capabilities.per_sample_loss
-    collect = collect and with_loss
     was_training = model.training
     model.eval()
     metrics = task.metrics().to(runtime.device)
     total_loss = torch.zeros((), device=runtime.device, dtype=torch.float64)
     count = 0
-    scores, targets_all, losses = [], [], []
+    scores, targets_all, losses, correct = [], [], [], []
     for images, targets in batches:
         outputs = eval_outputs(model, task, runtime, normalizer(images))
         task.update_metrics(metrics, outputs, targets)
+        if collect:
+            correct.append(task.correct(outputs, targets).cpu())
         if not with_loss:
             continue
         sample_loss = task.per_sample_loss(outputs, targets)
@@ -70,4 +73,6 @@ def evaluate(model: nn.Module, task: Task, batches: Iterable, normalizer: Normal
         result["loss"] = round(float(total_loss) / max(count, 1), 6)
     if not collect:
         return Evaluation(result)
-    return Evaluation(result, torch.cat(scores), torch.cat(targets_all), torch.cat(losses))
+    if not with_loss:
+        return Evaluation(result, correct=torch.cat(correct))
+    return Evaluation(result, torch.cat(scores), torch.cat(targets_all), torch.cat(losses), torch.cat(correct))

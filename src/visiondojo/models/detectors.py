@@ -25,9 +25,12 @@ import torchvision
 from torch import nn
 
 from ..errors import ModelError
-from ..tasks.detection import BACKGROUND
 from .adapt import adapt_input
 from .small_fcos import small_fcos
+
+BACKGROUND = 1
+"""Label offset: torchvision's detectors reserve class 0 for the background, so a detector for K
+classes is built with K + 1, and the detection task (``tasks.detection``) shifts labels by it."""
 
 BUILTIN_DETECTORS = {"small-fcos": small_fcos}
 FIXED_SIZE = ("ssd300_vgg16", "ssdlite320_mobilenet_v3_large")

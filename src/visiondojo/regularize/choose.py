@@ -1,8 +1,9 @@
 """find_params' regularization choices: class balance, and the augmentation-policy search.
 
 The weight decay rate is chosen with the optimizer (``choose.py``). The augmentation policy and
-the soft labels come from the policy search (``search.py``) within ``SEARCH_SHARE`` of the time
-left, unless the user pinned them (a saved policy passed to ``fit`` pins every field).
+the task's target options (soft labels for classification, mosaic and box mixup for detection)
+come from the policy search (``search.py``) within ``SEARCH_SHARE`` of the time left, unless the
+user pinned them (a saved policy passed to ``fit`` pins every field).
 
 The search's proxies stand for the real run only when they train as many epochs as it does (at
 most ``search.PROXY_EPOCHS``): augmentation pays off against memorization, which grows with how
@@ -43,13 +44,12 @@ from ..plan import AugmentOp, Plan, RegularizationParams
 from ..prepare import Prepared
 from ..tasks import Task
 from .class_balance import choose_class_balance, imbalance_ratio
-from .search import PROXY_EPOCHS, search_policy
+from .search import PROXY_EPOCHS, SOFT_FIELDS, search_policy, target_fields
 
 SEARCH_SHARE = 0.2
 """Share of the time left after the optimization meta-learners that the policy search may use."""
 NO_BUDGET_SEARCH_EPOCHS = 10
 """Without a budget, the search may take as long as this many epochs of the full training set."""
-SOFT_FIELDS = ("label_smoothing", "mixup", "cutmix")
 PRIOR_MIN_EPOCHS = 20
 """When the search cannot run, runs of at least this many epochs get TrivialAugment instead of no
 augmentation: on Fashion-MNIST it beat none by 0.75 points at 22 epochs (bench/augment_search.py),
@@ -91,9 +91,10 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
         plan.measurements["imbalance_ratio"] = round(imbalance_ratio(counts), 3)
     if plan.is_pinned("regularization.augment"):
         return False
-    if not prep.task.capabilities.classifier_head:
-        _prior(plan, prep.task, f"no policy search for {prep.task.name} yet: its augmentation distances are measured "
-                     "on a classifier head's input features, and its paired tests count per-image right answers")
+    features = prep.task.feature_source(prep.model)
+    if features is None:
+        _prior(plan, prep.task, f"no policy search: the augmentation distances read {prep.task.name} models' "
+                     f"features, and {type(prep.model).__name__} has none the task knows where to find")
         return False
     # Under a budget the search's own share comes off the run's epochs; pinned epochs stay.
     epochs = plan.optimization.epochs
@@ -103,10 +104,12 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
         _prior(plan, prep.task, f"{after_search} planned epochs are more than the {PROXY_EPOCHS[1]} a proxy training can run, "
                      "so proxies cannot show the memorization augmentation prevents (they would prefer none)")
         return False
-    min_effect = max(MIN_EFFECT, detectable_effect(len(prep.val)))
+    units = int(len(prep.val) * prep.task.units_per_sample(prep.val.targets))
+    min_effect = max(MIN_EFFECT, detectable_effect(units))
     if min_effect > MAX_MIN_EFFECT:
-        _prior(plan, prep.task, f"underpowered: {len(prep.val)} validation images detect only gains of {min_effect:.1%} or more "
-                     f"(power {POWER:.0%}), above the {MAX_MIN_EFFECT:.0%} a policy search could act on")
+        _prior(plan, prep.task, f"underpowered: {units} validation {prep.task.unit} detect only gains of "
+                     f"{min_effect:.1%} or more (power {POWER:.0%}), above the {MAX_MIN_EFFECT:.0%} a policy search "
+                     "could act on")
         return False
     time_buys_accuracy = deadline is not None and not length_pinned
     gate = cost_gate("policy search", EXPECTED_SEARCH_GAIN, epochs, epochs * SEARCH_SHARE,
@@ -120,9 +123,10 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
         allowance = SEARCH_SHARE * (deadline - time.perf_counter())
     else:
         allowance = NO_BUDGET_SEARCH_EPOCHS * epoch_seconds(speed, len(prep.train), len(prep.val))
-    search_soft = not any(plan.is_pinned(f"regularization.{name}") for name in SOFT_FIELDS)
+    fields = target_fields(prep.task)
+    search_targets = not any(plan.is_pinned(f"regularization.{name}") for name in fields)
     result = search_policy(plan, prep.model, prep.task, prep.train, prep.val, runtime, allowance,
-                           speed.train_images_per_s, speed.eval_images_per_s, search_soft=search_soft,
+                           speed.train_images_per_s, speed.eval_images_per_s, search_targets=search_targets,
                            min_effect=min_effect, log=log)
     if result is None:
         _prior(plan, prep.task, f"{allowance:.1f}s is too little for the policy search's proxy trainings")
@@ -133,15 +137,16 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
     extrapolated = f"; {result.extrapolation['why']}" if result.extrapolation else ""
     plan.choose("regularization.augment", result.augment,
                 f"policy search: {len(result.trials)} proxy trainings ({result.subset_size} images x "
-                f"{result.proxy_epochs} epochs, {result.val_images} validation images, {result.seconds:.0f}s of "
-                f"{allowance:.0f}s) over {len(result.groups)} groups of {result.space['pairs']} (op, magnitude) pairs, "
-                f"instead of {result.space['policies']} policies: {', '.join(chosen) or 'no augmentation'}; a change "
-                f"is adopted only on a paired sign test (p < 0.05 over the step's options) with a gain of at least "
-                f"{result.min_effect:.1%}: {evidence or 'none was'}{extrapolated}; {result.stopped}")
-    if search_soft:
-        for name in SOFT_FIELDS:
-            plan.choose(f"regularization.{name}", float(result.soft.get(name, 0.0)),
-                        "policy search: the soft-label option that significantly beat the others on the proxies "
+                f"{result.proxy_epochs} epochs, {result.val_images} validation images holding {result.val_units} "
+                f"{result.unit}, {result.seconds:.0f}s of {allowance:.0f}s) over {len(result.groups)} groups of "
+                f"{result.space['pairs']} (op, magnitude) pairs measured on {features}, instead of "
+                f"{result.space['policies']} policies: {', '.join(chosen) or 'no augmentation'}; a change is adopted "
+                f"only on a paired sign test over the {result.unit} (p < 0.05 over the step's options) with a gain of "
+                f"at least {result.min_effect:.1%}: {evidence or 'none was'}{extrapolated}; {result.stopped}")
+    if search_targets:
+        for name in fields:
+            plan.choose(f"regularization.{name}", float(result.target_options.get(name, 0.0)),
+                        "policy search: the target option that significantly beat the others on the proxies "
                         "(none when no option did)")
     plan.measurements["augment_search"] = result.summary()
     return True
@@ -149,7 +154,7 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
 
 def _trial_name(trial: Any) -> str:
     parts = [f"{family} {level}" for family, level in trial.groups.items()]
-    parts += [f"{name} {value:g}" for name, value in trial.soft.items()]
+    parts += [f"{name} {value:g}" for name, value in trial.target_options.items()]
     return ", ".join(parts) or "no augmentation"
 
 

@@ -2,8 +2,9 @@
 
 The model is a briefly trained copy (the search's first proxy: the start of a real run; no
 pretrained network is available offline). For a few thousand training images, clean and
-augmented, we take its penultimate features (the input of its classifier head) and compare
-their Gaussian statistics with a simplified Fréchet distance, diagonal covariance:
+augmented, we take its features (``Task.features``: a classifier's penultimate features, the
+input of its head; a detector's backbone feature maps, averaged over space) and compare their
+Gaussian statistics with a simplified Fréchet distance, diagonal covariance:
 
     d^2 = ||mu_a - mu_c||^2 + sum_k (sigma_a,k - sigma_c,k)^2,
 
@@ -11,13 +12,16 @@ divided by the clean features' total variance sum_k sigma_c,k^2, so the figure i
 ("how many clean spreads away") and comparable across models and layers. The full-covariance
 FID needs a matrix square root of a D x D matrix, costly and ill-conditioned for a few thousand
 samples in hundreds of dimensions; the diagonal form keeps the mean shift and the spread change,
-which is what separates a mild op from a destructive one. Next to it, the loss shift: the mean
-loss on augmented images minus the mean on clean ones (how much harder the op makes the task).
+which is what separates a mild op from a destructive one. Next to it, for tasks with per-sample
+losses, the loss shift: the mean loss on augmented images minus the mean on clean ones (how much
+harder the op makes the task); a detector's loss needs the boxes moved and the model in training
+mode, so it has none.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,9 +29,6 @@ from torch import nn
 from ..augment import Augmenter
 from ..data.batches import Normalizer
 from ..engine.runtime import Runtime
-from ..engine.step import eval_outputs
-from ..errors import ModelError
-from ..models.adapt import find_head
 from ..plan import AugmentOp
 from ..tasks import Task
 
@@ -41,14 +42,15 @@ class Distance:
     magnitude: float
     distance: float
     """Simplified Fréchet distance over the clean features' total variance."""
-    loss_shift: float
+    loss_shift: float | None
+    """None for a task without per-sample losses (a detector)."""
 
 
 @dataclass
 class FeatureStats:
     mean: torch.Tensor
     std: torch.Tensor
-    loss: float
+    loss: float | None
 
 
 def frechet_diagonal(a: FeatureStats, clean: FeatureStats) -> float:
@@ -58,30 +60,28 @@ def frechet_diagonal(a: FeatureStats, clean: FeatureStats) -> float:
 
 
 @torch.no_grad()
-def feature_stats(model: nn.Module, task: Task, pixels: torch.Tensor, targets: torch.Tensor,
-                  normalizer: Normalizer, runtime: Runtime, batch_size: int = 256) -> FeatureStats:
-    """Mean and std of the head's input features, and the mean loss, over ``pixels`` in [0, 1] units."""
-    head = find_head(model)
-    if head is None:
-        raise ModelError("augmentation distances need the model's classifier head (a last Linear or 1x1 conv); "
-                         "pin regularization.augment to skip the policy search")
-    captured: list[torch.Tensor] = []
-    hook = head[1].register_forward_pre_hook(lambda module, args: captured.append(args[0].flatten(1).float()))
+def feature_stats(model: nn.Module, task: Task, pixels: torch.Tensor, targets: Any, normalizer: Normalizer,
+                  runtime: Runtime, batch_size: int = 256) -> FeatureStats:
+    """Mean and std of the task's features (``Task.features``), and the mean loss when the task has
+    per-sample losses, over ``pixels`` in [0, 1] units."""
+    with_loss = task.capabilities.per_sample_loss
     was_training = model.training
     model.eval()
-    losses = []
+    captured, losses = [], []
     try:
         for start in range(0, len(pixels), batch_size):
-            outputs = eval_outputs(model, task, runtime, normalizer.standardize(pixels[start:start + batch_size]))
-            losses.append(task.per_sample_loss(outputs, targets[start:start + batch_size]))
+            with runtime.autocast():
+                features, outputs = task.features(model, normalizer.standardize(pixels[start:start + batch_size]))
+            captured.append(features.float())
+            if with_loss:
+                losses.append(task.per_sample_loss(outputs, targets[start:start + batch_size]))
     finally:
-        hook.remove()
         model.train(was_training)
     features = torch.cat(captured)
-    return FeatureStats(features.mean(dim=0), features.std(dim=0), float(torch.cat(losses).mean()))
+    return FeatureStats(features.mean(dim=0), features.std(dim=0), float(torch.cat(losses).mean()) if losses else None)
 
 
-def measure_distances(model: nn.Module, task: Task, pixels: torch.Tensor, targets: torch.Tensor, ops: list[str],
+def measure_distances(model: nn.Module, task: Task, pixels: torch.Tensor, targets: Any, ops: list[str],
                       normalizer: Normalizer, runtime: Runtime, seed: int = 0,
                       magnitudes: tuple[float, ...] = MAGNITUDES) -> list[Distance]:
     """Distance and loss shift of every (op, magnitude) pair on the same images and random draws."""
@@ -92,6 +92,6 @@ def measure_distances(model: nn.Module, task: Task, pixels: torch.Tensor, target
             generator = torch.Generator(device=pixels.device).manual_seed(seed)  # same draws for every pair
             augmented, _ = Augmenter([AugmentOp(name, magnitude)])(pixels, generator)
             stats = feature_stats(model, task, augmented, targets, normalizer, runtime)
-            rows.append(Distance(name, magnitude, round(frechet_diagonal(stats, clean), 6),
-                                 round(stats.loss - clean.loss, 6)))
+            shift = None if stats.loss is None or clean.loss is None else round(stats.loss - clean.loss, 6)
+            rows.append(Distance(name, magnitude, round(frechet_diagonal(stats, clean), 6), shift))
     return rows

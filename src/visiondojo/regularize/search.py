@@ -6,21 +6,25 @@
    pairs into weak / medium / strong groups.
 3. Greedy coordinate ascent, each step trying its options on top of the best policy so far (ops
    interact, so a proxy scores the combination, never an op alone), keeping the best option only
-   when a paired test on the same validation images (``paired.py``: an exact sign test on the
-   images exactly one of the two gets right, at ``ALPHA`` divided by the step's options, and a
-   minimum effect) shows it better; without that evidence the simpler policy stays:
+   when a paired test on the same validation units (``paired.py``: an exact sign test on the
+   units exactly one of the two gets right, at ``ALPHA`` divided by the step's options, and a
+   minimum effect; a unit is an image for classification, a true object for detection,
+   ``Task.correct``) shows it better; without that evidence the simpler policy stays:
 
    a. *wide* menus: one menu of every group up to a level, across all families (each sample gets
       one (op, magnitude) of all of them; TrivialAugment's wide single-op menu is the strong end),
       levels weak to strong;
-   b. the soft-label options, weak to strong: label smoothing, then with mixup, then with CutMix;
+   b. the task's target options, weak to strong (``target_options_for``): for classification the
+      soft labels (label smoothing, then with mixup, then with CutMix); for detection, where soft
+      labels do not apply to boxes, the ops that build an image and its box set from several
+      (mosaic on half the images, on all, then with box mixup);
    c. per family, a stacked level of its own (a second op from that family on top), weak to strong,
       only when a wide menu was chosen.
 
    Within a step, options go weak to strong and stop at the first that scores below the one
    before it (the first is compared with the best so far): stronger versions of what already
    hurts only hurt more. The steps are ordered by what they gave on Fashion-MNIST: a wide menu was
-   the best single policy, soft labels are at most three proxies, and the family refinements fill
+   the best single policy, target options are at most three proxies, and the family refinements fill
    whatever allowance is left. They are skipped when even the weakest wide menu loses to no
    augmentation: the run is then too short for augmentation to pay off (a 7-epoch Fashion-MNIST
    run: every menu, fixed policy and single family lost to none), and each proxy spent on it
@@ -47,7 +51,8 @@ initial weights, so differences between proxies are the policy's, not the draw's
    falls below the minimum effect is dropped for the one it replaced.
 
 The validation subset is as large as the minimum effect needs to be detectable with ``POWER``
-(``paired.images_needed``: about 5,000 images for one point), within the validation data.
+(``paired.images_needed``: about 5,000 units for one point; a detection image holds several
+objects, so fewer images), within the validation data.
 
 The search stays inside its allowance: proxies are sized from the measured throughput so that
 the planned ones fit, and the search stops early when the next proxy would not.
@@ -57,6 +62,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -72,7 +78,7 @@ from ..engine.loop import run_training
 from ..engine.runtime import Runtime
 from ..optimize.probe import model_copy
 from ..paired import ALPHA, MIN_EFFECT, PairedTest, images_needed, paired_test
-from ..plan import AugmentOp, Plan, RegularizationParams
+from ..plan import AugmentOp, Plan
 from ..tasks import Task
 from .distance import MAGNITUDES, Distance, measure_distances
 from .extrapolate import extrapolate_gain
@@ -98,13 +104,23 @@ SOFT_OPTIONS: tuple[dict[str, float], ...] = (
     {"label_smoothing": 0.1, "mixup": 0.2},
     {"label_smoothing": 0.1, "cutmix": 1.0},
 )
+SOFT_FIELDS = ("label_smoothing", "mixup", "cutmix")
+BOX_MIX_OPTIONS: tuple[dict[str, float], ...] = (
+    {"mosaic": 0.5},
+    {"mosaic": 1.0},
+    {"mosaic": 1.0, "box_mixup": 0.15},
+)
+"""Detection's target options, weak to strong: mosaic on half the images, on every image (YOLO's
+default), then box mixup on top at the rate Ultralytics' larger models use."""
+BOX_MIX_FIELDS = ("mosaic", "box_mixup")
 
 
 @dataclass
 class Trial:
     groups: dict[str, str]
     """family -> level."""
-    soft: dict[str, float]
+    target_options: dict[str, float]
+    """The target stage's fields this proxy set (``target_fields``); absent ones were 0."""
     score: float
     seconds: float
     test: dict[str, Any] | None = None
@@ -122,7 +138,7 @@ class ProxyOutcome:
 @dataclass
 class SearchResult:
     augment: list[AugmentOp]
-    soft: dict[str, float]
+    target_options: dict[str, float]
     distances: list[Distance]
     groups: list[Group]
     trials: list[Trial]
@@ -132,6 +148,9 @@ class SearchResult:
     stopped: str
     space: dict[str, Any] = field(default_factory=dict)
     val_images: int = 0
+    val_units: int = 0
+    """What the paired tests counted on the validation images (``Task.unit``: images, objects)."""
+    unit: str = "images"
     min_effect: float = MIN_EFFECT
     extrapolation: dict[str, Any] | None = None
     """Gain of the chosen policy at two subset sizes and extrapolated to the training set."""
@@ -145,37 +164,47 @@ class SearchResult:
             "trials": [dataclasses.asdict(t) for t in self.trials],
             "subset_size": self.subset_size, "proxy_epochs": self.proxy_epochs,
             "seconds": round(self.seconds, 2), "stopped": self.stopped, "space": self.space,
-            "val_images": self.val_images, "min_effect": self.min_effect, "extrapolation": self.extrapolation,
+            "val_images": self.val_images, "val_units": self.val_units, "unit": self.unit,
+            "min_effect": self.min_effect, "extrapolation": self.extrapolation,
         }
 
 
-def soft_options_for(task: Task) -> list[dict[str, float]]:
-    """The soft-label options the task supports (``Task.capabilities``): none without soft labels,
-    label smoothing alone without mixing."""
-    if not task.capabilities.soft_labels:
-        return []
-    return [dict(o) for o in SOFT_OPTIONS if task.capabilities.mixing or not ({"mixup", "cutmix"} & set(o))]
+def target_fields(task: Task) -> tuple[str, ...]:
+    """The regularization fields of the task's target stage (``Task.capabilities``): the soft
+    labels, the detection mixes (mosaic, box mixup), or none."""
+    if task.capabilities.soft_labels:
+        return SOFT_FIELDS
+    return BOX_MIX_FIELDS if task.capabilities.box_mixing else ()
+
+
+def target_options_for(task: Task) -> list[dict[str, float]]:
+    """The target-stage options the task supports (``Task.capabilities``): the soft-label options
+    (label smoothing alone without mixing), the detection mixes for box targets, else none."""
+    if task.capabilities.soft_labels:
+        return [dict(o) for o in SOFT_OPTIONS if task.capabilities.mixing or not ({"mixup", "cutmix"} & set(o))]
+    return [dict(o) for o in BOX_MIX_OPTIONS] if task.capabilities.box_mixing else []
 
 
 def search_policy(plan: Plan, model: torch.nn.Module, task: Task, train: Source, val: Source, runtime: Runtime,
                   allowance_s: float, train_images_per_s: float, eval_images_per_s: float, *,
-                  search_soft: bool = True, min_effect: float = MIN_EFFECT,
+                  search_targets: bool = True, min_effect: float = MIN_EFFECT,
                   log: Callable[[str], None] = lambda message: None) -> SearchResult | None:
     """Search a policy within ``allowance_s`` seconds; None when not even the planned proxies fit.
 
-    ``search_soft=False`` keeps the plan's soft labels (the user pinned them) and searches the
-    augmentation only. ``min_effect``: the smallest gain (share of validation units) a policy
-    change must show; the validation subset is sized to detect it.
+    ``search_targets=False`` keeps the plan's target options (the user pinned soft labels or
+    mosaic) and searches the augmentation only. ``min_effect``: the smallest gain (share of
+    validation units) a policy change must show; the validation subset is sized to detect it.
     """
     start = time.perf_counter()
-    soft_options = soft_options_for(task)
-    search_soft = search_soft and bool(soft_options)
+    fields = target_fields(task)
+    target_options = target_options_for(task)
+    search_targets = search_targets and bool(target_options)
     usable = ops_for(plan.data.channels)
     ops = [op for family in FAMILIES.values() for op in family if op in usable]
-    planned = 1 + PLANNED_LEVELS + (len(soft_options) if search_soft else 0) + len(FAMILIES) + EXTRAPOLATION_PROXIES
-    val_images = min(len(val), images_needed(min_effect))
-    reg = plan.regularization
-    start_soft = {} if search_soft else {name: getattr(reg, name) for name in ("label_smoothing", "mixup", "cutmix")}
+    planned = 1 + PLANNED_LEVELS + (len(target_options) if search_targets else 0) + len(FAMILIES) + EXTRAPOLATION_PROXIES
+    units_per_image = task.units_per_sample(val.targets)
+    val_images = min(len(val), math.ceil(images_needed(min_effect) / max(units_per_image, 1e-6)))
+    start_options = {} if search_targets else {name: getattr(plan.regularization, name) for name in fields}
     # Each proxy: as many epochs as the real run, then one validation pass.
     epochs = min(max(plan.optimization.epochs, PROXY_EPOCHS[0]), PROXY_EPOCHS[1])
     proxy_s = (1 - DISTANCE_SHARE) * allowance_s / planned
@@ -187,7 +216,7 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Task, train: Source,
     subset = train.subset(torch.randperm(len(train), generator=generator)[:subset_size])
     val_subset = val.subset(torch.randperm(len(val), generator=generator)[:val_images])
     normalizer = Normalizer(plan.data, runtime.device, plan.runtime.channels_last)
-    proxy = Proxy(plan, model, task, subset, val_subset, runtime, normalizer, epochs)
+    proxy = Proxy(plan, model, task, subset, val_subset, runtime, normalizer, epochs, fields)
 
     # 1. The bar to beat, and the briefly trained model the distances are measured with.
     trials: list[Trial] = []
@@ -201,21 +230,21 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Task, train: Source,
         measured["trained_s"] = time.perf_counter() - t  # the proxy alone, without the distance analysis
         return _distances(trained, task, subset, distance_images, ops, normalizer, runtime, plan.seed)
 
-    outcome, distances = proxy.run(_policy(plan, [], start_soft), measure=distances_of)
-    trials.append(Trial({}, start_soft, outcome.score, round(measured.get("trained_s", time.perf_counter() - t), 2)))
+    outcome, distances = proxy.run([], start_options, measure=distances_of)
+    trials.append(Trial({}, start_options, outcome.score, round(measured.get("trained_s", time.perf_counter() - t), 2)))
     base_correct = outcome.correct
     log(f"policy search: no augmentation scores {outcome.score:.4f} on the proxy ({subset_size} images x "
-        f"{epochs} epochs, {val_images} validation images)")
+        f"{epochs} epochs, {val_images} validation images, {len(base_correct)} {task.unit})")
     groups = group_pairs(distances)
     by_family: dict[str, list[Group]] = {}
     for group in groups:
         by_family.setdefault(group.family, []).append(group)
 
-    # 2. Greedy: wide menus, soft labels, then a stacked level per family, each on top of the best so far.
+    # 2. Greedy: wide menus, target options, then a stacked level per family, each on top of the best so far.
     steps: list[tuple[str | None, list[str]]] = [(WIDE, [level for level in LEVELS if any(
         LEVELS.index(g.level) <= LEVELS.index(level) for g in groups)])]
-    if search_soft:
-        steps.append((None, []))  # the soft-label options
+    if search_targets:
+        steps.append((None, []))  # the target options
     steps += [(f, [g.level for g in gs]) for f, gs in by_family.items()]
     best, best_correct, stopped = trials[0], base_correct, None
     for family, levels in steps:
@@ -225,21 +254,21 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Task, train: Source,
                        f"{trials[0].score:.4f}), so the run is too short for augmentation to pay off: "
                        "no family refinements")
             break
-        options = ([({**best.groups, family: level}, best.soft) for level in levels] if family is not None
-                   else [(best.groups, dict(option)) for option in soft_options])
+        options = ([({**best.groups, family: level}, best.target_options) for level in levels] if family is not None
+                   else [(best.groups, dict(option)) for option in target_options])
         alpha = ALPHA / len(options)  # every option of the step is tested against the same best
         step: list[Trial] = []
         step_correct: list[torch.Tensor] = []
-        for chosen, soft in options:
+        for chosen, chosen_options in options:
             if time.perf_counter() - start + max(t.seconds for t in trials + step) > allowance_s:
                 stopped = f"the search allowance ran out after {len(trials) + len(step)} proxy trainings"
                 break
             t = time.perf_counter()
-            outcome, _ = proxy.run(_policy(plan, _ops(chosen, groups), soft))
-            test = paired_test(best_correct, outcome.correct, alpha=alpha, min_effect=min_effect)
-            step.append(Trial(chosen, soft, outcome.score, round(time.perf_counter() - t, 2), test.to_dict()))
+            outcome, _ = proxy.run(_ops(chosen, groups), chosen_options)
+            test = paired_test(best_correct, outcome.correct, alpha=alpha, min_effect=min_effect, unit=task.unit)
+            step.append(Trial(chosen, chosen_options, outcome.score, round(time.perf_counter() - t, 2), test.to_dict()))
             step_correct.append(outcome.correct)
-            log(f"policy search: {_describe(chosen, soft)} scores {outcome.score:.4f}; against the best so far "
+            log(f"policy search: {_describe(chosen, chosen_options)} scores {outcome.score:.4f}; against the best so far "
                 f"{test.describe()}")
             previous = step[-2].score if len(step) > 1 else best.score
             if step[-1].score < previous:
@@ -253,19 +282,19 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Task, train: Source,
             break
     extrapolation = None
     if best is not trials[0]:
-        extrapolation = _extrapolate(proxy, plan, trials[0], best, base_correct, best_correct, groups, len(train),
+        extrapolation = _extrapolate(proxy, trials[0], best, base_correct, best_correct, groups, len(train),
                                      min_effect, allowance_s - (time.perf_counter() - start), log)
         if not extrapolation["kept"]:
             best = trials[0]
     space = {"ops": len(ops), "magnitudes": len(MAGNITUDES), "pairs": n_pairs,
              "policies": f"{len(MAGNITUDES) + 1}^{len(ops)} = {float((len(MAGNITUDES) + 1) ** len(ops)):.3g}",
              "groups": len(groups), "proxy_trainings": len(trials) + 2 * bool(extrapolation and "tests" in extrapolation)}
-    return SearchResult(_ops(best.groups, groups), best.soft, distances, groups, trials, subset_size,
+    return SearchResult(_ops(best.groups, groups), best.target_options, distances, groups, trials, subset_size,
                         epochs, time.perf_counter() - start, stopped or "tried every planned combination", space,
-                        val_images, min_effect, extrapolation)
+                        val_images, len(base_correct), task.unit, min_effect, extrapolation)
 
 
-def _extrapolate(proxy: "Proxy", plan: Plan, base: Trial, chosen: Trial, base_correct: torch.Tensor,
+def _extrapolate(proxy: "Proxy", base: Trial, chosen: Trial, base_correct: torch.Tensor,
                  chosen_correct: torch.Tensor, groups: list[Group], train_size: int, min_effect: float,
                  time_left: float, log: Callable[[str], None]) -> dict[str, Any]:
     """Train the base and the chosen policy again on half the subset; keep the chosen one only when
@@ -276,22 +305,23 @@ def _extrapolate(proxy: "Proxy", plan: Plan, base: Trial, chosen: Trial, base_co
     """
     large = len(proxy.train)
     small = large // 2
-    full = paired_test(base_correct, chosen_correct, min_effect=min_effect)
+    unit = proxy.task.unit
+    full = paired_test(base_correct, chosen_correct, min_effect=min_effect, unit=unit)
     if small < MIN_SUBSET or time_left < base.seconds:
         return {"kept": False, "sizes": [large], "gains": [round(full.effect, 5)], "train_size": train_size,
                 "why": f"no room for half-size proxies ({small} images, {time_left:.0f}s left): the gain of "
                        f"{full.effect:+.2%} on {large} images cannot be extrapolated, so the simpler policy stays"}
     half = proxy.on_fewer(small)
-    base_small, _ = half.run(_policy(plan, _ops(base.groups, groups), base.soft))
-    chosen_small, _ = half.run(_policy(plan, _ops(chosen.groups, groups), chosen.soft))
-    at_small = paired_test(base_small.correct, chosen_small.correct, min_effect=min_effect)
+    base_small, _ = half.run(_ops(base.groups, groups), base.target_options)
+    chosen_small, _ = half.run(_ops(chosen.groups, groups), chosen.target_options)
+    at_small = paired_test(base_small.correct, chosen_small.correct, min_effect=min_effect, unit=unit)
     predicted = extrapolate_gain([small, large], [at_small.effect, full.effect], train_size)
     kept = predicted >= min_effect
     why = (f"gain {at_small.effect:+.2%} on {small} images, {full.effect:+.2%} on {large}: extrapolated "
            f"{predicted:+.2%} on the {train_size} training images, "
            + (f"at least the {min_effect:.1%} minimum: kept" if kept else
               f"under the {min_effect:.1%} minimum: the simpler policy stays"))
-    log(f"policy search: {_describe(chosen.groups, chosen.soft)}: {why}")
+    log(f"policy search: {_describe(chosen.groups, chosen.target_options)}: {why}")
     return {"kept": kept, "sizes": [small, large], "gains": [round(at_small.effect, 5), round(full.effect, 5)],
             "train_size": train_size, "predicted": round(predicted, 5), "why": why,
             "tests": [at_small.to_dict(), full.to_dict()]}
@@ -308,14 +338,9 @@ def _ops(chosen: dict[str, str], groups: list[Group]) -> list[AugmentOp]:
     return ops + [op for g in groups if chosen.get(g.family) == g.level for op in g.ops()]
 
 
-def _policy(plan: Plan, augment: list[AugmentOp], soft: dict[str, float]) -> RegularizationParams:
-    """The plan's regularization with this augmentation and these soft labels."""
-    return dataclasses.replace(plan.regularization, augment=augment, label_smoothing=soft.get("label_smoothing", 0.0),
-                               mixup=soft.get("mixup", 0.0), cutmix=soft.get("cutmix", 0.0))
-
-
-def _describe(chosen: dict[str, str], soft: dict[str, float]) -> str:
-    parts = [f"{family} {level}" for family, level in chosen.items()] + [f"{k} {v:g}" for k, v in soft.items()]
+def _describe(chosen: dict[str, str], target_options: dict[str, float]) -> str:
+    parts = [f"{family} {level}" for family, level in chosen.items()]
+    parts += [f"{k} {v:g}" for k, v in target_options.items()]
     return ", ".join(parts) or "no augmentation"
 
 
@@ -331,9 +356,9 @@ class Proxy:
     """Short trainings of a fresh copy of the model on one subset, with the plan's optimizer."""
 
     def __init__(self, plan: Plan, model: torch.nn.Module, task: Task, train: Source, val: Source,
-                 runtime: Runtime, normalizer: Normalizer, epochs: int):
+                 runtime: Runtime, normalizer: Normalizer, epochs: int, fields: tuple[str, ...]):
         self.model, self.task, self.runtime, self.normalizer = model, task, runtime, normalizer
-        self.source_plan, self.epochs = plan, epochs
+        self.source_plan, self.epochs, self.fields = plan, epochs, fields
         self.plan = copy.deepcopy(plan)
         opt = self.plan.optimization
         self.batch_size = max(8, min(opt.batch_size, len(train) // 8))  # at least 8 steps per epoch
@@ -351,13 +376,16 @@ class Proxy:
     def on_fewer(self, size: int) -> "Proxy":
         """The same proxy on the first ``size`` images of its subset (same validation images)."""
         return Proxy(self.source_plan, self.model, self.task, self.train.subset(torch.arange(size)), self.val,
-                      self.runtime, self.normalizer, self.epochs)
+                     self.runtime, self.normalizer, self.epochs, self.fields)
 
-    def run(self, policy: RegularizationParams,
+    def run(self, augment: list[AugmentOp], target_options: dict[str, float],
             measure: Callable[[torch.nn.Module], Any] | None = None) -> tuple[ProxyOutcome, Any]:
-        """(validation outcome of the returned weights, ``measure(trained model)``) of one proxy training."""
+        """(validation outcome of the returned weights, ``measure(trained model)``) of one proxy
+        training with this augmentation and these target options (the task's target fields not
+        named are 0)."""
         plan = copy.deepcopy(self.plan)
-        plan.regularization = policy
+        plan.regularization = dataclasses.replace(plan.regularization, augment=augment,
+                                                  **{name: target_options.get(name, 0.0) for name in self.fields})
         device = self.runtime.device
         train_batches = make_batches(self.train, self.batch_size, device, train=True, seed=plan.seed)
         val_batches = make_batches(self.val, max(self.batch_size, 256), device, train=False)
@@ -366,5 +394,5 @@ class Proxy:
                                   Path(folder), validate_each_epoch=False)
             measured = measure(model) if measure is not None else None
         final = result.last_evaluation
-        assert final is not None and final.scores is not None  # validate_each_epoch=False collects it
-        return ProxyOutcome(result.kept_metric, self.task.correct(final.scores, final.targets)), measured
+        assert final is not None and final.correct is not None  # validate_each_epoch=False collects it
+        return ProxyOutcome(result.kept_metric, final.correct), measured

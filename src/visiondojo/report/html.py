@@ -154,10 +154,10 @@ def _augment_search(plan: Plan) -> list[str]:
                     [[g["name"], g["distance"], ", ".join(f"{op} {m:g}" for op, m in g["pairs"])]
                      for g in search["groups"]])]
     rows = [[", ".join(f"{k} {v}" for k, v in t["groups"].items()) or "none",
-             ", ".join(f"{k} {v:g}" for k, v in t["soft"].items()) or "none", t["score"],
+             ", ".join(f"{k} {v:g}" for k, v in t.get("target_options", t.get("soft", {})).items()) or "none", t["score"],
              _verdict(t.get("test")), t["seconds"]]
             for t in search["trials"]]
-    parts.append(_table(["augmentation groups", "soft labels", f"proxy {plan.monitor}",
+    parts.append(_table(["augmentation groups", "target options", f"proxy {plan.monitor}",
                          "against the best so far (paired sign test)", "seconds"], rows))
     extrapolation = search.get("extrapolation")
     if extrapolation:

@@ -6,7 +6,8 @@ task's own form) and the metric update (``update_metrics``). The defaults call `
 and read its output as the task's ``loss`` and ``scores`` expect (the classification shape); a
 detector, whose torchvision protocol returns a loss dict in training and a list of dicts in eval,
 overrides the three. ``capabilities`` tells the policy search and the SSL stages which of their
-tools apply (soft labels, mixing, a classifier head, per-sample losses).
+tools apply (soft labels, mixing, per-sample losses); ``features`` gives the policy search's
+distance analysis what it compares, and ``correct`` the units its paired tests count.
 
 Batching and device transfer are not per task: every task's targets live in one container
 (``data.targets``: dense tensors or ragged objects with offsets) whose ``gather`` builds a batch
@@ -28,6 +29,8 @@ from torchmetrics import MetricCollection
 
 from ..augment.geometry import Geometry, warp_boxes
 from ..data.targets import RaggedBatch
+from ..errors import ModelError
+from ..models.adapt import find_head
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,6 @@ class Capabilities:
     """Float targets that label smoothing and a teacher's soft labels blend."""
     mixing: bool = False
     """Mixup/CutMix can blend two samples' targets (``mix_targets``)."""
-    classifier_head: bool = False
-    """The model ends in a classifier head whose input features the augmentation distances read."""
     per_sample_loss: bool = False
     """``per_sample_loss`` exists: the worst-mistakes gallery and the distance measures use it."""
     class_balance: bool = False
@@ -126,10 +127,43 @@ class Task(ABC):
         """Model outputs -> probabilities (tasks with per-sample losses: paired tests and the report read them)."""
         raise NotImplementedError(f"{self.name}: no per-image class scores")
 
-    def correct(self, scores: torch.Tensor, targets: Any) -> torch.Tensor:
-        """Bool tensor: which validation units the ``scores`` get right (an image, or an image x label
-        for multi-label tasks): what paired tests between two models count (``visiondojo.paired``)."""
-        raise NotImplementedError(f"{self.name}: no per-image correctness for paired tests yet")
+    unit: str = "images"
+    """What ``correct`` counts, as the plan's evidence names it."""
+
+    def correct(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """Bool tensor: which validation units the ``forward_eval`` outputs of a batch get right (an
+        image; an image x label for multi-label tasks; a true object for detection): what the paired
+        tests between two models count (``visiondojo.paired``)."""
+        raise NotImplementedError(f"{self.name}: no per-unit correctness for paired tests")
+
+    def units_per_sample(self, targets: Any) -> float:
+        """Mean validation units per sample in ``targets`` (a split's target container): sizes the
+        validation subset of the policy search. One image is one unit; multi-label tasks count
+        images too, the conservative choice (their labels are not independent)."""
+        return 1.0
+
+    def feature_source(self, model: nn.Module) -> str | None:
+        """Where ``features`` reads this model (for the plan's evidence), or None when it cannot:
+        then the policy search does not run."""
+        return "the classifier head's input" if find_head(model) is not None else None
+
+    def features(self, model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """((N, D) float features, ``forward_eval`` outputs or None) of model-ready ``inputs``, model in
+        eval mode: the augmentation distances compare the features' statistics on clean and
+        augmented images (``regularize.distance``), and the outputs give the loss shift when the
+        task has per-sample losses. Here: the input of the classifier head (``models.adapt.find_head``),
+        read by a hook during one evaluation forward."""
+        head = find_head(model)
+        if head is None:
+            raise ModelError("augmentation distances need the model's classifier head (a last Linear or 1x1 conv); "
+                             "pin regularization.augment to skip the policy search")
+        captured: list[torch.Tensor] = []
+        hook = head[1].register_forward_pre_hook(lambda module, args: captured.append(pooled(args[0])))
+        try:
+            outputs = self.forward_eval(model, inputs)
+        finally:
+            hook.remove()
+        return captured[0], outputs
 
     def predict(self, outputs: Any) -> Any:
         """Model outputs -> final predictions (class indices, multi-hot labels, boxes...)."""
@@ -158,3 +192,16 @@ class Task(ABC):
                                      min_visible=self.min_visible_box)
             return targets.replace(boxes=boxes).keep(keep)
         return targets
+
+
+def pooled(features: Any) -> torch.Tensor:
+    """(N, D) float features from a layer's output: feature maps (N, C, H, W) averaged over space
+    (a 1x1 map is just flattened), a dict or list of them (a feature pyramid) pooled level by level
+    and concatenated."""
+    if isinstance(features, dict):
+        features = list(features.values())
+    if isinstance(features, (list, tuple)):
+        return torch.cat([pooled(level) for level in features], dim=1)
+    if features.ndim == 4:
+        return features.float().mean(dim=(2, 3))
+    return features.float().flatten(1)

@@ -41,8 +41,7 @@ class Predictions:
         return [self.class_names[int(i)] for i in self.labels]
 
 
-CLASSIFICATION = Capabilities(soft_labels=True, mixing=True, classifier_head=True, per_sample_loss=True,
-                              class_balance=True)
+CLASSIFICATION = Capabilities(soft_labels=True, mixing=True, per_sample_loss=True, class_balance=True)
 
 
 class ClassificationTask(Task):
@@ -88,8 +87,8 @@ class MultiClassTask(ClassificationTask):
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.argmax(dim=1)
 
-    def correct(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return scores.argmax(dim=1) == targets.to(scores.device)
+    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.scores(outputs).argmax(dim=1) == targets.to(outputs.device)
 
     def review(self, scores: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor, class_names: list[str],
                limit: int) -> Review:
@@ -180,8 +179,10 @@ class MultiLabelTask(ClassificationTask):
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         return (self.scores(outputs) > self.threshold).long()
 
-    def correct(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return ((scores > self.threshold) == targets.to(scores.device).bool()).reshape(-1)
+    unit = "image labels"
+
+    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return ((self.scores(outputs) > self.threshold) == targets.to(outputs.device).bool()).reshape(-1)
 
     def review(self, scores: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor, class_names: list[str],
                limit: int) -> Review:

@@ -26,14 +26,15 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 from torchvision.utils import draw_bounding_boxes
 
-from ..data.targets import RaggedBatch
-from .base import Capabilities, StepLoss, Task
+from ..data.targets import RaggedBatch, RaggedTargets
+from ..errors import ModelError
+from ..models.detectors import BACKGROUND
+from .base import Capabilities, StepLoss, Task, pooled
 
-BACKGROUND = 1
-"""Label offset: torchvision's detectors reserve class 0 for the background, so a detector for K
-classes is built with K + 1 (``models.detectors``)."""
 GALLERY_SCORE = 0.5
 """Detections shown in the report's gallery and counted as false there: the confident ones."""
+MATCH_IOU = 0.5
+"""A true object is found by a detection of its class overlapping it this much (``correct``)."""
 MIN_VISIBLE_BOX = 0.25
 """An augmented box keeping under a quarter of its area in the frame is dropped: what is left is a
 sliver at the border that no longer shows the object, and training the detector to find it there
@@ -149,6 +150,33 @@ class DetectionTask(Task):
             values["pr_50_per_class"] = curves
         return values
 
+    unit = "objects"
+
+    def correct(self, outputs: list[dict[str, torch.Tensor]], targets: RaggedBatch) -> torch.Tensor:
+        """Per true object of the batch, in data order: found by one of its image's top-k detections
+        (k: the image's true objects) of its class at IoU ``MATCH_IOU``, each detection matching at
+        most one object, the highest-scoring first (see the module's docstring)."""
+        found = [found_objects(d, t) for d, t in zip(outputs, targets.per_image())]
+        return torch.cat(found) if found else torch.zeros(0, dtype=torch.bool)
+
+    def units_per_sample(self, targets: RaggedTargets) -> float:
+        return float(targets.counts.float().mean()) if len(targets) else 0.0
+
+    def feature_source(self, model: nn.Module) -> str | None:
+        backbone = getattr(model, "backbone", None)
+        return "the backbone's feature maps, averaged over space" if isinstance(backbone, nn.Module) else None
+
+    def features(self, model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """The backbone's output (torchvision's detectors: a dict of feature-pyramid levels), each
+        level averaged over space, concatenated: what the detector's heads see, without their
+        post-processing. The inputs are the training size the detector's own resize keeps."""
+        backbone = getattr(model, "backbone", None)
+        if not isinstance(backbone, nn.Module):
+            raise ModelError(f"augmentation distances read a detector's backbone features, and "
+                             f"{type(model).__name__} has no `backbone` module; pin regularization.augment to skip "
+                             "the policy search")
+        return pooled(backbone(inputs)), None
+
     def box_errors(self, outputs: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]],
                    limit: int) -> list[tuple[int, str]]:
         """(image index, caption) of the ``limit`` images with the most missed and false boxes, worst
@@ -183,3 +211,20 @@ class DetectionTask(Task):
         found = [d for chunk in outputs for d in chunk]
         return Detections([d["boxes"].float().cpu() for d in found], [d["scores"].float().cpu() for d in found],
                           [d["labels"].cpu() for d in found], class_names)
+
+
+def found_objects(found: dict[str, torch.Tensor], truth: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(M,) bool for an image's M true objects: which its top-M detections find (``DetectionTask.correct``)."""
+    count = len(truth["boxes"])
+    matched = torch.zeros(count, dtype=torch.bool)
+    if count == 0 or len(found["boxes"]) == 0:
+        return matched
+    top = found["scores"].argsort(descending=True)[:count]
+    iou = box_iou(found["boxes"][top].float(), truth["boxes"].float().to(found["boxes"].device)).cpu()
+    iou[found["labels"][top].cpu()[:, None] != truth["labels"].cpu()[None, :]] = 0.0
+    for row in iou:  # highest score first; each detection takes its best still-unmatched object
+        row = row.masked_fill(matched, 0.0)
+        best = int(row.argmax())
+        if row[best] >= MATCH_IOU:
+            matched[best] = True
+    return matched
