@@ -32,7 +32,10 @@ Contenders, each in its own child process (peak RSS its own):
   (AdamW, its learning rate then set by Ultralytics' rule for the class count). Ultralytics sets
   torch to CPU count - 1 threads (on import and when it selects the CPU); the bench gives it all
   the cores like the others;
-- ``visiondojo``: ``visiondojo.fit("small-fcos", train, val, test, budget=...)`` at its defaults.
+- ``visiondojo``: ``visiondojo.fit("small-fcos", train, val, test, budget=...)`` at its defaults;
+- ``visiondojo-sgd``: the same with the optimizer pinned to SGD (batch, learning rate from its own
+  range test, schedule and augmentation still planned): what the optimizer rule for detection
+  rests on.
 
 What a budget covers: ``fit``'s covers the whole call, its test pass included; the reference's
 covers its training (its test pass comes after); Ultralytics' ``time=`` covers its training and
@@ -59,7 +62,7 @@ from fmnist import RUNS_DIR, log, run_contender_here, run_contender_in_child, vi
 from visiondojo.data.scenes import Scenes, fashion_scenes
 from visiondojo.models import small_fcos
 
-CONTENDERS = ("reference", "ultralytics", "ultralytics-adamw", "visiondojo")
+CONTENDERS = ("reference", "ultralytics", "ultralytics-adamw", "visiondojo", "visiondojo-sgd")
 BATCH = 16
 SIZE = 128
 
@@ -204,17 +207,22 @@ def run_ultralytics(budget_s: float, seed: int, args: argparse.Namespace, optimi
 # --- (c) visiondojo ---------------------------------------------------------------------------------
 
 
-def run_visiondojo(budget_s: float, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_visiondojo(budget_s: float, seed: int, args: argparse.Namespace, optimizer: str | None = None) -> dict[str, Any]:
+    """``fit`` as a user calls it; ``optimizer`` pins the optimizer (everything else still planned):
+    the measurement behind the optimizer rule for detection."""
     train, val, test = scenes("train", args.train, 0), scenes("val", args.val, 0), scenes("test", args.test, 0)
+    name = "visiondojo" + (f"-{optimizer}" if optimizer else "")
     run = visiondojo.fit("small-fcos", (train.images, per_image(train)), (val.images, per_image(val)),
                          (test.images, per_image(test)), class_names=train.class_names, budget=budget_s, seed=seed,
-                         out=RUNS_DIR / "detection-runs" / f"visiondojo-{args.train}-{int(budget_s)}-{seed}",
+                         out=RUNS_DIR / "detection-runs" / f"{name}-{args.train}-{int(budget_s)}-{seed}",
+                         pin={"optimization.optimizer": optimizer} if optimizer else None,
                          overwrite=True, progress=False)
     return {**visiondojo_result(run, metric="map"), "test_map_50": run.metrics["test"]["map_50"]}
 
 
 RUNNERS = {"reference": run_reference, "ultralytics": run_ultralytics, "visiondojo": run_visiondojo,
-           "ultralytics-adamw": lambda budget, seed, args: run_ultralytics(budget, seed, args, optimizer="AdamW")}
+           "ultralytics-adamw": lambda budget, seed, args: run_ultralytics(budget, seed, args, optimizer="AdamW"),
+           "visiondojo-sgd": lambda budget, seed, args: run_visiondojo(budget, seed, args, optimizer="sgd")}
 
 
 def main(argv: list[str] | None = None) -> None:

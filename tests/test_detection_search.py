@@ -3,6 +3,9 @@ features, mosaic and box mixup as the target stage, and real proxies scored by m
 
 from __future__ import annotations
 
+import copy
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -10,6 +13,7 @@ from torch import nn
 import visiondojo
 from visiondojo.data.sources import DataOptions
 from visiondojo.engine.runtime import Runtime
+from visiondojo.optimize.length import Throughput
 from visiondojo.plan import RuntimeParams
 from visiondojo.prepare import prepare
 from visiondojo.regularize.distance import Distance, measure_distances
@@ -126,3 +130,30 @@ def test_a_real_detection_search_trains_proxies_scored_by_map(detection_inputs) 
     assert result.groups and all(d.loss_shift is None for d in result.distances)
     assert "validation images" in logged[0] and "objects" in logged[0]
     assert result.seconds <= 20.0 + 1.5 * max(t.seconds for t in result.trials)
+
+
+def test_proxies_that_find_almost_nothing_end_the_search_and_the_prior_stays(detection_inputs, monkeypatch) -> None:
+    """A detector's proxy that finds 5% of the objects cannot rank policies: one proxy, then the prior."""
+    from visiondojo.regularize import choose, search
+
+    plan, prep = detection_inputs
+    objects = int(prep.val.targets.counts.sum())
+    calls = []
+
+    def fake_run(self, augment, options, measure=None):
+        calls.append(augment)
+        return ProxyOutcome(0.01, torch.arange(objects) < objects // 20), SYNTHETIC if measure is not None else None
+
+    monkeypatch.setattr(search.Proxy, "run", fake_run)
+    monkeypatch.setattr(choose, "NO_BUDGET_SEARCH_EPOCHS", 100)  # proxies of 256+ of the 512 images
+    plan = copy.deepcopy(plan)
+    plan.pinned.remove("regularization.augment")
+    speed = Throughput(16, 200.0, 1e6, 0.0)
+    assert choose.choose_regularization(plan, prep, Runtime(RuntimeParams()), speed, deadline=None)
+    assert len(calls) == 1
+    summary = plan.measurements["augment_search"]
+    assert summary["informative"] is False and summary["space"]["proxy_trainings"] == 1
+    why = plan.evidence["regularization.augment"]
+    assert "learned too little to rank policies" in why
+    assert re.search(r"got [45]\.\d% of its \d+ validation objects right, under the 10%", why), why
+    assert [op.name for op in plan.regularization.augment] == ["hflip"]  # the short-run detection prior

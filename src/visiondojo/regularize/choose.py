@@ -131,6 +131,10 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
     if result is None:
         _prior(plan, prep.task, f"{allowance:.1f}s is too little for the policy search's proxy trainings")
         return False
+    if not result.informative:
+        plan.measurements["augment_search"] = result.summary()
+        _prior(plan, prep.task, result.stopped)
+        return True
     chosen = sorted({op.group for op in result.augment})
     adopted = [t for t in result.trials[1:] if t.test and t.test["verdict"] == "accepted"]
     evidence = "; ".join(f"{_trial_name(t)}: {t.test['effect']:+.2%}, p = {t.test['p_value']:.3g}" for t in adopted)

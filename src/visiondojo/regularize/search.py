@@ -154,6 +154,9 @@ class SearchResult:
     min_effect: float = MIN_EFFECT
     extrapolation: dict[str, Any] | None = None
     """Gain of the chosen policy at two subset sizes and extrapolated to the training set."""
+    informative: bool = True
+    """False when the first proxy learned too little to rank policies (``Task.min_proxy_right``):
+    the search stopped there, and its policy is no evidence (``stopped`` says why)."""
 
     def summary(self) -> dict[str, Any]:
         """JSON-able evidence for plan.measurements."""
@@ -165,7 +168,7 @@ class SearchResult:
             "subset_size": self.subset_size, "proxy_epochs": self.proxy_epochs,
             "seconds": round(self.seconds, 2), "stopped": self.stopped, "space": self.space,
             "val_images": self.val_images, "val_units": self.val_units, "unit": self.unit,
-            "min_effect": self.min_effect, "extrapolation": self.extrapolation,
+            "min_effect": self.min_effect, "extrapolation": self.extrapolation, "informative": self.informative,
         }
 
 
@@ -233,8 +236,16 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Task, train: Source,
     outcome, distances = proxy.run([], start_options, measure=distances_of)
     trials.append(Trial({}, start_options, outcome.score, round(measured.get("trained_s", time.perf_counter() - t), 2)))
     base_correct = outcome.correct
+    right = float(base_correct.float().mean()) if len(base_correct) else 0.0
     log(f"policy search: no augmentation scores {outcome.score:.4f} on the proxy ({subset_size} images x "
-        f"{epochs} epochs, {val_images} validation images, {len(base_correct)} {task.unit})")
+        f"{epochs} epochs, {val_images} validation images; {right:.1%} of {len(base_correct)} {task.unit} right)")
+    if right < task.min_proxy_right:
+        why = (f"the proxies learned too little to rank policies: the first ({subset_size} images x {epochs} epochs) "
+               f"got {right:.1%} of its {len(base_correct)} validation {task.unit} right, under the "
+               f"{task.min_proxy_right:.0%} a comparison needs")
+        return SearchResult([], start_options, distances, [], trials, subset_size, epochs, time.perf_counter() - start,
+                            why, _space(len(ops), [], 1), val_images, len(base_correct), task.unit, min_effect,
+                            informative=False)
     groups = group_pairs(distances)
     by_family: dict[str, list[Group]] = {}
     for group in groups:
@@ -286,9 +297,7 @@ def search_policy(plan: Plan, model: torch.nn.Module, task: Task, train: Source,
                                      min_effect, allowance_s - (time.perf_counter() - start), log)
         if not extrapolation["kept"]:
             best = trials[0]
-    space = {"ops": len(ops), "magnitudes": len(MAGNITUDES), "pairs": n_pairs,
-             "policies": f"{len(MAGNITUDES) + 1}^{len(ops)} = {float((len(MAGNITUDES) + 1) ** len(ops)):.3g}",
-             "groups": len(groups), "proxy_trainings": len(trials) + 2 * bool(extrapolation and "tests" in extrapolation)}
+    space = _space(len(ops), groups, len(trials) + 2 * bool(extrapolation and "tests" in extrapolation))
     return SearchResult(_ops(best.groups, groups), best.target_options, distances, groups, trials, subset_size,
                         epochs, time.perf_counter() - start, stopped or "tried every planned combination", space,
                         val_images, len(base_correct), task.unit, min_effect, extrapolation)
@@ -325,6 +334,13 @@ def _extrapolate(proxy: "Proxy", base: Trial, chosen: Trial, base_correct: torch
     return {"kept": kept, "sizes": [small, large], "gains": [round(at_small.effect, 5), round(full.effect, 5)],
             "train_size": train_size, "predicted": round(predicted, 5), "why": why,
             "tests": [at_small.to_dict(), full.to_dict()]}
+
+
+def _space(ops: int, groups: list[Group], proxies: int) -> dict[str, Any]:
+    """The size of what was searched, and what it cost, for the plan and the report."""
+    return {"ops": ops, "magnitudes": len(MAGNITUDES), "pairs": ops * len(MAGNITUDES),
+            "policies": f"{len(MAGNITUDES) + 1}^{ops} = {float((len(MAGNITUDES) + 1) ** ops):.3g}",
+            "groups": len(groups), "proxy_trainings": proxies}
 
 
 def _ops(chosen: dict[str, str], groups: list[Group]) -> list[AugmentOp]:

@@ -136,6 +136,11 @@ class Task(ABC):
         tests between two models count (``visiondojo.paired``)."""
         raise NotImplementedError(f"{self.name}: no per-unit correctness for paired tests")
 
+    min_proxy_right: float = 0.0
+    """The policy search stops when its first proxy gets fewer of its validation units right: a
+    model that has learned next to nothing differs from another by noise. A classifier's proxies
+    are above chance after a few epochs; a detector's may find almost no object."""
+
     def units_per_sample(self, targets: Any) -> float:
         """Mean validation units per sample in ``targets`` (a split's target container): sizes the
         validation subset of the policy search. One image is one unit; multi-label tasks count
