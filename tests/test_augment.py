@@ -59,8 +59,9 @@ def random_images(n: int, channels: int, height: int = 16, width: int = 20, *, s
 
 
 def augment(images: torch.Tensor, ops: list[AugmentOp], seed: int) -> tuple[torch.Tensor, Geometry | None]:
-    """Run a policy on ``images`` with a fresh generator seeded ``seed``."""
-    return Augmenter(ops)(images, seeded(seed))
+    """Run a policy on ``images`` with a fresh generator seeded ``seed``: the images and their warp."""
+    out, applied = Augmenter(ops)(images, seeded(seed))
+    return out, applied.geometry
 
 
 def mean_change(before: torch.Tensor, after: torch.Tensor) -> float:

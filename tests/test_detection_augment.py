@@ -15,7 +15,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from visiondojo.augment import Augmenter, box_mixup, mix_boxes, mosaic
+from visiondojo.augment import Applied, Augmenter, box_mixup, mix_boxes, mosaic
 from visiondojo.augment.detection_mix import (
     BOX_MIXUP_CONCENTRATION,
     MOSAIC_SHIFT,
@@ -24,6 +24,7 @@ from visiondojo.augment.detection_mix import (
     mixup_draws,
     mosaic_layout,
 )
+from visiondojo.augment.erase import hidden_share
 from visiondojo.augment.geometry import GEOMETRY_OPS
 from visiondojo.data.batches import Normalizer
 from visiondojo.data.targets import RaggedBatch, RaggedTargets
@@ -389,9 +390,9 @@ def warped(ops: list[AugmentOp], seed: int, n: int = 16) -> tuple[torch.Tensor, 
     """Rectangles (in from the border) through a policy, boxes moved by the detection task:
     (warped images, moved boxes, the boxes before)."""
     images, targets = rectangles(n, (128, 128), seed, sides=(32, 56), margin=12)
-    out, geometry = Augmenter(ops)(images, seeded(seed))
-    assert geometry is not None
-    return out, DetectionTask(LABELS).move_targets(targets, geometry), targets
+    out, applied = Augmenter(ops)(images, seeded(seed))
+    assert applied.geometry is not None
+    return out, DetectionTask(LABELS).move_targets(targets, applied), targets
 
 
 def assert_boxes_match_pixels(out: torch.Tensor, moved: RaggedBatch, tight: bool) -> int:
@@ -447,3 +448,23 @@ def test_the_ragged_helpers_round_trip() -> None:
         for label, box in found:
             assert torch.equal(pixel_box(images[i, label]), torch.tensor(box))
     assert isinstance(RaggedTargets.from_samples(targets.per_image()), RaggedTargets)
+
+
+# ---------------------------------------------------------------- 7. erasing drops the boxes it hides
+
+def test_erasing_drops_a_box_it_mostly_hides_and_keeps_one_it_half_hides() -> None:
+    boxes = torch.tensor([[0, 0, 10, 10], [20, 20, 40, 40], [0, 0, 10, 10]], dtype=torch.float32)
+    batch = RaggedBatch({"boxes": boxes, "labels": torch.tensor([0, 1, 0])}, torch.tensor([0, 0, 1]), 2)
+    erased = torch.zeros(2, 1, 48, 48, dtype=torch.bool)
+    erased[0, 0, 0:10, 0:9] = True  # 90% of the first box
+    erased[0, 0, 20:30, 20:40] = True  # half of the second
+    assert hidden_share(boxes, batch.image, erased).tolist() == pytest.approx([0.9, 0.5, 0.0])
+    kept = DetectionTask(LABELS).move_targets(batch, Applied(erased=erased))
+    assert kept.fields["boxes"].tolist() == boxes[1:].tolist() and kept.image.tolist() == [0, 1]
+
+
+def test_the_augmenter_reports_the_pixels_it_erased() -> None:
+    images = torch.zeros(8, 1, 32, 32)
+    out, applied = Augmenter([AugmentOp("erase", 1.0), AugmentOp("hflip", 1.0)])(images, seeded(4))
+    assert applied.geometry is not None and applied.erased is not None
+    assert torch.equal(applied.erased, out != 0) and bool(applied.erased.any())

@@ -9,6 +9,7 @@ sample draws one of them (the policy search's groups of interchangeable ops), th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -55,6 +56,16 @@ def check_ops(ops: Sequence[AugmentOp], where: str = "regularization.augment") -
                               f"{op.group!r}; a group fires as one menu, so give its ops one probability")
 
 
+@dataclass
+class Applied:
+    """What an ``Augmenter`` did to a batch that its targets must follow (``Task.move_targets``)."""
+
+    geometry: Geometry | None = None
+    """Where every pixel went (None: the policy has no geometric op)."""
+    erased: torch.Tensor | None = None
+    """(N, 1, H, W) bool: the pixels erasing replaced, after the warp (None: no erasing op)."""
+
+
 class Augmenter:
     """Applies ``ops`` to float image batches in [0, 1] units; returns the images and their Geometry.
 
@@ -95,15 +106,15 @@ class Augmenter:
                                else on.float() * op.magnitude)
         return out
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Geometry | None]:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Applied]:
         n = len(images)
         size = (images.shape[-2], images.shape[-1])
         magnitudes = self._magnitudes(n, generator, images.device)
-        geometry = None
+        applied = Applied()
         if self.geometry_ops:
             maps = [GEOMETRY_OPS[op.name](magnitudes[id(op)], size, generator) for op in self.geometry_ops]
-            geometry = Geometry.from_ops(maps, size, n, images.device)
-            images = warp_images(images, geometry)
+            applied.geometry = Geometry.from_ops(maps, size, n, images.device)
+            images = warp_images(images, applied.geometry)
         linear: list[tuple[str, torch.Tensor]] = []  # a run of brightness/contrast, applied as one
         for op in self.pixel_ops:
             m = magnitudes[id(op)]
@@ -112,10 +123,15 @@ class Augmenter:
                 continue
             if linear:
                 images, linear = linear_color(images, linear, generator), []
+            if op.name == "erase":  # the regions are kept: boxes mostly erased are dropped
+                regions = erasing.erase_regions(m, size, generator)
+                images = erasing.fill(images, regions, generator)
+                applied.erased = regions if applied.erased is None else applied.erased | regions
+                continue
             images = _apply_pixel_op(PIXEL_OPS[op.name], images, m, generator)
         if linear:
             images = linear_color(images, linear, generator)
-        return images, geometry
+        return images, applied
 
 
 def _apply_pixel_op(fn, images: torch.Tensor, m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -63,9 +63,8 @@ class BatchRegularizer:
         """Pixels in [0, 1] units -> augmented and mixed pixels, and the targets to match.
         (The report shows its output: what the model saw.)"""
         if self.augmenter:
-            pixels, geometry = self.augmenter(pixels, self.generator)
-            if geometry is not None:
-                targets = self.task.move_targets(targets, geometry)
+            pixels, applied = self.augmenter(pixels, self.generator)
+            targets = self.task.move_targets(targets, applied)
         if self.box_mixing:
             pixels, targets = mix_boxes(pixels, targets, self.params.mosaic, self.params.box_mixup, self.generator,
                                         min_visible=self.task.min_visible_box)

@@ -27,7 +27,9 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 
-from ..augment.geometry import Geometry, warp_boxes
+from ..augment.erase import hidden_share
+from ..augment.geometry import warp_boxes
+from ..augment.policy import Applied
 from ..data.targets import RaggedBatch
 from ..errors import ModelError
 from ..models.adapt import find_head
@@ -184,18 +186,26 @@ class Task(ABC):
         losses (``engine.evaluate`` with ``collect=True``); a task without them shows none."""
         return Review()
 
-    def move_targets(self, targets: Any, geometry: Geometry) -> Any:
-        """Move a training batch's targets with its images (``augment.Geometry``: one matrix per sample).
+    def move_targets(self, targets: Any, applied: Applied) -> Any:
+        """Make a training batch's targets follow what the augmentation did to its images
+        (``augment.Applied``: one warp matrix per sample, the erased pixels).
 
         Class labels (dense targets) do not move with the image and come back unchanged. Ragged
         targets with ``boxes`` (xyxy pixels) move through ``augment.warp_boxes`` in one call for
-        the whole batch; boxes pushed out of the frame are dropped with every other field of
-        their object. A segmentation task overrides this for its masks (``augment.warp_masks``).
+        the whole batch; a box left with less than ``min_visible_box`` of its area in the frame,
+        or with less than that share of it left unerased, no longer shows its object and is dropped with
+        every other field of its object. A segmentation task overrides this for its masks
+        (``augment.warp_masks``).
         """
-        if isinstance(targets, RaggedBatch) and "boxes" in targets.fields:
-            boxes, keep = warp_boxes(targets.fields["boxes"], targets.image, geometry,
+        if not (isinstance(targets, RaggedBatch) and "boxes" in targets.fields):
+            return targets
+        if applied.geometry is not None:
+            boxes, keep = warp_boxes(targets.fields["boxes"], targets.image, applied.geometry,
                                      min_visible=self.min_visible_box)
-            return targets.replace(boxes=boxes).keep(keep)
+            targets = targets.replace(boxes=boxes).keep(keep)
+        if applied.erased is not None:
+            hidden = hidden_share(targets.fields["boxes"], targets.image, applied.erased)
+            targets = targets.keep(1 - hidden >= self.min_visible_box)
         return targets
 
 
