@@ -107,11 +107,17 @@ def test_fractional_label(tiny_net, problem):
         visiondojo.find_params(tiny_net(), (images, labels))
 
 
-@pytest.mark.parametrize("shape", [(40, 2, 2), (40, 1, 1, 1)])
+@pytest.mark.parametrize("shape", [(40, 1, 1, 1), (40, 2, 2, 2, 2)])
 def test_labels_of_wrong_shape(tiny_net, problem, shape):
     images, _ = problem(40)
     with pytest.raises(DataError, match=rf"labels must be shaped \(N,\).*got shape {re_shape(shape)}"):
         visiondojo.find_params(tiny_net(), (images, np.zeros(shape, np.int64)))
+
+
+def test_three_dimensional_labels_are_masks_and_must_match_the_images(tiny_net, problem):
+    images, _ = problem(40)
+    with pytest.raises(DataError, match=r"masks are 2x2 but the images \d+x\d+; each mask must have its image's size"):
+        visiondojo.find_params(tiny_net(), (images, np.zeros((40, 2, 2), np.int64)))
 
 
 def re_shape(shape):

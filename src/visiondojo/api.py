@@ -307,7 +307,8 @@ def _report_data(plan: Plan, prep: Prepared, history: list[dict], evaluations: d
     if review.mistakes:
         order = torch.tensor([i for i, _ in review.mistakes])
         shown = (source.images_at(order).float() * plan.data.pixel_scale + plan.data.pixel_offset).clamp(0, 1)
-        data.mistakes = [(img, caption) for img, (_, caption) in zip(shown, review.mistakes)]
+        data.mistakes = [(prep.task.draw_mistake(img, evaluation.scores[i], evaluation.targets[i], plan.data.class_names),
+                          caption) for img, (i, caption) in zip(shown, review.mistakes)]
     return data
 
 

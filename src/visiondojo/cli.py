@@ -16,6 +16,7 @@ from .errors import ConfigError, VisionDojoError
 from .plan import Plan
 from .rundir import PLAN, default_run_dir, require_run
 from .tasks.detection import Detections, coco_table
+from .tasks.segmentation import Masks
 
 DEMO_BUDGET = "100s"
 DETECTION_DEMO_BUDGET = "4m"
@@ -48,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="predict labels for image files")
     predict.add_argument("run_dir")
     predict.add_argument("images", nargs="+")
-    predict.add_argument("--out", help="write predictions to this file instead of printing them")
+    predict.add_argument("--out", help="write predictions to this file instead of printing them "
+                         "(segmentation: a folder of palette PNG masks, required)")
     predict.add_argument("--format", choices=("json", "csv"), default="json",
                          help="detection runs: COCO results JSON (default) or CSV rows")
 
@@ -160,6 +162,8 @@ def _predict(args: argparse.Namespace) -> int:
     predictions = run.predict(args.images)
     if isinstance(predictions, Detections):
         return _write_detections(predictions, [str(p) for p in args.images], args.out, args.format)
+    if isinstance(predictions, Masks):
+        return _write_masks(predictions, [Path(p) for p in args.images], args.out)
     names = predictions.names()
     rows = []
     for path, name, scores, label in zip(args.images, names, predictions.scores, predictions.labels):
@@ -177,6 +181,23 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             print("\t".join(row))
+    return 0
+
+
+def _write_masks(found: Masks, paths: list[Path], out: str | None) -> int:
+    """One palette PNG per image in ``out``: its pixels are the class indices, its palette colours them."""
+    if not out:
+        raise ConfigError("predict: segmentation writes one PNG mask per image; give a folder with --out")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / f"{path.stem}.png" for path in paths]
+    clashes = [p for p in written if p.exists()]
+    if clashes:
+        raise ConfigError(f"predict: {clashes[0]} exists; visiondojo does not overwrite files it did not write in "
+                          "this call: choose another --out folder")
+    for target, mask in zip(written, found.to_images()):
+        mask.save(target)
+    print(f"wrote {len(written)} masks to {folder} (palette PNGs: pixel value = class index)")
     return 0
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from .errors import ConfigError
 
-TASKS = ("binary", "multiclass", "multilabel", "detection")
+TASKS = ("binary", "multiclass", "multilabel", "detection", "segmentation")
 MOVED = {"optimization.weight_decay": "regularization.weight_decay"}
 """Plan fields that moved between sections, so an older plan.yaml gets a useful error."""
 
@@ -47,6 +47,8 @@ class DataParams:
     """[height, width] every image is resized to, or None to keep the stored size."""
     val_fraction: float = 0.1
     """Share of the training data held out for validation when no validation data is given."""
+    ignore_index: int = 255
+    """Segmentation: the mask value of pixels no loss or metric counts (borders, unknown)."""
     box_format: str | None = None
     """Detection: the box format the user declared (xyxy, xywh, cxcywh), so a replay reads boxes alike."""
     objects: dict[str, Any] = field(default_factory=dict)

@@ -16,7 +16,7 @@ from .data.inspect import check_geometry, check_targets, inspect_data
 from .data.sources import DataOptions, Source, align_classes, as_source
 from .data.split import validation_split
 from .errors import DataError, ModelError
-from .models import adapt_for, build_for, check_detections, check_output
+from .models import adapt_for, build_for, check_detections, check_masks, check_output
 from .plan import DataParams, ModelParams
 from .tasks import Task, make_task
 
@@ -120,6 +120,9 @@ def _fit_model(model: nn.Module, data: DataParams, *, adapt: bool, replay: bool)
     changes = adapt_for(model, data, also_fits=also_fits) if adapt else []
     if data.task == "detection":  # the head is the detector's own: num_classes went to its builder
         check_detections(model, data.channels, data.height, data.width, make_task(data).forward_eval)
+        return changes, {}
+    if data.task == "segmentation":
+        check_masks(model, data.channels, data.height, data.width, data.num_classes, make_task(data).forward_eval)
         return changes, {}
     for change in changes:
         warnings.warn(f"adapt: {change}", stacklevel=4)

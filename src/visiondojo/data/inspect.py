@@ -16,7 +16,7 @@ from ..errors import DataError
 from ..plan import TASKS, DataParams
 from .sources import DataOptions, InMemory, Source, class_labels, empty_data_error
 from .boxes import BoxReading
-from .targets import RaggedTargets
+from .targets import IGNORE_INDEX, RaggedTargets
 
 IMBALANCE_WARNING_RATIO = 10.0
 SMALL_AREA, MEDIUM_AREA = 32**2, 96**2
@@ -43,14 +43,24 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
     if len(train) == 0:
         raise empty_data_error(train.origin)
     boxes = isinstance(train.targets, RaggedTargets)
-    task = options.task or ("detection" if boxes else infer_task(class_labels(train)))
+    masks = is_masks(train)
+    task = options.task or ("detection" if boxes else "segmentation" if masks else infer_task(class_labels(train)))
     if task not in TASKS:
         raise DataError(f"task: unknown task {task!r}; allowed: {', '.join(TASKS)}")
     if boxes != (task == "detection"):
         raise DataError(f"{train.origin}: task {task} needs "
                         + ("per-image box annotations ({'boxes', 'labels'} dicts)" if task == "detection" else
                            "class labels, but box annotations were given (they mean task: detection)"))
-    num_classes = _detection_classes(train, options) if boxes else _num_classes(train, task, options)
+    if masks != (task == "segmentation"):
+        raise DataError(f"{train.origin}: task {task} needs "
+                        + ("(N, H, W) masks of class indices" if task == "segmentation" else
+                           "class labels, but (N, H, W) masks were given (they mean task: segmentation)"))
+    if boxes:
+        num_classes = _detection_classes(train, options)
+    elif masks:
+        num_classes = _mask_classes(train, options)
+    else:
+        num_classes = _num_classes(train, task, options)
     check_targets(train, task, num_classes)
     channels, height, width = image_geometry(train)
     images = _stats_sample(train)
@@ -60,10 +70,13 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
     if boxes:  # inspect_boxes counts the objects per class and warns about their imbalance itself
         stats = inspect_boxes(train.targets, (height, width), num_classes, train.origin)
         counts, objects = stats.class_counts, box_summary(stats, getattr(train, "reading", None))
+    elif masks:
+        counts = train.targets.class_counts(num_classes, ignore_index=IGNORE_INDEX)
+        _warn_rare_pixels(counts, class_names_of(train, options, num_classes), train.origin)
     else:
         counts = train.targets.class_counts(num_classes)
         _warn_imbalance(counts, train.origin)
-    class_names = list(options.class_names or train.class_names or [str(i) for i in range(num_classes)])
+    class_names = class_names_of(train, options, num_classes)
     if len(class_names) != num_classes:
         raise DataError(
             f"class_names: {len(class_names)} names given for {num_classes} classes; give one name per class"
@@ -114,12 +127,51 @@ def _detection_classes(train: Source, options: DataOptions) -> int:
     return int(labels.max()) + 1 if len(labels) else 1
 
 
+def is_masks(source: Source) -> bool:
+    """Whether the source's targets are (N, H, W) segmentation masks."""
+    values = getattr(source.targets, "values", None)
+    return values is not None and values.ndim == 3
+
+
+def _mask_classes(train: Source, options: DataOptions) -> int:
+    """Classes of masks: as many as the names (given, or carried), else the largest index + 1
+    (the ignore index aside)."""
+    if options.num_classes is not None:
+        return options.num_classes
+    names = options.class_names or train.class_names
+    if names:
+        return len(names)
+    values = train.targets.values
+    labelled = values[values != IGNORE_INDEX]
+    return int(labelled.max()) + 1 if len(labelled) else 1
+
+
+def class_names_of(train: Source, options: DataOptions, num_classes: int) -> list[str]:
+    return list(options.class_names or train.class_names or [str(i) for i in range(num_classes)])
+
+
+RARE_PIXELS = 0.001
+"""A class covering under 0.1% of the labelled pixels is warned about: its IoU will be noisy."""
+
+
+def _warn_rare_pixels(counts: list[int], names: list[str], origin: str) -> None:
+    total = max(sum(counts), 1)
+    rare = [f"{names[k] if k < len(names) else k} ({c / total:.3%})" for k, c in enumerate(counts)
+            if c / total < RARE_PIXELS]
+    if rare:
+        warnings.warn(f"{origin}: classes covering under {RARE_PIXELS:.1%} of the labelled pixels: {', '.join(rare)}; "
+                      "their IoU rests on few pixels", stacklevel=3)
+
+
 def check_targets(source: Source, task: str, num_classes: int) -> None:
     """Raise DataError naming the first label that does not fit the task."""
     if len(source) == 0:
         raise empty_data_error(source.origin)
     if task == "detection":
         _check_box_labels(source, num_classes)
+        return
+    if task == "segmentation":
+        _check_masks(source, num_classes)
         return
     targets = class_labels(source)
     if task == "multilabel":
@@ -138,6 +190,18 @@ def check_targets(source: Source, task: str, num_classes: int) -> None:
             f"0..{num_classes - 1} "
             f"({int(bad.sum())} labels out of range); fix the labels or set num_classes"
         )
+
+
+def _check_masks(source: Source, num_classes: int) -> None:
+    if not is_masks(source):
+        raise DataError(f"{source.origin}: task segmentation needs (N, H, W) masks of class indices")
+    values = source.targets.values
+    bad = (values >= num_classes) & (values != IGNORE_INDEX)
+    if bool(bad.any()):
+        first = int(bad.flatten(1).any(dim=1).nonzero()[0, 0])
+        raise DataError(f"{source.origin}: mask {source.position(first)} holds class {int(values[first][bad[first]][0])}, "
+                        f"outside 0..{num_classes - 1} (and not the ignore index {IGNORE_INDEX}); fix the masks or "
+                        "set num_classes / class_names")
 
 
 def _check_box_labels(source: Source, num_classes: int) -> None:

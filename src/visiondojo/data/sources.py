@@ -17,6 +17,7 @@ from typing import Any, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from ..errors import DataError
@@ -264,8 +265,13 @@ def _from_arrays(images: Any, targets: Any, options: DataOptions, origin: str,
     if len(images) != len(targets):
         raise DataError(f"{origin}: {len(images)} images but {len(targets)} labels; they must match one to one")
     check_finite(images, origin)
+    if targets.ndim == 3 and tuple(targets.shape[1:]) != tuple(images.shape[-2:]):
+        raise DataError(f"{origin}: masks are {targets.shape[1]}x{targets.shape[2]} but the images "
+                        f"{images.shape[-2]}x{images.shape[-1]}; each mask must have its image's size")
     if options.resize is not None:
         images = resize_batch(images, tuple(options.resize))
+        if targets.ndim == 3:  # nearest: a resized mask keeps whole class indices
+            targets = F.interpolate(targets[:, None].float(), size=tuple(options.resize), mode="nearest")[:, 0].long()
     # Names the data carries come first: align_classes renumbers them to the training classes.
     return InMemory(images, targets, names or class_names or options.class_names, origin)
 
@@ -339,9 +345,27 @@ def targets_to_tensor(targets: Any, origin: str) -> tuple[torch.Tensor, list[str
                 "multi-label targets must be multi-hot"
             )
         return tensor.to(torch.float32), None
+    if tensor.ndim == 3:
+        return _masks(tensor, origin), None
     raise DataError(
-        f"{origin}: labels must be shaped (N,) class indices or (N, K) multi-hot, got shape {tuple(tensor.shape)}"
+        f"{origin}: labels must be shaped (N,) class indices, (N, K) multi-hot or (N, H, W) masks, got shape "
+        f"{tuple(tensor.shape)}" + ("; an RGB mask must be mapped to class indices first" if tensor.ndim == 4 else "")
     )
+
+
+def _masks(tensor: torch.Tensor, origin: str) -> torch.Tensor:
+    """(N, H, W) segmentation masks as int64 class indices; float masks are refused (they are
+    probabilities or a resampled image, not classes)."""
+    if tensor.dtype.is_floating_point:
+        raise DataError(f"{origin}: masks are {str(tensor.dtype).removeprefix('torch.')}; segmentation masks hold "
+                        "integer class indices (0..K-1, 255 for ignored pixels); convert them with .long() if "
+                        "they are whole numbers")
+    tensor = tensor.to(torch.int64)
+    negative = tensor < 0
+    if bool(negative.any()):
+        first = int(negative.flatten(1).any(dim=1).nonzero()[0, 0])
+        raise DataError(f"{origin}: mask {first} holds negative values; class indices are 0..K-1 (255: ignored)")
+    return tensor
 
 
 def _from_dataset(dataset: Dataset, options: DataOptions, origin: str, num_workers: int) -> Source:

@@ -22,6 +22,9 @@ from typing import Union
 import torch
 
 Index = Union[torch.Tensor, slice]
+IGNORE_INDEX = 255
+"""The mask value of pixels no loss or metric counts (Pascal VOC's borders; pixels a warp brought
+in from outside the image)."""
 
 
 @dataclass

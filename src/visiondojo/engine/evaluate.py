@@ -21,6 +21,8 @@ class Evaluation:
     metrics: Metrics
     """Scalar metrics as floats, per-class metrics as lists; includes ``loss`` for tasks with per-sample losses."""
     scores: torch.Tensor | None = None
+    """What the task keeps of its outputs for the report (``Task.kept_outputs``): probabilities for
+    classification, predicted masks for segmentation."""
     targets: torch.Tensor | None = None
     losses: torch.Tensor | None = None
     """Per-sample losses, in data order (for the worst-mistakes gallery)."""
@@ -64,7 +66,7 @@ def evaluate(model: nn.Module, task: Task, batches: Iterable, normalizer: Normal
         total_loss += sample_loss.double().sum()
         count += len(sample_loss)
         if collect:
-            scores.append(task.scores(outputs).cpu())
+            scores.append(task.kept_outputs(outputs).cpu())
             targets_all.append(targets.cpu())
             losses.append(sample_loss.cpu())
     model.train(was_training)

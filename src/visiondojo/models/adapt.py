@@ -66,30 +66,53 @@ def adapt_input(model: nn.Module, in_channels: int) -> list[str]:
     return [f"input layer {name}: {conv.in_channels} -> {in_channels} input channels"]
 
 
-def check_detections(model: nn.Module, channels: int, height: int, width: int,
-                     forward: Callable[[nn.Module, torch.Tensor], Any]) -> None:
-    """Dry evaluation forward of two blank images through the detection task's ``forward``:
-    raises ModelError unless the model answers torchvision's detection protocol (one dict of
-    ``boxes``, ``scores`` and ``labels`` per image)."""
+def dry_forward(model: nn.Module, channels: int, height: int, width: int,
+                forward: Callable[[nn.Module, torch.Tensor], Any] | None, errors: tuple[type[Exception], ...],
+                what: str, hint: str) -> Any:
+    """``forward(model, two blank images)`` (``model(x)`` without one) in eval mode without grad,
+    the model's mode restored; an exception of ``errors`` becomes a ModelError naming ``what``
+    failed on that input size, with ``hint``."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = forward(model, torch.zeros(2, channels, height, width, device=device))
-    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError) as exc:
-        raise ModelError(
-            f"the detector fails on {channels}x{height}x{width} inputs ({str(exc).splitlines()[0]}); a detector "
-            "must follow torchvision's protocol: model(list of images) -> list of {'boxes', 'scores', 'labels'}"
-        ) from None
+            blank = torch.zeros(2, channels, height, width, device=device)
+            return forward(model, blank) if forward is not None else model(blank)
+    except errors as exc:
+        raise ModelError(f"the {what} fails on {channels}x{height}x{width} inputs ({str(exc).splitlines()[0]}); "
+                         f"{hint}") from None
     finally:
         model.train(was_training)
+
+
+def check_detections(model: nn.Module, channels: int, height: int, width: int,
+                     forward: Callable[[nn.Module, torch.Tensor], Any]) -> None:
+    """Dry evaluation forward of two blank images through the detection task's ``forward``:
+    raises ModelError unless the model answers torchvision's detection protocol (one dict of
+    ``boxes``, ``scores`` and ``labels`` per image)."""
+    out = dry_forward(model, channels, height, width, forward,
+                      (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError), "detector",
+                      "a detector must follow torchvision's protocol: model(list of images) -> list of "
+                      "{'boxes', 'scores', 'labels'}")
     keys = {"boxes", "scores", "labels"}
     if not isinstance(out, list) or len(out) != 2 or not all(isinstance(d, dict) and keys <= set(d) for d in out):
         raise ModelError(
             f"the model returned {type(out).__name__} for 2 images; a detector must follow torchvision's "
             "protocol: in eval mode model(list of images) -> one {'boxes', 'scores', 'labels'} dict per image"
         )
+
+
+def check_masks(model: nn.Module, channels: int, height: int, width: int, num_classes: int,
+                forward: Callable[[nn.Module, torch.Tensor], Any]) -> None:
+    """Dry evaluation forward of two blank images through the segmentation task's ``forward``:
+    raises ModelError unless it gives (2, num_classes, height, width) logits."""
+    out = dry_forward(model, channels, height, width, forward, (RuntimeError, TypeError, ValueError, KeyError),
+                      "segmentation model", "it must return (N, K, H, W) logits or a dict with 'out'")
+    if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[1] != num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"the model outputs {shape} for a batch of 2 but the masks need (2, {num_classes}, H, W) "
+                         f"logits, one channel per class; build it for {num_classes} classes")
 
 
 def find_head(model: nn.Module) -> tuple[str, nn.Module] | None:
@@ -113,20 +136,8 @@ def check_output(model: nn.Module, channels: int, height: int, width: int, num_o
     (binary data: 2, a 2-class softmax). Returning the width lets the caller fit the task to the
     model from this one forward pass.
     """
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            blank = torch.zeros(2, channels, height, width, device=device)
-            out = forward(model, blank) if forward is not None else model(blank)
-    except RuntimeError as exc:
-        raise ModelError(
-            f"the model fails on {channels}x{height}x{width} inputs ({str(exc).splitlines()[0]}); "
-            "set adapt: true to fit its input channels, or resize: [H, W] for a larger input size"
-        ) from None
-    finally:
-        model.train(was_training)
+    out = dry_forward(model, channels, height, width, forward, (RuntimeError,), "model",
+                      "set adapt: true to fit its input channels, or resize: [H, W] for a larger input size")
     if isinstance(out, (tuple, list)):
         out = out[0]
     fits = [num_outputs, *(w for w in also_fits if w != num_outputs)]

@@ -15,29 +15,51 @@ from ..plan import DataParams
 from .adapt import adapt_input, adapt_model
 from .detectors import BUILTIN_DETECTORS, build_detector
 from .fmnist_resnet import FMNISTResNet
+from .segmenters import BUILTIN_SEGMENTERS, build_segmenter
 
 BUILTIN: dict[str, Callable[..., nn.Module]] = {"fmnist-resnet": FMNISTResNet}
 
 
 def build_for(spec: str, data: DataParams, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """``spec`` built for ``data``'s task: a detector for detection data, else a classifier."""
+    """``spec`` built for ``data``'s task: a detector for boxes, a segmentation model for masks, else
+    a classifier; a built-in of another task is refused with the ones that fit."""
+    for task, (kind, builtins) in TASK_MODELS.items():
+        if spec in builtins and data.task != task:
+            raise ModelError(f"model spec {spec!r} is a {kind}; the data has {_labels(data.task)}: use "
+                             f"{_models_for(data.task)}")
     if data.task == "detection":
-        detector = build_detector(spec, data.num_classes, data.channels, (data.height, data.width), kwargs)
-        if detector is not None:
-            return detector
-        if spec in BUILTIN:
-            raise ModelError(f"model spec {spec!r} is a classifier; for detection use "
-                             f"{', '.join(BUILTIN_DETECTORS)} or torchvision:<detection model>")
-    elif spec in BUILTIN_DETECTORS:
-        raise ModelError(f"model spec {spec!r} is a detector; the data has class labels ({data.task}): use a "
-                         f"classifier such as {', '.join(BUILTIN)}")
-    return build_model(spec, data.num_outputs, data.channels, kwargs)
+        model = build_detector(spec, data.num_classes, data.channels, (data.height, data.width), kwargs)
+    elif data.task == "segmentation":
+        model = build_segmenter(spec, data.num_classes, data.channels, kwargs)
+    else:
+        return build_model(spec, data.num_outputs, data.channels, kwargs)
+    if model is not None:
+        return model
+    if spec in BUILTIN:
+        raise ModelError(f"model spec {spec!r} is a classifier; for {data.task} use {_models_for(data.task)}")
+    return build_model(spec, data.num_outputs, data.channels, kwargs)  # a factory or timm spec: the user's model
+
+
+TASK_MODELS: dict[str, tuple[str, dict[str, Callable[..., nn.Module]]]] = {
+    "detection": ("detector", BUILTIN_DETECTORS), "segmentation": ("segmentation model", BUILTIN_SEGMENTERS)}
+"""The built-in models that belong to one task, refused on the others' data."""
+
+
+def _labels(task: str) -> str:
+    return {"detection": "boxes", "segmentation": "masks"}.get(task, f"class labels ({task})")
+
+
+def _models_for(task: str) -> str:
+    if task in TASK_MODELS:
+        return f"{', '.join(TASK_MODELS[task][1])} or torchvision:<{task} model>"
+    return f"a classifier such as {', '.join(BUILTIN)}"
 
 
 def adapt_for(model: nn.Module, data: DataParams, *, also_fits: tuple[int, ...] = ()) -> list[str]:
-    """Fit ``model`` to ``data`` in place (``adapt=True``); a sentence per change. A detector gets
-    its input channels refitted only: its head was built for the classes by its builder."""
-    if data.task == "detection":
+    """Fit ``model`` to ``data`` in place (``adapt=True``); a sentence per change. A detector or a
+    segmentation model gets its input channels refitted only: its head was built for the classes
+    by its builder."""
+    if data.task in ("detection", "segmentation"):
         return adapt_input(model, data.channels)
     return adapt_model(model, data.channels, data.num_outputs, also_fits=also_fits)
 

@@ -180,11 +180,21 @@ class Task(ABC):
         """``forward_eval`` outputs of new images, chunk by chunk -> what ``Run.predict`` returns."""
         raise NotImplementedError(f"{self.name}: prediction of new images is not supported yet")
 
+    def kept_outputs(self, outputs: Any) -> torch.Tensor:
+        """What ``engine.evaluate(collect=True)`` keeps of a batch's outputs for ``review``: the
+        scores (probabilities) by default; a task whose scores are large keeps a compact form."""
+        return self.scores(outputs)
+
     def review(self, scores: torch.Tensor, targets: Any, losses: torch.Tensor, class_names: list[str],
                limit: int) -> Review:
-        """The report's task sections from one split's collected scores, targets and per-sample
-        losses (``engine.evaluate`` with ``collect=True``); a task without them shows none."""
+        """The report's task sections from one split's kept outputs (``kept_outputs``), targets and
+        per-sample losses (``engine.evaluate`` with ``collect=True``); a task without them shows none."""
         return Review()
+
+    def draw_mistake(self, pixels: torch.Tensor, kept: torch.Tensor, target: Any, class_names: list[str]) -> torch.Tensor:
+        """One gallery picture of the report from an image (C, H, W) in [0, 1], its kept output and
+        its target: the image itself, captioned by ``review``; a task may draw what it predicted."""
+        return pixels
 
     def move_targets(self, targets: Any, applied: Applied) -> Any:
         """Make a training batch's targets follow what the augmentation did to its images

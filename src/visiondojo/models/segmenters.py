@@ -1,0 +1,45 @@
+"""Segmentation models by name, built offline for the data's classes and channels.
+
+- ``small-unet``: the built-in SmallUNet (``small_unet.py``) for 2-core CPUs;
+- ``torchvision:<segmentation model>`` (``lraspp_mobilenet_v3_large``, ``deeplabv3_*``,
+  ``fcn_*``): built with ``weights=None`` **and** ``weights_backbone=None`` (the builders default
+  the backbone to ImageNet weights and would download), ``num_classes`` from the data, and the
+  first convolution refitted when the data is not RGB. Their dict output (``out``, ``aux``) is
+  read by the segmentation task.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torchvision
+from torch import nn
+
+from ..errors import ModelError
+from .adapt import adapt_input
+from .small_unet import SmallUNet
+
+BUILTIN_SEGMENTERS: dict[str, Callable[..., nn.Module]] = {"small-unet": SmallUNet}
+
+
+def segmentation_models() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models.segmentation))
+
+
+def build_segmenter(spec: str, num_classes: int, channels: int, kwargs: dict[str, Any] | None = None) -> nn.Module | None:
+    """A segmentation model for ``num_classes`` on ``channels``-channel images, or None when
+    ``spec`` names none this module builds (a ``timm:`` or ``package.module:factory`` spec)."""
+    kwargs = dict(kwargs or {})
+    if spec in BUILTIN_SEGMENTERS:
+        return BUILTIN_SEGMENTERS[spec](num_classes, in_channels=channels, **kwargs)
+    prefix, _, name = spec.partition(":")
+    if prefix != "torchvision":
+        return None
+    if name not in segmentation_models():
+        raise ModelError(f"model spec {spec!r}: torchvision has no segmentation model {name!r}; choose one of "
+                         f"{', '.join(segmentation_models())}, or the built-in {', '.join(BUILTIN_SEGMENTERS)}")
+    kwargs.setdefault("num_classes", num_classes)
+    kwargs.setdefault("weights_backbone", None)
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    adapt_input(model, channels)
+    return model

@@ -1,0 +1,205 @@
+"""Semantic segmentation: a class per pixel, with an ignore index.
+
+Targets are (N, H, W) int64 class indices held densely (``data.targets.DenseTargets``), on the
+device beside the images; pixels labelled ``ignore_index`` (255 by default, Pascal VOC's borders,
+and what ``augment.warp_masks`` gives pixels that came from outside the image) count in neither
+the loss nor the metrics.
+
+Models return (N, K, h, w) logits, or a dict with ``out`` (and ``aux``, torchvision's auxiliary
+classifier); logits smaller than the mask (a model that predicts at a stride) are upsampled
+bilinearly to it, as torchvision's segmentation models do internally. The loss is cross-entropy
+with the ignore index, plus 0.5 x the auxiliary output's, the weight of torchvision's
+``references/segmentation``. Metrics through torchmetrics: mIoU (monitored; the mean over the
+classes present in truth or prediction), IoU per class and pixel accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from ..augment.geometry import warp_masks
+from ..augment.policy import Applied
+from ..data.targets import IGNORE_INDEX
+from .base import Capabilities, Review, StepLoss, Task
+
+GOOD_IOU = 0.5
+"""An image counts as right for the paired tests when its IoU reaches this (PASCAL's overlap bar)."""
+AUX_WEIGHT = 0.5
+"""Weight of an auxiliary classifier's loss (torchvision's references/segmentation)."""
+
+
+@dataclass
+class Masks:
+    """What ``Run.predict`` returns for segmentation: a class per pixel and its probability."""
+
+    labels: torch.Tensor
+    """(N, H, W) int64 class indices."""
+    scores: torch.Tensor
+    """(N, H, W) probability of the predicted class."""
+    class_names: list[str]
+
+    def to_images(self) -> list[Image.Image]:
+        """One palette PNG-ready image per mask: pixel values are class indices, and the palette
+        (Pascal VOC's colour map) shows them in colour in any image viewer."""
+        palette = voc_palette()
+        images = []
+        for labels in self.labels:
+            image = Image.fromarray(labels.to(torch.uint8).numpy(), mode="P")
+            image.putpalette(palette)
+            images.append(image)
+        return images
+
+
+def voc_palette(count: int = 256) -> list[int]:
+    """Pascal VOC's colour map (the bits of the class index spread over R, G and B), flattened."""
+    colours = []
+    for index in range(count):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colours += [r, g, b]
+    return colours
+
+
+def logits_of(outputs: Any, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """``{"out": (N, K, H, W)[, "aux": ...]}`` float logits at the mask ``size`` from a model's output:
+    a tensor, or a dict with ``out`` (torchvision's segmentation models) and maybe ``aux``."""
+    heads = dict(outputs) if isinstance(outputs, dict) else {"out": outputs}
+    if "out" not in heads:
+        raise KeyError(f"a segmentation model's dict output needs an 'out' entry; it has {sorted(heads)}")
+    resized = {}
+    for name, logits in heads.items():
+        if logits is None:
+            continue
+        logits = logits.float()
+        if tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        resized[name] = logits
+    return resized
+
+
+class SegmentationTask(Task):
+    name = "segmentation"
+    monitor = "miou"
+    unit = "images"
+    capabilities = Capabilities(per_sample_loss=True)
+    """Per-sample losses (the report's worst images, the augmentation distances' loss shift). Soft
+    masks, mixing and class balance by pixel frequency are not built yet."""
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+    def forward_train(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                      class_weights: torch.Tensor | None = None) -> StepLoss:
+        heads = logits_of(model(inputs), tuple(targets.shape[-2:]))
+        losses = {name: F.cross_entropy(logits, targets, weight=class_weights, ignore_index=self.ignore_index)
+                  for name, logits in heads.items()}
+        if len(losses) == 1:
+            return StepLoss(losses["out"])
+        total = losses["out"] + AUX_WEIGHT * sum(v for k, v in losses.items() if k != "out")
+        return StepLoss(total, {k: v.detach() for k, v in losses.items()})
+
+    def forward_eval(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """(N, K, H, W) logits at the input size (the auxiliary head, a training aid, is dropped)."""
+        return logits_of(model(inputs), tuple(inputs.shape[-2:]))["out"]
+
+    def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(N,) mean cross-entropy over each image's labelled pixels (0 for an image with none)."""
+        pixels = F.cross_entropy(outputs.float(), targets, ignore_index=self.ignore_index, reduction="none")
+        labelled = (targets != self.ignore_index).flatten(1).sum(dim=1).clamp_min(1)
+        return pixels.flatten(1).sum(dim=1) / labelled
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.float().softmax(dim=1)
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.argmax(dim=1)
+
+    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per image: its IoU (``image_iou``) reaches ``GOOD_IOU``. Pixels of one image are not
+        independent trials, so the paired tests count images; and pixel accuracy would count an
+        image right for its background alone."""
+        return image_iou(outputs.argmax(dim=1), targets, self.num_classes, self.ignore_index) >= GOOD_IOU
+
+    def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        metrics.update(outputs.argmax(dim=1), targets)
+
+    def metrics(self) -> MetricCollection:
+        k, ignore = self.num_classes, self.ignore_index
+        return MetricCollection({
+            "miou": MulticlassJaccardIndex(k, ignore_index=ignore, average="macro"),
+            "iou_per_class": MulticlassJaccardIndex(k, ignore_index=ignore, average="none"),
+            "pixel_acc": MulticlassAccuracy(k, ignore_index=ignore, average="micro"),
+        })
+
+    def kept_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The predicted masks (uint8: classes stay under the ignore index 255): probabilities of
+        every class at every pixel of a split would take K x 4 times the memory for no section."""
+        return outputs.argmax(dim=1).to(torch.uint8)
+
+    def review(self, scores: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor, class_names: list[str],
+               limit: int) -> Review:
+        """The pixel confusion matrix (ignored pixels left out) and the images of lowest IoU first,
+        captioned with it (the mean over the classes present in the image's truth or prediction)."""
+        k = self.num_classes
+        predicted = scores.long()
+        labelled = targets != self.ignore_index
+        confusion = torch.bincount((targets[labelled] * k + predicted[labelled]), minlength=k * k).reshape(k, k)
+        ious = image_iou(predicted, targets, k, self.ignore_index)
+        order = ious.argsort()[:limit]
+        return Review(confusion.numpy(), [(int(i), f"IoU {float(ious[i]):.2f}") for i in order])
+
+    def draw_mistake(self, pixels: torch.Tensor, kept: torch.Tensor, target: torch.Tensor,
+                     class_names: list[str]) -> torch.Tensor:
+        """The image, its true mask and its predicted mask side by side, in VOC's colours over the image."""
+        image = pixels.expand(3, -1, -1) if pixels.shape[0] == 1 else pixels[:3]
+        return torch.cat([image, self.overlay(image, target), self.overlay(image, kept.long())], dim=2)
+
+    @staticmethod
+    def overlay(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) in [0, 1]: the mask's colours over the image, half and half (class 0 and the
+        ignore index left clear)."""
+        palette = torch.tensor(voc_palette(), dtype=torch.float32).view(-1, 3) / 255
+        colours = palette[mask.clamp(0, 255)].permute(2, 0, 1)
+        shown = ((mask > 0) & (mask != IGNORE_INDEX)).unsqueeze(0)
+        return torch.where(shown, 0.5 * image + 0.5 * colours, image)
+
+    def move_targets(self, targets: Any, applied: Applied) -> Any:
+        """Masks follow the warp by nearest neighbour (pixels from outside become ignored); erasing
+        hides pixels but leaves their class, the object still being there."""
+        if applied.geometry is None:
+            return targets
+        return warp_masks(targets, applied.geometry, ignore_index=self.ignore_index)
+
+    def predictions(self, outputs: list[Any], class_names: list[str]) -> Masks:
+        probs = torch.cat([self.scores(o).cpu() for o in outputs])
+        scores, labels = probs.max(dim=1)
+        return Masks(labels, scores, class_names)
+
+
+def image_iou(predicted: torch.Tensor, targets: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """(N,) per image: the mean IoU over the classes present in its truth or prediction (1 when it
+    has no labelled pixel), ignored pixels left out."""
+    labelled = targets != ignore_index
+    ious = []
+    for p, t, keep in zip(predicted, targets, labelled):
+        p, t = p[keep], t[keep]
+        inter = torch.bincount(t[p == t], minlength=num_classes)[:num_classes].float()
+        union = (torch.bincount(p, minlength=num_classes)[:num_classes]
+                 + torch.bincount(t, minlength=num_classes)[:num_classes]).float() - inter
+        present = union > 0
+        ious.append(float((inter[present] / union[present]).mean()) if bool(present.any()) else 1.0)
+    return torch.tensor(ious)
