@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-detection test fashion-mnist clean
+.PHONY: demo demo-detection demo-segmentation test fashion-mnist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 # Detection on scenes composed from Fashion-MNIST items (a few minutes on 2 cores).
 demo-detection: $(STAMP) fashion-mnist
 	$(VENV)/bin/visiondojo demo --task detection
+
+# Segmentation of the same scenes' semantic masks (a few minutes on 2 cores).
+demo-segmentation: $(STAMP) fashion-mnist
+	$(VENV)/bin/visiondojo demo --task segmentation
 
 test: $(STAMP)
 	$(PY) -m pytest -q

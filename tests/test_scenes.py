@@ -67,3 +67,20 @@ def test_zero_scenes_is_refused() -> None:
     items, labels = blob_items(4)
     with pytest.raises(DataError, match="at least 1"):
         compose_scenes(items, labels, 0)
+
+
+def test_the_scenes_give_semantic_masks_when_the_task_is_segmentation(monkeypatch) -> None:
+    """``fashion-scenes`` with ``task: segmentation`` reads the semantic masks, class 0 the background."""
+    import visiondojo
+    from visiondojo.data import scenes as scenes_module
+
+    items, labels = blob_items()
+    made = compose_scenes(items, labels, 24, size=64, seed=3, class_names=[f"c{k}" for k in range(10)])
+    monkeypatch.setattr(scenes_module, "fashion_scenes", lambda split, n=None, data_dir=None: made)
+    plan = visiondojo.find_params("small-unet", "fashion-scenes:train:24", task="segmentation",
+                                  pin={"optimization.batch_size": 8, "optimization.lr": 1e-3,
+                                       "optimization.epochs": 1, "regularization.augment": []})
+    assert plan.data.task == "segmentation" and plan.data.num_classes == 11
+    assert plan.data.class_names[0] == "background" and plan.data.class_names[1:] == made.class_names
+    present = set(torch.unique(made.semantic).tolist())
+    assert {k for k, c in enumerate(plan.data.class_counts) if c > 0} <= present and plan.data.class_counts[0] > 0

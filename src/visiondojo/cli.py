@@ -19,8 +19,11 @@ from .tasks.detection import Detections, coco_table
 from .tasks.segmentation import Masks
 
 DEMO_BUDGET = "100s"
-DETECTION_DEMO_BUDGET = "4m"
-DETECTION_DEMO_SCENES = 2400
+SCENES_DEMO_BUDGET = "4m"
+SCENES_DEMO_SCENES = 2400
+SCENES_DEMOS = {"detection": ("small-fcos", "the built-in SmallFCOS detector"),
+                "segmentation": ("small-unet", "the built-in SmallUNet segmentation model")}
+"""The demos on fashion-scenes: task -> (model, what it is)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,8 +59,9 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="train on the bundled digits data (about 2 minutes), or detect "
                                             "objects in built-in Fashion-MNIST scenes (--task detection)")
-    demo.add_argument("--task", choices=("classification", "detection"), default="classification")
-    demo.add_argument("--budget", help=f"default {DEMO_BUDGET} (classification), {DETECTION_DEMO_BUDGET} (detection)")
+    demo.add_argument("--task", choices=("classification", *SCENES_DEMOS), default="classification")
+    demo.add_argument("--budget", help=f"default {DEMO_BUDGET} (classification), {SCENES_DEMO_BUDGET} (detection, "
+                      "segmentation)")
     demo.add_argument("--out", help="run folder (default: runs/demo-<timestamp>)")
     _quiet(demo)
     return parser
@@ -221,13 +225,14 @@ def _write_detections(found: Detections, paths: list[str], out: str | None, fmt:
 
 def _demo(args: argparse.Namespace) -> int:
     out = args.out or default_run_dir(Path("runs"), prefix="demo-")
-    if args.task == "detection":
-        budget = args.budget or DETECTION_DEMO_BUDGET
-        print(f"visiondojo demo: the built-in SmallFCOS detector on {DETECTION_DEMO_SCENES} fashion-scenes "
-              f"(Fashion-MNIST items on textured 128x128 canvases), budget {budget}", flush=True)
-        run = api.fit("small-fcos", f"fashion-scenes:train:{DETECTION_DEMO_SCENES}",
-                      f"fashion-scenes:val:{DETECTION_DEMO_SCENES // 8}", f"fashion-scenes:test:{DETECTION_DEMO_SCENES // 8}",
-                      budget=budget, out=out, progress=_progress(args))
+    if args.task in SCENES_DEMOS:
+        model, what = SCENES_DEMOS[args.task]
+        budget = args.budget or SCENES_DEMO_BUDGET
+        print(f"visiondojo demo: {what} on {SCENES_DEMO_SCENES} fashion-scenes (Fashion-MNIST items on textured "
+              f"128x128 canvases), budget {budget}", flush=True)
+        n = SCENES_DEMO_SCENES
+        run = api.fit(model, f"fashion-scenes:train:{n}", f"fashion-scenes:val:{n // 8}", f"fashion-scenes:test:{n // 8}",
+                      task=args.task, budget=budget, out=out, progress=_progress(args))
     else:
         budget = args.budget or DEMO_BUDGET
         print(f"visiondojo demo: FMNIST-ResNet on the bundled digits data, budget {budget}", flush=True)

@@ -58,6 +58,10 @@ class Scenes:
     """The 10 object classes (labels 0..9; in the semantic mask they are 1..10)."""
 
 
+BACKGROUND_NAME = "background"
+"""Class 0 of the semantic masks."""
+
+
 def fashion_scenes(split: str = "train", n: int | None = None, *, size: int = 128, seed: int = 0,
                    data_dir: str | None = None) -> Scenes:
     """``n`` scenes of ``split`` (train / val / test; defaults 8,000 / 1,000 / 1,000) from Fashion-MNIST."""
@@ -70,13 +74,17 @@ def fashion_scenes(split: str = "train", n: int | None = None, *, size: int = 12
                           seed=seed * 3 + offset, item_offset=first, class_names=list(FASHION_MNIST_CLASSES))
 
 
-def load_split(split: str, data_dir: str | None = None) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]], list[str]]:
-    """(images, per-image box dicts, class names) for a data spec's split part: ``train``, ``val``,
-    ``test``, optionally with a scene count (``fashion-scenes:train:2000``)."""
+def load_split(split: str, data_dir: str | None = None, *,
+               masks: bool = False) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]] | torch.Tensor, list[str]]:
+    """(images, targets, class names) for a data spec's split part: ``train``, ``val``, ``test``,
+    optionally with a scene count (``fashion-scenes:train:2000``). The targets are per-image box
+    dicts, or with ``masks`` the (N, S, S) semantic masks, whose class 0 is the background."""
     part, _, count = split.partition(":")
     if count and not count.isdigit():
         raise DataError(f"fashion-scenes:{split}: the scene count must be a whole number, as in fashion-scenes:train:2000")
     scenes = fashion_scenes(part, int(count) if count else None, data_dir=data_dir)
+    if masks:
+        return scenes.images, scenes.semantic.long(), [BACKGROUND_NAME, *scenes.class_names]
     return scenes.images, scenes.targets.gather(slice(None)).per_image(), scenes.class_names
 
 

@@ -168,7 +168,8 @@ def _from_path(data: str | Path, options: DataOptions, role: str, default_split:
     text = str(data)
     name, _, split = text.partition(":")
     if name == builtin.SCENES:
-        images, targets, class_names = scenes.load_split(split or default_split, options.data_dir)
+        images, targets, class_names = scenes.load_split(split or default_split, options.data_dir,
+                                                         masks=options.task == "segmentation")
         return _from_arrays(images, targets, options, f"{role} ({text})", class_names)
     if name in builtin.NAMES:
         images, targets, class_names = builtin.load(name, split or default_split, options.data_dir)

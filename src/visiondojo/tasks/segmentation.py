@@ -98,6 +98,9 @@ class SegmentationTask(Task):
     """Per-sample losses (the report's worst images, the augmentation distances' loss shift). Soft
     masks, mixing and class balance by pixel frequency are not built yet."""
 
+    first_batch_candidate = 16
+    """A mask-sized output per image keeps a CPU busy from small batches, as a detector's does."""
+
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
