@@ -45,7 +45,7 @@ from visiondojo.engine.runtime import Runtime
 from visiondojo.paired import paired_test
 from visiondojo.plan import AugmentOp, RegularizationParams
 from visiondojo.regularize.extrapolate import extrapolate_gain
-from visiondojo.regularize.search import Proxy
+from visiondojo.regularize.search import Proxy, target_fields
 from visiondojo.tasks import make_task
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -98,7 +98,7 @@ def main() -> None:
     initial = visiondojo.FMNISTResNet()
     order_t = torch.randperm(args.train, generator=torch.Generator().manual_seed(args.seed + 4242))
     proxy = Proxy(plan, initial, task, sources[0].subset(order_t[:args.proxy]), sources[1], runtime, normalizer,
-                  args.epochs)
+                  args.epochs, target_fields(task))
     proxies = {"large": proxy, "small": proxy.on_fewer(args.proxy // 2)}
 
     results: dict[str, dict[str, Any]] = {}
@@ -107,7 +107,7 @@ def main() -> None:
         row: dict[str, Any] = {}
         for size, runner in proxies.items():
             start = time.perf_counter()
-            outcome, _ = runner.run(policy)
+            outcome, _ = runner.run(policy.augment, {name: getattr(policy, name) for name in target_fields(task)})
             row[f"proxy_{size}"] = {"score": outcome.score, "correct": outcome.correct,
                                     "seconds": round(time.perf_counter() - start, 1)}
         start = time.perf_counter()

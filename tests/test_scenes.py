@@ -82,5 +82,6 @@ def test_the_scenes_give_semantic_masks_when_the_task_is_segmentation(monkeypatc
                                        "optimization.epochs": 1, "regularization.augment": []})
     assert plan.data.task == "segmentation" and plan.data.num_classes == 11
     assert plan.data.class_names[0] == "background" and plan.data.class_names[1:] == made.class_names
+    assert sum(plan.data.class_counts) == plan.data.train_size * 64 * 64  # every pixel of the training split
     present = set(torch.unique(made.semantic).tolist())
     assert {k for k, c in enumerate(plan.data.class_counts) if c > 0} <= present and plan.data.class_counts[0] > 0

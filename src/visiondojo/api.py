@@ -142,9 +142,10 @@ def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, 
 def _unlabeled_source(unlabeled: Any, prep: Prepared) -> Source | None:
     if unlabeled is None:
         return None
-    if prep.data.task == "detection":
-        raise VisionDojoError("unlabeled: semi-supervised learning is not available for detection yet (Noisy "
-                              "Student needs box pseudo-labels); train without unlabeled images")
+    if prep.data.task in ("detection", "segmentation"):
+        needs = "box" if prep.data.task == "detection" else "mask"
+        raise VisionDojoError(f"unlabeled: semi-supervised learning is not available for {prep.data.task} yet (Noisy "
+                              f"Student needs {needs} pseudo-labels); train without unlabeled images")
     source = as_unlabeled(unlabeled, prep.options)
     check_unlabeled(source, prep.data, prep.train)
     source = drop_known(source, {"training": prep.train, "validation": prep.val, "test": prep.test})
@@ -165,7 +166,7 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
     for dotted, value in pins.items():
         plan.set(dotted, value)
         plan.evidence[dotted] = "pinned by the user"
-    check_regularization(plan.regularization)  # a bad policy fails before any time is spent
+    check_regularization(plan.regularization, prep.task)  # a bad policy fails before any time is spent
     check_ssl(plan, prep.model)
     deadline = start + budget_s if budget_s is not None else None
     runtime = Runtime(runtime_params)
@@ -192,7 +193,7 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     call began) dates the run's ``timing`` record in metrics.json."""
     started = time.perf_counter() if started is None else started
     train_start = time.perf_counter()
-    check_regularization(plan.regularization)  # before the run folder is claimed
+    check_regularization(plan.regularization, prep.task)  # before the run folder is claimed
     check_ssl(plan, prep.model)
     if resume and unlabeled is not None and ssl_active(plan.ssl):
         raise VisionDojoError("resuming a run that learns from unlabeled images is not supported yet; "

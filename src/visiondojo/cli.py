@@ -195,6 +195,9 @@ def _write_masks(found: Masks, paths: list[Path], out: str | None) -> int:
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / f"{path.stem}.png" for path in paths]
+    if len(set(written)) < len(written):
+        raise ConfigError("predict: two images share a file name, and their masks would overwrite each other in "
+                          "--out; predict them in separate calls")
     clashes = [p for p in written if p.exists()]
     if clashes:
         raise ConfigError(f"predict: {clashes[0]} exists; visiondojo does not overwrite files it did not write in "

@@ -67,10 +67,9 @@ class Applied:
 
 
 class Augmenter:
-    """Applies ``ops`` to float image batches in [0, 1] units; returns the images and their Geometry.
-
-    The Geometry (None when the policy has no geometric op) is what the task uses to move
-    boxes, masks and keypoints with their images.
+    """Applies ``ops`` to float image batches in [0, 1] units; returns the images and what was done
+    to them (``Applied``: the warp, None when the policy has no geometric op, and the erased
+    pixels), which the task uses to move boxes, masks and keypoints with their images.
     """
 
     def __init__(self, ops: Sequence[AugmentOp]):

@@ -195,6 +195,9 @@ def check_targets(source: Source, task: str, num_classes: int) -> None:
 def _check_masks(source: Source, num_classes: int) -> None:
     if not is_masks(source):
         raise DataError(f"{source.origin}: task segmentation needs (N, H, W) masks of class indices")
+    if num_classes > IGNORE_INDEX:
+        raise DataError(f"{source.origin}: {num_classes} classes; segmentation supports up to {IGNORE_INDEX} "
+                        f"(class indices 0..{IGNORE_INDEX - 1}, {IGNORE_INDEX} marks ignored pixels)")
     values = source.targets.values
     bad = (values >= num_classes) & (values != IGNORE_INDEX)
     if bool(bad.any()):

@@ -272,7 +272,7 @@ def _from_arrays(images: Any, targets: Any, options: DataOptions, origin: str,
     if options.resize is not None:
         images = resize_batch(images, tuple(options.resize))
         if targets.ndim == 3:  # nearest: a resized mask keeps whole class indices
-            targets = F.interpolate(targets[:, None].float(), size=tuple(options.resize), mode="nearest")[:, 0].long()
+            targets = F.interpolate(targets[:, None].float(), size=tuple(options.resize), mode="nearest-exact")[:, 0].long()
     # Names the data carries come first: align_classes renumbers them to the training classes.
     return InMemory(images, targets, names or class_names or options.class_names, origin)
 

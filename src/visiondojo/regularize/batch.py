@@ -84,15 +84,21 @@ def check_supported(params: RegularizationParams, task: Task, where: str = "regu
     for name in ("mixup", "cutmix"):
         if getattr(params, name) > 0 and not task.capabilities.mixing:
             raise ConfigError(f"{where}.{name}: the {task.name} task cannot mix two images' targets; set it to 0")
+    if params.class_balance == "resample" and not task.capabilities.class_balance:
+        raise ConfigError(f"{where}.class_balance: the {task.name} task has no single class per image to draw "
+                          "balanced batches by; use none")
     for name in BOX_MIXING:
         if getattr(params, name) > 0 and not task.capabilities.box_mixing:
             raise ConfigError(f"{where}.{name}: the {task.name} task has no boxes to carry into a mosaic or a "
                               "blend of images (detection only); set it to 0")
 
 
-def check(params: RegularizationParams) -> None:
-    """Clear errors for unknown ops and values outside their ranges; run before anything is written."""
+def check(params: RegularizationParams, task: Task | None = None) -> None:
+    """Clear errors for unknown ops, values outside their ranges and (given the ``task``) what the
+    task cannot do; run before anything is written."""
     where = "regularization"
+    if task is not None:
+        check_supported(params, task, where)
     check_ops(params.augment, f"{where}.augment")
     if not 0.0 <= params.label_smoothing < 1.0:
         raise ConfigError(f"{where}.label_smoothing: {params.label_smoothing} is outside [0, 1); 0.1 is common")

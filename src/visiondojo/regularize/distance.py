@@ -90,8 +90,9 @@ def measure_distances(model: nn.Module, task: Task, pixels: torch.Tensor, target
     for name in ops:
         for magnitude in magnitudes:
             generator = torch.Generator(device=pixels.device).manual_seed(seed)  # same draws for every pair
-            augmented, _ = Augmenter([AugmentOp(name, magnitude)])(pixels, generator)
-            stats = feature_stats(model, task, augmented, targets, normalizer, runtime)
+            augmented, applied = Augmenter([AugmentOp(name, magnitude)])(pixels, generator)
+            moved = task.move_targets(targets, applied)  # class labels stay; masks and boxes follow the op
+            stats = feature_stats(model, task, augmented, moved, normalizer, runtime)
             shift = None if stats.loss is None or clean.loss is None else round(stats.loss - clean.loss, 6)
             rows.append(Distance(name, magnitude, round(frechet_diagonal(stats, clean), 6), shift))
     return rows

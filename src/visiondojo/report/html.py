@@ -58,10 +58,19 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+GALLERY_CAPTIONS = {
+    "detection": "images: true boxes green, predicted boxes (score 0.5 and up) red; the images with the most "
+                 "missed or false boxes first</p>",
+    "segmentation": "images of lowest IoU first: the image, its true mask, the predicted mask (VOC colours, "
+                    "background clear)</p>",
+}
+
+
 def render(data: ReportData) -> str:
     plan = data.plan
     names = plan.data.class_names
-    kind = "object detection" if plan.data.task == "detection" else f"{plan.data.task} classification"
+    kind = {"detection": "object detection", "segmentation": "semantic segmentation"}.get(
+        plan.data.task, f"{plan.data.task} classification")
     parts = [f"<h1>visiondojo run report</h1><p class=muted>{html.escape(kind)}, "
              f"{plan.data.num_classes} classes, model {html.escape(plan.model.spec)}</p>"]
     if data.summary:
@@ -102,10 +111,8 @@ def render(data: ReportData) -> str:
     if data.mistakes:
         images = torch.stack([m[0] for m in data.mistakes])
         parts.append(f"<h2>Worst mistakes ({data.mistakes_split})</h2><p class=muted>"
-                     + ("" if plan.data.task == "detection" else "highest-loss misclassified ")
-                     + ("images: true boxes green, predicted boxes (score 0.5 and up) red; the images with the "
-                        "most missed or false boxes first</p>" if plan.data.task == "detection" else
-                        "images: true label, then prediction</p>")
+                     + GALLERY_CAPTIONS.get(plan.data.task, "highest-loss misclassified images: true label, then "
+                                            "prediction</p>")
                      + _img(plots.gallery(images, [m[1] for m in data.mistakes]), "worst mistakes"))
     parts += _regularization(plan, data.augmented)
     parts += _augment_search(plan)

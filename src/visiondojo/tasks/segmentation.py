@@ -132,9 +132,10 @@ class SegmentationTask(Task):
         return outputs.argmax(dim=1)
 
     def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per image: its IoU (``image_iou``) reaches ``GOOD_IOU``. Pixels of one image are not
-        independent trials, so the paired tests count images; and pixel accuracy would count an
-        image right for its background alone."""
+        """Per image: its IoU (``image_iou``, the mean over the classes in its truth or prediction,
+        background included) reaches ``GOOD_IOU``. Pixels of one image are not independent trials,
+        so the paired tests count images; pixel accuracy would count an image right for its
+        background alone, and the mean IoU at least weighs each class present equally."""
         return image_iou(outputs.argmax(dim=1), targets, self.num_classes, self.ignore_index) >= GOOD_IOU
 
     def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor, targets: torch.Tensor) -> None:
@@ -188,9 +189,8 @@ class SegmentationTask(Task):
         return warp_masks(targets, applied.geometry, ignore_index=self.ignore_index)
 
     def predictions(self, outputs: list[Any], class_names: list[str]) -> Masks:
-        probs = torch.cat([self.scores(o).cpu() for o in outputs])
-        scores, labels = probs.max(dim=1)
-        return Masks(labels, scores, class_names)
+        best = [self.scores(o).max(dim=1) for o in outputs]  # per chunk: never every class's probabilities
+        return Masks(torch.cat([b.indices.cpu() for b in best]), torch.cat([b.values.cpu() for b in best]), class_names)
 
 
 def image_iou(predicted: torch.Tensor, targets: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
