@@ -195,14 +195,18 @@ class SegmentationTask(Task):
 
 def image_iou(predicted: torch.Tensor, targets: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
     """(N,) per image: the mean IoU over the classes present in its truth or prediction (1 when it
-    has no labelled pixel), ignored pixels left out."""
-    labelled = targets != ignore_index
-    ious = []
-    for p, t, keep in zip(predicted, targets, labelled):
-        p, t = p[keep], t[keep]
-        inter = torch.bincount(t[p == t], minlength=num_classes)[:num_classes].float()
-        union = (torch.bincount(p, minlength=num_classes)[:num_classes]
-                 + torch.bincount(t, minlength=num_classes)[:num_classes]).float() - inter
-        present = union > 0
-        ious.append(float((inter[present] / union[present]).mean()) if bool(present.any()) else 1.0)
-    return torch.tensor(ious)
+    has no labelled pixel), ignored pixels left out; one bincount per quantity for the whole batch."""
+    n, k = len(targets), num_classes
+    keep = targets != ignore_index
+    image = torch.arange(n, device=targets.device).view(-1, 1, 1).expand_as(targets)[keep]
+    p, t = predicted.long()[keep], targets.long()[keep]
+
+    def per_image(classes: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        index = image * k + classes
+        return torch.bincount(index if where is None else index[where], minlength=n * k).view(n, k).float()
+
+    inter = per_image(t, p == t)
+    union = per_image(p) + per_image(t) - inter
+    present = union > 0
+    mean = (inter / union.clamp_min(1)).sum(dim=1) / present.sum(dim=1).clamp_min(1)
+    return torch.where(present.any(dim=1), mean, torch.ones_like(mean)).cpu()
