@@ -21,7 +21,7 @@ from visiondojo.engine.loop import run_training
 from visiondojo.engine.runtime import Runtime
 from visiondojo.engine.step import train_step
 from visiondojo.plan import AugmentOp, DataParams, OptimizationParams, Plan, RegularizationParams, RuntimeParams
-from visiondojo.tasks import Capabilities, DetectionTask, StepLoss, Task
+from visiondojo.tasks import Capabilities, DetectionTask, LossSettings, StepLoss, Task
 
 SIZE = 32
 
@@ -76,7 +76,7 @@ class FirstBoxTask(Task):
         self.seen: list[tuple[torch.Tensor, RaggedBatch]] = []
 
     def forward_train(self, model: nn.Module, inputs: torch.Tensor, targets: RaggedBatch,
-                      class_weights: torch.Tensor | None = None) -> StepLoss:
+                      settings: LossSettings = LossSettings()) -> StepLoss:
         self.seen.append((inputs.detach().clone(), targets))
         predicted = model(inputs) * SIZE
         first = [(i, objects["boxes"][0]) for i, objects in enumerate(targets.per_image()) if len(objects["boxes"])]

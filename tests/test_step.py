@@ -15,7 +15,7 @@ from visiondojo.errors import ConfigError
 from visiondojo.plan import RegularizationParams, RuntimeParams
 from visiondojo.regularize.batch import check_supported
 from visiondojo.regularize.search import target_options_for
-from visiondojo.tasks import Capabilities, MultiClassTask
+from visiondojo.tasks import Capabilities, LossSettings, MultiClassTask
 
 from conftest import TinyNet, make_problem
 
@@ -69,9 +69,9 @@ class DictOutputTask(MultiClassTask):
 
     calls = {"train": 0, "eval": 0}
 
-    def forward_train(self, model, inputs, targets, class_weights=None):
+    def forward_train(self, model, inputs, targets, settings=LossSettings()):
         DictOutputTask.calls["train"] += 1
-        return super().forward_train(lambda x: model(x)["logits"], inputs, targets, class_weights)
+        return super().forward_train(lambda x: model(x)["logits"], inputs, targets, settings)
 
     def forward_eval(self, model, inputs):
         DictOutputTask.calls["eval"] += 1
@@ -111,6 +111,6 @@ def test_a_task_without_soft_labels_gets_no_soft_options_and_a_clear_refusal() -
     assert len(target_options_for(MultiClassTask(3))) == 3
     with pytest.raises(ConfigError, match="label_smoothing: the multiclass task has no soft labels"):
         check_supported(RegularizationParams(label_smoothing=0.1), HardOnly(3))
-    with pytest.raises(ConfigError, match="cutmix: the multiclass task cannot mix"):
+    with pytest.raises(ConfigError, match="cutmix: the multiclass task.s targets cannot follow cutmix"):
         check_supported(RegularizationParams(label_smoothing=0.1, cutmix=1.0), NoMixing(3))
     check_supported(RegularizationParams(label_smoothing=0.1, mixup=0.2), MultiClassTask(3))

@@ -132,6 +132,10 @@ class RegularizationParams:
     cutmix: float = 0.0
     """CutMix magnitude: the Beta(a, a) concentration a of the per-sample kept area (0: off).
     With both on, each sample gets one of the two, chosen at random."""
+    dice: float = 0.0
+    """Segmentation: weight of a soft Dice loss added to the cross-entropy (0: cross-entropy alone).
+    Dice scores each class by its overlap, whatever its pixel count, so small classes weigh as
+    much as large ones; the policy search's target stage tries it (``tasks.base.LossSettings``)."""
     mosaic: float = 0.0
     """Detection: probability per sample of becoming a 2x2 mosaic of itself and three other images
     of the batch, their boxes moved along, the quadrants meeting anywhere in the middle half of

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import VisionDojoError
-from ..tasks import Task
+from ..tasks import LossSettings, Task
 from .progress import TrainingProgress
 from .runtime import Runtime
 from .step import train_step
@@ -55,7 +55,7 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
                     scheduler: torch.optim.lr_scheduler.LRScheduler, batches: Iterable[tuple[torch.Tensor, Any]],
                     regularize: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]], runtime: Runtime, *,
                     epoch: int, max_steps: int, grad_clip_norm: float | None = None,
-                    class_weights: torch.Tensor | None = None, stop_time: float | None = None,
+                    loss_settings: LossSettings = LossSettings(), stop_time: float | None = None,
                     progress: TrainingProgress | None = None) -> EpochResult:
     """Train ``model`` (already in train mode) on up to ``max_steps`` batches of ``batches``.
 
@@ -69,7 +69,7 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
     cut_off = False
     for images, targets in batches if max_steps > 0 else ():
         inputs, targets = regularize(images, targets)
-        step = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, class_weights)
+        step = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, loss_settings)
         scheduler.step()
         steps += 1
         loss_sum += step.loss * len(images)

@@ -41,7 +41,7 @@ from .epoch import EpochResult, TrainingDiverged, train_one_epoch
 from ..optimize.optimizers import build_optimizer
 from ..optimize.batchnorm import restore_bn_momentum, set_bn_momentum
 from ..optimize.schedules import PLATEAU_FACTOR, build_scheduler, schedule_factor
-from ..regularize.batch import BatchRegularizer, class_weights
+from ..regularize.batch import BatchRegularizer, loss_settings
 from ..regularize.dropout import apply_dropout
 from ..regularize.weight_decay import DecoupledWeightDecay
 
@@ -155,7 +155,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                          "each of them acts on per-epoch validation")
     steps_per_epoch = len(train_batches)
     regularize = BatchRegularizer(reg, task, normalizer, runtime.device, seed=plan.seed)
-    weights = class_weights(reg, plan.data.class_counts, runtime.device)
+    settings = loss_settings(reg, plan.data.class_counts, runtime.device)
     optimizer = build_optimizer(model, opt)
     decay = DecoupledWeightDecay(optimizer, reg.weight_decay, adaptive=reg.adaptive_decay)
     scheduler = build_scheduler(optimizer, opt, steps_per_epoch)
@@ -201,7 +201,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             progress.start_epoch(epoch, state.planned_epochs, max_steps)
             trained = train_one_epoch(
                 model, task, optimizer, scheduler, train_batches, regularize, runtime, epoch=epoch,
-                max_steps=max_steps, grad_clip_norm=opt.grad_clip_norm, class_weights=weights,
+                max_steps=max_steps, grad_clip_norm=opt.grad_clip_norm, loss_settings=settings,
                 stop_time=None if deadline is None else deadline - reserve_s, progress=progress)
             state.step += trained.steps
             cut_off = trained.cut_off

@@ -13,25 +13,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..tasks import StepLoss, Task
+from ..tasks import LossSettings, StepLoss, Task
 from .runtime import Runtime
 
 
 def forward_loss(model: nn.Module, task: Task, runtime: Runtime, inputs: torch.Tensor, targets: Any,
-                 class_weights: torch.Tensor | None = None) -> StepLoss:
+                 settings: LossSettings = LossSettings()) -> StepLoss:
     """The task's training forward on model-ready ``inputs`` under the runtime's autocast."""
     with runtime.autocast():
-        return task.forward_train(model, inputs, targets, class_weights)
+        return task.forward_train(model, inputs, targets, settings)
 
 
 def train_step(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, runtime: Runtime,
                inputs: torch.Tensor, targets: Any, grad_clip_norm: float | None = None,
-               class_weights: torch.Tensor | None = None) -> StepLoss:
+               settings: LossSettings = LossSettings()) -> StepLoss:
     """One optimizer step on model-ready ``inputs``; returns the detached loss and its terms (no host sync).
 
     Weight decay, when attached (``regularize.weight_decay``), runs as the optimizer's pre-step hook.
     """
-    step = forward_loss(model, task, runtime, inputs, targets, class_weights)
+    step = forward_loss(model, task, runtime, inputs, targets, settings)
     runtime.backward_and_step(step.loss, optimizer, grad_clip_norm=grad_clip_norm)
     return StepLoss(step.loss.detach(), {k: v.detach() for k, v in step.terms.items()})
 

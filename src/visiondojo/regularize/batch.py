@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from ..augment import Augmenter, check_ops, mix, mix_boxes, smooth
+from ..augment import Augmenter, check_ops, mix_boxes
 from ..data.batches import Normalizer
 from ..data.sources import Source, class_labels
 from ..errors import ConfigError
 from ..plan import RegularizationParams
-from ..tasks import Task
+from ..tasks import LossSettings, Task
 from .class_balance import MODES, check_beta, effective_number_weights, sample_weights
 from .dropout import check_rate
 
@@ -70,10 +70,8 @@ class BatchRegularizer:
                                         min_visible=self.task.min_visible_box)
         if self.soft:
             p = self.params
-            targets = self.task.soft_targets(targets)
-            if p.label_smoothing > 0:
-                targets = smooth(targets, p.label_smoothing, self.task.smoothing_classes)
-            pixels, targets, _ = mix(pixels, targets, p.mixup, p.cutmix, self.generator)
+            pixels, targets = self.task.mix_targets(pixels, targets, p.label_smoothing, p.mixup, p.cutmix,
+                                                    self.generator)
         return pixels, targets
 
 
@@ -82,8 +80,11 @@ def check_supported(params: RegularizationParams, task: Task, where: str = "regu
     if params.label_smoothing > 0 and not task.capabilities.soft_labels:
         raise ConfigError(f"{where}.label_smoothing: the {task.name} task has no soft labels to smooth; set it to 0")
     for name in ("mixup", "cutmix"):
-        if getattr(params, name) > 0 and not task.capabilities.mixing:
-            raise ConfigError(f"{where}.{name}: the {task.name} task cannot mix two images' targets; set it to 0")
+        if getattr(params, name) > 0 and name not in task.capabilities.mixes:
+            raise ConfigError(f"{where}.{name}: the {task.name} task's targets cannot follow {name} (they follow "
+                              f"{', '.join(task.capabilities.mixes) or 'no mixing'}); set it to 0")
+    if params.dice > 0 and not task.capabilities.dice:
+        raise ConfigError(f"{where}.dice: the {task.name} task has no per-pixel classes for a Dice loss; set it to 0")
     if params.class_balance == "resample" and not task.capabilities.class_balance:
         raise ConfigError(f"{where}.class_balance: the {task.name} task has no single class per image to draw "
                           "balanced batches by; use none")
@@ -102,10 +103,10 @@ def check(params: RegularizationParams, task: Task | None = None) -> None:
     check_ops(params.augment, f"{where}.augment")
     if not 0.0 <= params.label_smoothing < 1.0:
         raise ConfigError(f"{where}.label_smoothing: {params.label_smoothing} is outside [0, 1); 0.1 is common")
-    for name in ("mixup", "cutmix", *BOX_MIXING):
+    for name in ("mixup", "cutmix", "dice", *BOX_MIXING):
         value = getattr(params, name)
         if not 0.0 <= value <= 1.0:
-            kind = "probability" if name in BOX_MIXING else "magnitude"
+            kind = "probability" if name in BOX_MIXING else "weight" if name == "dice" else "magnitude"
             raise ConfigError(f"{where}.{name}: {kind} {value} is outside [0, 1] (0 turns it off)")
     if params.weight_decay < 0:
         raise ConfigError(f"{where}.weight_decay: {params.weight_decay} is negative")
@@ -117,11 +118,13 @@ def check(params: RegularizationParams, task: Task | None = None) -> None:
         raise ConfigError(f"{where}.class_balance: {params.class_balance!r} is not one of {', '.join(MODES)}")
 
 
-def class_weights(params: RegularizationParams, class_counts: list[int], device: torch.device) -> torch.Tensor | None:
-    """Loss weights per class for ``class_balance: reweight``, else None."""
-    if params.class_balance != "reweight":
-        return None
-    return effective_number_weights(class_counts, params.class_balance_beta).to(device)
+def loss_settings(params: RegularizationParams, class_counts: list[int], device: torch.device) -> LossSettings:
+    """What the training loss takes from the policy: loss weights per class for ``class_balance:
+    reweight`` (None otherwise), label smoothing and the Dice weight."""
+    weights = None
+    if params.class_balance == "reweight":
+        weights = effective_number_weights(class_counts, params.class_balance_beta).to(device)
+    return LossSettings(weights, params.label_smoothing, params.dice)
 
 
 def balanced_sampling(params: RegularizationParams, source: Source, class_counts: list[int]) -> torch.Tensor | None:

@@ -43,7 +43,7 @@ from ..paired import MIN_EFFECT, POWER, detectable_effect
 from ..plan import AugmentOp, Plan, RegularizationParams
 from ..prepare import Prepared
 from ..tasks import Task
-from .class_balance import choose_class_balance, imbalance_ratio
+from .class_balance import choose_class_balance, choose_pixel_balance, imbalance_ratio
 from .search import PROXY_EPOCHS, SOFT_FIELDS, search_policy, target_fields
 
 SEARCH_SHARE = 0.2
@@ -88,6 +88,15 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
     if counts and prep.task.capabilities.class_balance:
         mode, why = choose_class_balance(counts)
         plan.choose("regularization.class_balance", mode, why)
+        plan.measurements["imbalance_ratio"] = round(imbalance_ratio(counts), 3)
+    elif counts and prep.task.capabilities.pixel_balance:
+        per_image = sum(counts) / max(plan.data.train_size, 1)
+        mode, beta, why = choose_pixel_balance(counts, per_image, plan.regularization.class_balance_beta)
+        plan.choose("regularization.class_balance", mode, why)
+        if plan.regularization.class_balance == "reweight":
+            plan.choose("regularization.class_balance_beta", beta,
+                        f"per pixel, {plan.regularization.class_balance_beta:g} per image's {per_image:.0f} pixels: "
+                        "an image's worth of a class's pixels counts as one sample")
         plan.measurements["imbalance_ratio"] = round(imbalance_ratio(counts), 3)
     if plan.is_pinned("regularization.augment"):
         return False

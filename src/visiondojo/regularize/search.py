@@ -105,6 +105,10 @@ SOFT_OPTIONS: tuple[dict[str, float], ...] = (
     {"label_smoothing": 0.1, "cutmix": 1.0},
 )
 SOFT_FIELDS = ("label_smoothing", "mixup", "cutmix")
+DICE_OPTION = {"dice": 0.5}
+"""Segmentation's first target option: cross-entropy + 0.5 x soft Dice, the usual even-handed mix
+(the Dice term in [0, 1], cross-entropy of a trained model well under 1), tried before the soft
+labels since it is the change to segmentation training most often found to help small classes."""
 BOX_MIX_OPTIONS: tuple[dict[str, float], ...] = (
     {"mosaic": 0.5},
     {"mosaic": 1.0},
@@ -174,17 +178,21 @@ class SearchResult:
 
 def target_fields(task: Task) -> tuple[str, ...]:
     """The regularization fields of the task's target stage (``Task.capabilities``): the soft
-    labels, the detection mixes (mosaic, box mixup), or none."""
+    labels (and the Dice weight, for per-pixel classes), the detection mixes (mosaic, box mixup),
+    or none."""
     if task.capabilities.soft_labels:
-        return SOFT_FIELDS
+        return SOFT_FIELDS + (tuple(DICE_OPTION) if task.capabilities.dice else ())
     return BOX_MIX_FIELDS if task.capabilities.box_mixing else ()
 
 
 def target_options_for(task: Task) -> list[dict[str, float]]:
     """The target-stage options the task supports (``Task.capabilities``): the soft-label options
-    (label smoothing alone without mixing), the detection mixes for box targets, else none."""
+    whose mixes its targets follow (label smoothing alone without mixing), after the Dice loss for
+    per-pixel classes; the detection mixes for box targets; else none."""
     if task.capabilities.soft_labels:
-        return [dict(o) for o in SOFT_OPTIONS if task.capabilities.mixing or not ({"mixup", "cutmix"} & set(o))]
+        mixes = set(task.capabilities.mixes)
+        soft = [dict(o) for o in SOFT_OPTIONS if {"mixup", "cutmix"} & set(o) <= mixes]
+        return ([dict(DICE_OPTION)] if task.capabilities.dice else []) + soft
     return [dict(o) for o in BOX_MIX_OPTIONS] if task.capabilities.box_mixing else []
 
 

@@ -13,7 +13,7 @@ Batching and device transfer are not per task: every task's targets live in one 
 (``data.targets``: dense tensors or ragged objects with offsets) whose ``gather`` builds a batch
 and whose batch ``to`` moves it, so a task sees its targets already batched on the device, as a
 tensor or as a ``RaggedBatch``. What is per task is how targets move with augmented images
-(``move_targets``) and what mixing may do to them (``capabilities.mixing``, ``soft_targets``).
+(``move_targets``) and what smoothing and mixing do to them (``capabilities.mixes``, ``mix_targets``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torchmetrics import MetricCollection
 
 from ..augment.erase import hidden_share
 from ..augment.geometry import warp_boxes
+from ..augment.mixing import mix, smooth
 from ..augment.policy import Applied
 from ..data.targets import RaggedBatch
 from ..errors import ModelError
@@ -41,15 +42,39 @@ class Capabilities:
 
     soft_labels: bool = False
     """Float targets that label smoothing and a teacher's soft labels blend."""
-    mixing: bool = False
-    """Mixup/CutMix can blend two samples' targets (``mix_targets``)."""
+    mixes: tuple[str, ...] = ()
+    """The mixes of two samples the targets can follow (``mix_targets``): ``mixup`` and ``cutmix``
+    for class labels; ``cutmix`` alone for masks (a pixel cannot take two classes, so a blend of two
+    images has no mask, while a pasted rectangle carries its own)."""
     per_sample_loss: bool = False
     """``per_sample_loss`` exists: the worst-mistakes gallery and the distance measures use it."""
     class_balance: bool = False
     """Each sample has one class that the loss can weight or the sampler draw by (class balance)."""
+    pixel_balance: bool = False
+    """Class counts are pixel counts: class balance reweights the loss per pixel, never resamples
+    (``regularize.class_balance.choose_pixel_balance``)."""
+    dice: bool = False
+    """A Dice term can join the loss (``LossSettings.dice``): per-pixel classes (segmentation)."""
     box_mixing: bool = False
     """Mosaic and box mixup can build an image from several, its boxes from theirs: ragged targets
     with ``boxes`` (``augment.detection_mix``)."""
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """What the plan sets in a training loss, built once per training (``regularize.batch.loss_settings``).
+
+    Label smoothing of soft targets (classification) happens in the target stage, before mixing
+    (``mix_targets``), so a mixed pair blends smoothed targets; a task whose targets stay hard
+    (masks: a class index per pixel) smooths inside its loss with ``label_smoothing`` instead.
+    """
+
+    class_weights: torch.Tensor | None = None
+    """(K,) loss weight per class (class balance), or None."""
+    label_smoothing: float = 0.0
+    """Read by losses of hard targets only (see above)."""
+    dice: float = 0.0
+    """Weight of a soft Dice term beside the cross-entropy (``capabilities.dice``)."""
 
 
 @dataclass
@@ -83,9 +108,9 @@ class Task(ABC):
     """A moved box keeping less than this share of its area inside the image is dropped (``move_targets``)."""
 
     def forward_train(self, model: nn.Module, inputs: torch.Tensor, targets: Any,
-                      class_weights: torch.Tensor | None = None) -> StepLoss:
+                      settings: LossSettings = LossSettings()) -> StepLoss:
         """The training forward on model-ready ``inputs`` (the caller holds the autocast context)."""
-        return StepLoss(self.loss(model(inputs), targets, class_weights))
+        return StepLoss(self.loss(model(inputs), targets, settings.class_weights))
 
     def forward_eval(self, model: nn.Module, inputs: torch.Tensor) -> Any:
         """The evaluation forward (model in eval mode, no grad): outputs in the form ``scores``,
@@ -105,6 +130,16 @@ class Task(ABC):
         possibly smoothed or mixed); ``class_weights`` (K,) reweight classes (class balance).
         A task whose model computes its own loss (a detector) overrides ``forward_train`` instead."""
         raise NotImplementedError(f"{self.name}: the loss comes from forward_train")
+
+    def mix_targets(self, pixels: torch.Tensor, targets: Any, label_smoothing: float, mixup: float, cutmix: float,
+                    generator: torch.Generator) -> tuple[torch.Tensor, Any]:
+        """The target stage of a training batch (pixels in [0, 1] units): soft targets
+        (``soft_targets``), smoothed, then mixup and CutMix of images and targets alike."""
+        soft = self.soft_targets(targets)
+        if label_smoothing > 0:
+            soft = smooth(soft, label_smoothing, self.smoothing_classes)
+        pixels, soft, _ = mix(pixels, soft, mixup, cutmix, generator)
+        return pixels, soft
 
     def soft_targets(self, targets: Any) -> torch.Tensor:
         """Hard targets -> float targets of the loss's shape, which label smoothing and mixing blend."""

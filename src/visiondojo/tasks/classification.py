@@ -41,7 +41,7 @@ class Predictions:
         return [self.class_names[int(i)] for i in self.labels]
 
 
-CLASSIFICATION = Capabilities(soft_labels=True, mixing=True, per_sample_loss=True, class_balance=True)
+CLASSIFICATION = Capabilities(soft_labels=True, mixes=("mixup", "cutmix"), per_sample_loss=True, class_balance=True)
 
 
 class ClassificationTask(Task):

@@ -29,7 +29,7 @@ from torchvision.utils import draw_bounding_boxes
 from ..data.targets import RaggedBatch, RaggedTargets
 from ..errors import ModelError
 from ..models.detectors import BACKGROUND
-from .base import Capabilities, StepLoss, Task, pooled
+from .base import Capabilities, LossSettings, StepLoss, Task, pooled
 
 GALLERY_SCORE = 0.5
 """Detections shown in the report's gallery and counted as false there: the confident ones."""
@@ -102,7 +102,7 @@ class DetectionTask(Task):
         self.num_classes = num_classes
 
     def forward_train(self, model: nn.Module, inputs: torch.Tensor, targets: RaggedBatch,
-                      class_weights: torch.Tensor | None = None) -> StepLoss:
+                      settings: LossSettings = LossSettings()) -> StepLoss:
         per_image = [{"boxes": t["boxes"], "labels": t["labels"] + BACKGROUND} for t in targets.per_image()]
         losses = model(list(inputs), per_image)
         return StepLoss(sum(losses.values()), {k: v.detach() for k, v in losses.items()})

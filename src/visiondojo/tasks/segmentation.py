@@ -8,9 +8,12 @@ the loss nor the metrics.
 Models return (N, K, h, w) logits, or a dict with ``out`` (and ``aux``, torchvision's auxiliary
 classifier); logits smaller than the mask (a model that predicts at a stride) are upsampled
 bilinearly to it, as torchvision's segmentation models do internally. The loss is cross-entropy
-with the ignore index, plus 0.5 x the auxiliary output's, the weight of torchvision's
-``references/segmentation``. Metrics through torchmetrics: mIoU (monitored; the mean over the
-classes present in truth or prediction), IoU per class and pixel accuracy.
+with the ignore index (label smoothing and per-pixel class weights inside it: masks stay hard
+class indices), plus ``dice`` x a soft Dice loss when the policy sets it, plus 0.5 x the
+auxiliary output's loss, the weight of torchvision's ``references/segmentation``. CutMix pastes a
+rectangle of another image together with its mask; mixup is not offered (a blended pixel has no
+one class). Metrics through torchmetrics: mIoU (monitored; the mean over the classes present in
+truth or prediction), IoU per class, pixel accuracy and mean Dice (per-class F1 over pixels).
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
 
 from ..augment.geometry import warp_masks
+from ..augment.mixing import mix
 from ..augment.policy import Applied
 from ..data.targets import IGNORE_INDEX
-from .base import Capabilities, Review, StepLoss, Task
+from .base import Capabilities, LossSettings, Review, StepLoss, Task
 
 GOOD_IOU = 0.5
 """An image counts as right for the paired tests when its IoU reaches this (PASCAL's overlap bar)."""
@@ -94,9 +98,10 @@ class SegmentationTask(Task):
     name = "segmentation"
     monitor = "miou"
     unit = "images"
-    capabilities = Capabilities(per_sample_loss=True)
-    """Per-sample losses (the report's worst images, the augmentation distances' loss shift). Soft
-    masks, mixing and class balance by pixel frequency are not built yet."""
+    capabilities = Capabilities(soft_labels=True, mixes=("cutmix",), per_sample_loss=True, pixel_balance=True,
+                                dice=True)
+    """Label smoothing (in the loss), CutMix, per-sample losses (the report's worst images, the
+    augmentation distances' loss shift), class balance by pixel counts, and the Dice term."""
 
     first_batch_candidate = 16
     """A mask-sized output per image keeps a CPU busy from small batches, as a detector's does."""
@@ -106,14 +111,29 @@ class SegmentationTask(Task):
         self.ignore_index = ignore_index
 
     def forward_train(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                      class_weights: torch.Tensor | None = None) -> StepLoss:
+                      settings: LossSettings = LossSettings()) -> StepLoss:
         heads = logits_of(model(inputs), tuple(targets.shape[-2:]))
-        losses = {name: F.cross_entropy(logits, targets, weight=class_weights, ignore_index=self.ignore_index)
+        losses = {name: F.cross_entropy(logits, targets, weight=settings.class_weights, ignore_index=self.ignore_index,
+                                        label_smoothing=settings.label_smoothing)
                   for name, logits in heads.items()}
-        if len(losses) == 1:
-            return StepLoss(losses["out"])
-        total = losses["out"] + AUX_WEIGHT * sum(v for k, v in losses.items() if k != "out")
-        return StepLoss(total, {k: v.detach() for k, v in losses.items()})
+        terms = dict(losses)
+        aux = [v for k, v in losses.items() if k != "out"]
+        total = losses["out"] + AUX_WEIGHT * sum(aux) if aux else losses["out"]
+        if settings.dice > 0:
+            terms["dice"] = dice_loss(heads["out"], targets, self.num_classes, self.ignore_index)
+            total = total + settings.dice * terms["dice"]
+        if len(terms) == 1:
+            return StepLoss(total)
+        return StepLoss(total, {k: v.detach() for k, v in terms.items()})
+
+    def mix_targets(self, pixels: torch.Tensor, targets: torch.Tensor, label_smoothing: float, mixup: float,
+                    cutmix: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """CutMix pastes the same rectangle of the partner's image and mask; the masks stay hard
+        class indices (label smoothing acts in the loss, ``LossSettings``), and mixup is refused
+        before training (``capabilities.mixes``)."""
+        own = torch.ones(len(pixels), device=pixels.device)  # mix's per-image weights: unused for masks
+        pixels, _, masks = mix(pixels, own, 0.0, cutmix, generator, masks=targets)
+        return pixels, masks
 
     def forward_eval(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """(N, K, H, W) logits at the input size (the auxiliary head, a training aid, is dropped)."""
@@ -147,6 +167,7 @@ class SegmentationTask(Task):
             "miou": MulticlassJaccardIndex(k, ignore_index=ignore, average="macro"),
             "iou_per_class": MulticlassJaccardIndex(k, ignore_index=ignore, average="none"),
             "pixel_acc": MulticlassAccuracy(k, ignore_index=ignore, average="micro"),
+            "dice": MulticlassF1Score(k, ignore_index=ignore, average="macro"),
         })
 
     def kept_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
@@ -191,6 +212,30 @@ class SegmentationTask(Task):
     def predictions(self, outputs: list[Any], class_names: list[str]) -> Masks:
         best = [self.scores(o).max(dim=1) for o in outputs]  # per chunk: never every class's probabilities
         return Masks(torch.cat([b.indices.cpu() for b in best]), torch.cat([b.values.cpu() for b in best]), class_names)
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """1 - the soft Dice score of the batch, averaged over the classes in its truth.
+
+    Per class c, over the labelled pixels: 2 sum(p_c y_c) / (sum p_c + sum y_c), with p the softmax
+    and y the one-hot truth. The truth's one-hot is never built (K times the mask's memory): the
+    overlap is the probability of each pixel's true class summed per class, and sum y_c a bincount.
+    Classes absent from the batch's truth are left out: their score would reward predicting them
+    nowhere, which cross-entropy already teaches.
+    """
+    probs = logits.float().softmax(dim=1)
+    labelled = (targets != ignore_index).float()
+    classes = torch.where(targets != ignore_index, targets, torch.zeros_like(targets))
+    own = probs.gather(1, classes.unsqueeze(1)).squeeze(1)
+    # Sums per class by index_add over every pixel, ignored ones adding 0: masking by indexing
+    # would wait on the device for the count of labelled pixels.
+    zeros = torch.zeros(num_classes, device=logits.device)
+    overlap = zeros.index_add(0, classes.flatten(), (own * labelled).flatten())
+    truth = zeros.index_add(0, classes.flatten(), labelled.flatten())
+    predicted = (probs * labelled.unsqueeze(1)).sum(dim=(0, 2, 3))
+    present = (truth > 0).float()  # a batch with no labelled pixel: loss 0
+    score = 2 * overlap / (predicted + truth).clamp_min(1e-6)
+    return ((1 - score) * present).sum() / present.sum().clamp_min(1)
 
 
 def image_iou(predicted: torch.Tensor, targets: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
