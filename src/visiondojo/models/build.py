@@ -51,7 +51,8 @@ def _labels(task: str) -> str:
 
 def _models_for(task: str) -> str:
     if task in TASK_MODELS:
-        return f"{', '.join(TASK_MODELS[task][1])} or torchvision:<{task} model>"
+        extra = ", smp:<architecture> (segmentation-models-pytorch)" if task == "segmentation" else ""
+        return f"{', '.join(TASK_MODELS[task][1])}, torchvision:<{task} model>{extra}"
     return f"a classifier such as {', '.join(BUILTIN)}"
 
 
