@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import visiondojo
+
 from visiondojo.data.batches import Normalizer
 from visiondojo.errors import ConfigError
 from visiondojo.plan import DataParams, RegularizationParams
@@ -106,3 +108,43 @@ def test_class_balance_by_pixels_is_off_by_default_and_pinned_reweighting_counts
     settings = loss_settings(RegularizationParams(class_balance="reweight", class_balance_beta=beta), counts,
                              torch.device("cpu"))
     assert settings.class_weights is not None and settings.class_weights[2] > 5 * settings.class_weights[0]
+
+
+def test_segmentation_resumes_bit_exactly_with_augmentation_cutmix_and_dice(tmp_path, monkeypatch):
+    """Interrupted after epoch 2 of 3 and resumed: the same weights, metrics and history as one
+    uninterrupted run, with warped masks, CutMix and the Dice term all drawing or computing."""
+    from visiondojo.engine import checkpoint, loop
+    from visiondojo.plan import AugmentOp
+
+    from conftest import state_dicts_equal
+    from test_segmentation import TINY, blob_scenes
+
+    class Interrupted(Exception):
+        pass
+
+    train, test = blob_scenes(96, seed=5), blob_scenes(32, seed=6)
+    pins = {"regularization.augment": [AugmentOp("hflip", 1.0), AugmentOp("rotate", 0.5)],
+            "regularization.cutmix": 1.0, "regularization.dice": 0.5}
+    kwargs = dict(test_data=test, epochs=3, batch_size=16, lr=3e-3, pin=pins, model_kwargs=TINY, progress=False)
+    full = visiondojo.fit("small-unet", train, out=tmp_path / "full", **kwargs)
+    save_last = loop._save_last
+
+    def save_then_crash(directory, model, optimizer, scheduler, state, *rest):
+        save_last(directory, model, optimizer, scheduler, state, *rest)
+        if state.epoch == 2:
+            raise Interrupted
+
+    monkeypatch.setattr(loop, "_save_last", save_then_crash)
+    out = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        visiondojo.fit("small-unet", train, out=out, **kwargs)
+    monkeypatch.undo()
+    resumed = visiondojo.train(None, train, test_data=test, plan=out / "plan.yaml", out=out, resume=True,
+                               progress=False)  # the plan names the model and its kwargs
+    last = lambda run_dir: checkpoint.load_state(run_dir / "checkpoints" / loop.LAST)["model"]  # noqa: E731
+    assert state_dicts_equal(last(out), last(full.dir))
+    assert resumed.metrics == full.metrics
+    assert 0 < full.history[0]["train_dice"] < 1  # the Dice term is trained on and logged
+    timing = {"train_s", "epoch_s", "train_images_per_s"}
+    strip = lambda history: [{k: v for k, v in row.items() if k not in timing} for row in history]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
