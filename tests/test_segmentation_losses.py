@@ -56,7 +56,7 @@ def test_loss_settings_reach_the_segmentation_loss():
     assert float(smoothed) != pytest.approx(float(plain))
     with_dice = task.forward_train(model, logits, masks, LossSettings(dice=0.5))
     assert float(with_dice.loss) == pytest.approx(float(plain) + 0.5 * float(dice_loss(logits, masks, 3, 255)), rel=1e-5)
-    assert set(with_dice.terms) == {"out", "dice"}  # both logged in the history
+    assert set(with_dice.terms) == {"out", "dice_loss"}  # both logged (the metric "dice" is a score)
     weights = torch.tensor([0.2, 1.0, 3.0])
     weighted = task.forward_train(model, logits, masks, LossSettings(class_weights=weights)).loss
     assert float(weighted) == pytest.approx(float(F.cross_entropy(logits, masks, weight=weights, ignore_index=255)),
@@ -144,7 +144,7 @@ def test_segmentation_resumes_bit_exactly_with_augmentation_cutmix_and_dice(tmp_
     last = lambda run_dir: checkpoint.load_state(run_dir / "checkpoints" / loop.LAST)["model"]  # noqa: E731
     assert state_dicts_equal(last(out), last(full.dir))
     assert resumed.metrics == full.metrics
-    assert 0 < full.history[0]["train_dice"] < 1  # the Dice term is trained on and logged
+    assert 0 < full.history[0]["train_dice_loss"] < 1  # the Dice term is trained on and logged
     timing = {"train_s", "epoch_s", "train_images_per_s"}
     strip = lambda history: [{k: v for k, v in row.items() if k not in timing} for row in history]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)

@@ -120,8 +120,8 @@ class SegmentationTask(Task):
         aux = [v for k, v in losses.items() if k != "out"]
         total = losses["out"] + AUX_WEIGHT * sum(aux) if aux else losses["out"]
         if settings.dice > 0:
-            terms["dice"] = dice_loss(heads["out"], targets, self.num_classes, self.ignore_index)
-            total = total + settings.dice * terms["dice"]
+            terms["dice_loss"] = dice_loss(heads["out"], targets, self.num_classes, self.ignore_index)
+            total = total + settings.dice * terms["dice_loss"]
         if len(terms) == 1:
             return StepLoss(total)
         return StepLoss(total, {k: v.detach() for k, v in terms.items()})
