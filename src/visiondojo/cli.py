@@ -10,13 +10,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+from PIL import Image
+
 from . import api
 from .config import Config, load_config
+from .data.images import pil_to_chw
 from .errors import ConfigError, VisionDojoError
 from .plan import Plan
 from .rundir import PLAN, default_run_dir, require_run
 from .tasks.detection import Detections, coco_table
-from .tasks.segmentation import Masks
+from .tasks.segmentation import Masks, SegmentationTask
 
 DEMO_BUDGET = "100s"
 SCENES_DEMO_BUDGET = "4m"
@@ -53,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir")
     predict.add_argument("images", nargs="+")
     predict.add_argument("--out", help="write predictions to this file instead of printing them "
-                         "(segmentation: a folder of palette PNG masks, required)")
+                         "(segmentation: a folder for palette PNG masks and their colour overlays, required)")
     predict.add_argument("--format", choices=("json", "csv"), default="json",
                          help="detection runs: COCO results JSON (default) or CSV rows")
 
@@ -152,13 +156,34 @@ def _print_result(run: api.Run) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    metrics = api.evaluate(args.run_dir, args.data, data_dir=args.data_dir)
+    run = api.load(args.run_dir)
+    metrics = api.evaluate(run, args.data, data_dir=args.data_dir)
     if "map" in metrics:  # detection: COCO's table, then the per-class figures
         print(coco_table(metrics))
         print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, list)}, indent=2))
+    elif "iou_per_class" in metrics:  # segmentation: the summary line, then IoU per class
+        print(_iou_table(metrics, run.plan.data.class_names))
     else:
         print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _iou_table(metrics: dict[str, Any], class_names: list[str]) -> str:
+    """mIoU, pixel accuracy (and any other scalar) on one line, then a ``class  index  IoU`` row per
+    class, weakest first as in the report's table (the index is the class's value in predicted masks)."""
+    named = {"miou": "mIoU", "pixel_acc": "pixel accuracy"}
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+    head = [f"{named[k]} {scalars.pop(k):.4f}" for k in named if k in scalars]
+    lines = ["   ".join(head + [f"{k} {v:.4f}" for k, v in scalars.items()])]
+    ious = metrics["iou_per_class"]
+    width = max([len("class"), *(len(name) for name in class_names)])
+    lines.append(f"{'class':<{width}}  index     IoU")
+    for i in sorted(range(len(ious)), key=lambda i: ious[i]):
+        name = class_names[i] if i < len(class_names) else str(i)
+        lines.append(f"{name:<{width}}  {i:>5}  {ious[i]:.4f}")
+    if any(iou == 0 for iou in ious):
+        lines.append("(IoU 0 also where a class has no pixel in the data's masks nor in the predictions)")
+    return "\n".join(lines)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -189,23 +214,51 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _write_masks(found: Masks, paths: list[Path], out: str | None) -> int:
-    """One palette PNG per image in ``out``: its pixels are the class indices, its palette colours them."""
+    """Two PNGs per image in ``out``: ``<stem>.png``, a palette PNG whose pixels are the class
+    indices and whose palette colours them, and ``<stem>_overlay.png``, the image at its own size
+    with the classes' colours blended over it."""
     if not out:
         raise ConfigError("predict: segmentation writes one PNG mask per image; give a folder with --out")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / f"{path.stem}.png" for path in paths]
-    if len(set(written)) < len(written):
-        raise ConfigError("predict: two images share a file name, and their masks would overwrite each other in "
-                          "--out; predict them in separate calls")
-    clashes = [p for p in written if p.exists()]
+    overlays = [folder / f"{path.stem}_overlay.png" for path in paths]
+    if len(set(written + overlays)) < 2 * len(written):
+        raise ConfigError("predict: two images share a file name (or one is another's <name>_overlay), and their "
+                          "masks would overwrite each other in --out; predict them in separate calls")
+    clashes = [p for p in written + overlays if p.exists()]
     if clashes:
         raise ConfigError(f"predict: {clashes[0]} exists; visiondojo does not overwrite files it did not write in "
                           "this call: choose another --out folder")
-    for target, mask in zip(written, found.to_images()):
-        mask.save(target)
-    print(f"wrote {len(written)} masks to {folder} (palette PNGs: pixel value = class index)")
+    for path, target, overlay, mask, labels in zip(paths, written, overlays, found.to_images(), found.labels):
+        _save_new(mask, target)
+        _save_new(_overlay(path, labels), overlay)
+    print(f"wrote {len(written)} masks to {folder} (palette PNGs: pixel value = class index) and their colour "
+          "overlays (<name>_overlay.png)")
     return 0
+
+
+def _overlay(path: Path, labels: torch.Tensor) -> Image.Image:
+    """The image read at its own size, with the (H, W) mask's class colours blended over it
+    (``SegmentationTask.overlay``); a mask of another size is scaled to the image's (nearest)."""
+    with Image.open(path) as picture:
+        pixels = pil_to_chw(picture, 3).float() / 255
+    size = tuple(pixels.shape[1:])
+    mask = labels.long()
+    if tuple(mask.shape) != size:
+        mask = torch.nn.functional.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    blended = SegmentationTask.overlay(pixels, mask)
+    return Image.fromarray((blended * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def _save_new(image: Image.Image, target: Path) -> None:
+    """Save ``image`` as a PNG at ``target``, refusing a file that appeared there since the check."""
+    try:
+        with open(target, "xb") as handle:
+            image.save(handle, format="PNG")
+    except FileExistsError:
+        raise ConfigError(f"predict: {target} appeared while the masks were written; visiondojo does not "
+                          "overwrite it: choose another --out folder") from None
 
 
 def _write_detections(found: Detections, paths: list[str], out: str | None, fmt: str) -> int:

@@ -6,7 +6,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +58,53 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _class_table(label: str, names: Sequence[str], columns: dict[str, Sequence[Any]],
+                 order: Iterable[int] | None = None) -> str:
+    """The one builder of the per-class tables (detection's AP, classification's precision and
+    recall, segmentation's IoU): a row per class, in ``order`` (default: the class order), holding
+    its name under ``label`` and then each column's value for it; a column shorter than the class
+    list (a plan without ``class_counts``) leaves its cells empty."""
+    order = range(len(names)) if order is None else order
+    return _table([label, *columns], [[names[i], *(c[i] if i < len(c) else "" for c in columns.values())]
+                                      for i in order])
+
+
+def _class_iou(data: ReportData) -> list[str]:
+    """Segmentation: IoU per class on every evaluated split, with the class's share of the
+    training pixels (``plan.data.class_counts``).
+
+    The rows are sorted by IoU, weakest first, on the split the confusion matrix and gallery show
+    (test when there is test data). The question a practitioner brings to this table is which
+    classes fail, and whether those are the rare ones; sorted, the answer is in the first rows
+    whatever the number of classes, where a colour mark in class order gets lost down a table of
+    the 19 to 150 classes of common segmentation data. The class index (the pixel value in
+    ``predict``'s masks, and the confusion matrix's order) stays as a column. torchmetrics gives
+    IoU 0 to a class with no pixel in a split's truth nor its predictions; in the split the
+    confusion matrix counts, such a class reads "absent" and sorts last, as it failed nothing.
+    """
+    names = data.plan.data.class_names
+    splits = {split: m["iou_per_class"] for split, m in data.metrics.items()
+              if isinstance(m.get("iou_per_class"), list)}
+    if not splits:
+        return []
+    key = data.confusion_split if data.confusion_split in splits else next(iter(splits))
+    absent: set[int] = set()
+    if data.confusion is not None and data.confusion_split in splits:
+        pixels = data.confusion.sum(axis=0) + data.confusion.sum(axis=1)
+        absent = {i for i, count in enumerate(pixels.tolist()) if count == 0}
+    columns: dict[str, Sequence[Any]] = {"index": range(len(names))}
+    for split, ious in splits.items():
+        columns[f"IoU ({split})"] = ["absent" if split == data.confusion_split and i in absent else iou
+                                     for i, iou in enumerate(ious)]
+    counts = data.plan.data.class_counts
+    if sum(counts) > 0:
+        columns["train pixels"] = [f"{100 * c / sum(counts):.3g}%" for c in counts]
+    order = sorted(range(len(names)), key=lambda i: (i in absent, splits[key][i] if i < len(splits[key]) else 0.0))
+    return [f"<h2>Per-class IoU</h2><p class=muted>sorted by {html.escape(key)} IoU, weakest first; index: the "
+            "class's pixel value in predicted masks; train pixels: the class's share of the training data's "
+            "labelled pixels</p>" + _class_table("class", names, columns, order)]
+
+
 GALLERY_CAPTIONS = {
     "detection": "images: true boxes green, predicted boxes (score 0.5 and up) red; the images with the most "
                  "missed or false boxes first</p>",
@@ -83,25 +130,23 @@ def render(data: ReportData) -> str:
     # is test data), so the report's per-class views agree with each other.
     shown_first = data.confusion_split or data.mistakes_split
     ordered = sorted(data.metrics.items(), key=lambda item: item[0] != shown_first)
+    parts += _class_iou(data)
     for split, metrics in ordered:
         if isinstance(metrics.get("map_per_class"), list):
-            rows = [[name, metrics["map_per_class"][i], metrics["mar_100_per_class"][i],
-                     plan.data.class_counts[i] if i < len(plan.data.class_counts) else ""]
-                    for i, name in enumerate(names)]
             parts.append(f"<h2>Per-class average precision ({split})</h2><p class=muted>COCO AP@[.5:.95] and "
                          "AR@100 per class; -1: no object of the class in the split</p>"
-                         + _table(["class", "AP", "AR@100", "train objects"], rows))
+                         + _class_table("class", names, {"AP": metrics["map_per_class"],
+                                                         "AR@100": metrics["mar_100_per_class"],
+                                                         "train objects": plan.data.class_counts}))
             if metrics.get("pr_50_per_class"):
                 parts.append(f"<h2>Precision-recall curves ({split})</h2><p class=muted>at IoU 0.5, per class</p>"
                              + _img(plots.pr_curves(metrics["pr_50_per_class"], names), "precision-recall curves"))
             break
         if isinstance(metrics.get("precision"), list):
             label = "label" if plan.data.task == "multilabel" else "class"
-            rows = [[name, metrics["precision"][i], metrics["recall"][i],
-                     plan.data.class_counts[i] if i < len(plan.data.class_counts) else ""]
-                    for i, name in enumerate(names)]
             parts.append(f"<h2>Per-{label} precision and recall ({split})</h2>"
-                         + _table([label, "precision", "recall", "train count"], rows))
+                         + _class_table(label, names, {"precision": metrics["precision"], "recall": metrics["recall"],
+                                                       "train count": plan.data.class_counts}))
             break
     if data.history:
         parts.append("<h2>Learning curves</h2>" + _img(plots.learning_curves(data.history, plan.monitor), "learning curves"))
@@ -135,6 +180,8 @@ def _regularization(plan: Plan, augmented: torch.Tensor | None) -> list[str]:
         rows += [["mosaic (probability)", reg.mosaic], ["box mixup (probability)", reg.box_mixup]]
     else:
         rows += [["label smoothing", reg.label_smoothing], ["mixup (Beta a)", reg.mixup], ["cutmix (Beta a)", reg.cutmix]]
+        if plan.data.task == "segmentation":
+            rows.append(["Dice loss weight", reg.dice])
     rows += [["weight decay", f"{reg.weight_decay:g}" + (" (adaptive per layer)" if reg.adaptive_decay else "")],
              ["dropout", "model's own" if reg.dropout is None else reg.dropout],
              ["stochastic depth", "model's own" if reg.stochastic_depth is None else reg.stochastic_depth],
