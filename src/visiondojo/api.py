@@ -64,6 +64,9 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
     cxcywh when the boxes do not say; normalized coordinates are recognized), a Dataset yielding
     such pairs, or ``fashion-scenes[:split[:count]]``; the model is then a detector
     (``small-fcos``, ``torchvision:<detection model>`` or a module speaking torchvision's protocol).
+    Segmentation data: ``(images, (N, H, W) masks)``, a Dataset yielding (image, mask) pairs, a
+    folder of ``images/`` and ``masks/``, a VOC folder with ``SegmentationClass/``, or with
+    ``task='segmentation'`` a COCO .json's outlines (``data.formats.masks``).
     ``budget`` ('5m', 300) bounds the whole call: the schedule is planned to end on time.
     ``epochs``, ``batch_size``, ``lr`` and ``pin`` ({'regularization.weight_decay': 0.01, ...}) pin
     plan fields that the meta-learners then leave alone. ``regularization`` (a RegularizationParams,

@@ -53,7 +53,9 @@ class DataParams:
     """Detection: the box format the user declared (xyxy, xywh, cxcywh), so a replay reads boxes alike."""
     objects: dict[str, Any] = field(default_factory=dict)
     """Detection: what inspection found in the training boxes (objects per image, COCO size
-    classes, tiny boxes) and how they were read (format, normalized, clipped); empty otherwise."""
+    classes, tiny boxes) and how they were read (format, normalized, clipped). Segmentation:
+    ``images_per_class`` (the images whose mask shows each class; ``class_counts`` are pixels)
+    and, for mask files, how they were read. Empty otherwise."""
     sources: dict[str, str] = field(default_factory=dict)
     """Where the data came from (role -> folder, CSV or built-in name) when given by name, so
     ``visiondojo train --plan plan.yaml`` can replay a run without its config."""

@@ -17,8 +17,8 @@ from .engine.step import eval_outputs
 from .errors import DataError
 from .plan import Plan
 from .rundir import REPORT
-from .data.formats import letterbox, unletterbox_boxes
-from .tasks import DetectionTask, Predictions, make_task
+from .data.formats import letterbox, letterbox_region, unletterbox_boxes
+from .tasks import DetectionTask, Masks, Predictions, SegmentationTask, make_task
 
 __all__ = ["Predictions", "Run", "load_images"]
 
@@ -37,16 +37,29 @@ class Run:
 
     def predict(self, images: Any, batch_size: int = 256) -> Any:
         """Predict for image files (paths) or an array/tensor batch; images are resized to the trained
-        size (a detector's letterboxed, aspect kept, and its boxes mapped back to each image's pixels).
+        size (a detector's and a segmenter's letterboxed, aspect kept, and their boxes or masks mapped
+        back to each image's own pixels).
 
         Returns the task's own form: ``Predictions`` (labels, scores, names) for classification,
-        ``Detections`` (boxes, scores, labels per image) for detection."""
+        ``Detections`` (boxes, scores, labels per image) for detection, ``Masks`` (a class and its
+        probability per pixel, at each image's original size) for segmentation."""
         task = make_task(self.plan.data)
-        boxed = isinstance(task, DetectionTask)
+        boxed = isinstance(task, (DetectionTask, SegmentationTask))
         batch, letterboxes = load_letterboxed(images, self.plan) if boxed else (load_images(images, self.plan), [])
         runtime = self.inference_runtime()
         model = runtime.prepare_model(self.model).eval()
         normalizer = Normalizer(self.plan.data, runtime.device, self.plan.runtime.channels_last)
+        if isinstance(task, SegmentationTask):  # chunk by chunk: no chunk's logits outlive it
+            labels, scores = [], []
+            for start in range(0, len(batch), batch_size):
+                chunk = normalizer(batch[start:start + batch_size].to(runtime.device))
+                found_labels, found_scores = _masks_back(eval_outputs(model, task, runtime, chunk),
+                                                         letterboxes[start:start + batch_size])
+                labels += found_labels
+                scores += found_scores
+            if len({tuple(m.shape) for m in labels}) == 1:  # one size: one tensor, as before
+                return Masks(torch.stack(labels), torch.stack(scores), self.plan.data.class_names)
+            return Masks(labels, scores, self.plan.data.class_names)
         outputs = [eval_outputs(model, task, runtime, normalizer(chunk.to(runtime.device)))
                    for chunk in batch.split(batch_size)]
         found = task.predictions(outputs, self.plan.data.class_names)
@@ -58,6 +71,64 @@ class Run:
         """Inference picks its own device and precision: the run may have trained elsewhere."""
         params, _ = resolve_runtime(self.model, "auto", "auto", self.plan.runtime.channels_last)
         return Runtime(params)
+
+
+PREDICT_ELEMENTS = 2**24
+"""Class scores mapped back to an image's size are worked on in bands of rows of at most this many
+values (64 MB of float32), so a large photo with many classes never holds all its probabilities."""
+
+
+def _masks_back(logits: torch.Tensor, letterboxes: list[tuple[float, tuple[float, float], tuple[int, int]]]
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(n, K, H, W) logits on the letterbox canvas -> per image, (h, w) labels and their
+    probabilities at the image's original size.
+
+    The canvas region the image covers is cut out and its logits resized bilinearly to the
+    original size before the softmax and argmax (smooth boundaries, where resizing the labels
+    would give the canvas's staircase), in bands of rows (``PREDICT_ELEMENTS``).
+    """
+    canvas = (int(logits.shape[-2]), int(logits.shape[-1]))
+    labels, scores = [], []
+    for image_logits, (_, pad, original) in zip(logits, letterboxes):
+        top, left, height, width = letterbox_region(original, canvas)
+        top, left = top + int(pad[1]), left + int(pad[0])
+        region = image_logits[:, top:top + height, left:left + width].float()
+        best_labels, best_scores = _resized_best(region, original)
+        labels.append(best_labels.cpu())
+        scores.append(best_scores.cpu())
+    return labels, scores
+
+
+def _resized_best(logits: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The argmax class and its probability of (K, h, w) ``logits`` resized bilinearly to ``size``
+    (as ``F.interpolate(..., mode="bilinear", align_corners=False)`` resizes), band by band."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        best = logits.softmax(dim=0).max(dim=0)
+        return best.indices, best.values
+    height, width = size
+    y0, y1, wy = _source_rows(logits.shape[1], height, logits.device)
+    x0, x1, wx = _source_rows(logits.shape[2], width, logits.device)
+    labels = torch.empty(size, dtype=torch.int64, device=logits.device)
+    scores = torch.empty(size, dtype=torch.float32, device=logits.device)
+    step = max(1, PREDICT_ELEMENTS // max(1, logits.shape[0] * width))
+    for start in range(0, height, step):
+        rows = slice(start, start + step)
+        weight = wy[rows].view(1, -1, 1)
+        band = logits[:, y0[rows]] * (1 - weight) + logits[:, y1[rows]] * weight  # (K, rows, w)
+        band = band[:, :, x0] * (1 - wx) + band[:, :, x1] * wx  # (K, rows, width)
+        best = band.softmax(dim=0).max(dim=0)
+        labels[rows], scores[rows] = best.indices, best.values
+    return labels, scores
+
+
+def _source_rows(source: int, target: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each of ``target`` output rows, the two source rows it blends and the second one's
+    weight: half-pixel centres, clamped at the edges (``align_corners=False``). Worked out on the
+    CPU in float64 (not every accelerator has it), then moved to ``device``."""
+    position = ((torch.arange(target, dtype=torch.float64) + 0.5) * (source / target) - 0.5).clamp_min(0)
+    first = position.floor().long().clamp_max(source - 1)
+    second = (first + 1).clamp_max(source - 1)
+    return first.to(device), second.to(device), (position - first).float().to(device)
 
 
 def load_letterboxed(images: Any, plan: Plan) -> tuple[torch.Tensor, list[tuple[float, tuple[float, float], tuple[int, int]]]]:

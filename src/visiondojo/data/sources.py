@@ -1,8 +1,9 @@
 """Adapters: every accepted form of data becomes an ``InMemory`` or a ``Streamed`` source.
 
 - ``InMemory``: one (N, C, H, W) tensor plus targets. Arrays and tensors, the built-in datasets,
-  detection data sets on disk (COCO, VOC, YOLO: ``formats``, letterboxed to one size) and any
-  ``Dataset`` / ``DataLoader`` whose images fit ``DataOptions.memory_limit_gb`` land here;
+  detection and segmentation data sets on disk (COCO, VOC, YOLO, mask folders: ``formats``,
+  letterboxed to one size) and any ``Dataset`` / ``DataLoader`` whose images fit
+  ``DataOptions.memory_limit_gb`` land here;
   training batches them on the device with no per-sample Python.
 - ``Streamed``: a ``Dataset`` read by DataLoader workers. Image folders, CSV manifests and datasets
   too large for memory land here. Targets are always known up front (inspection and stratified
@@ -17,15 +18,16 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torchvision import tv_tensors
 
 from ..errors import DataError
 from . import builtin, formats, scenes
 from .files import ImageFileDataset, scan_image_folder, scan_manifest
 from .images import batch_to_nchw, check_finite, image_to_chw, resize_batch, to_tensor
 from .boxes import BoxReading, read_boxes
-from .targets import Targets, as_targets
+from .targets import IGNORE_INDEX, Targets, as_targets
 
 
 @dataclass
@@ -36,8 +38,9 @@ class DataOptions:
     num_classes: int | None = None
     class_names: list[str] | None = None
     resize: tuple[int, int] | None = None
-    """(height, width) every image is resized to. Detection files (COCO, VOC, YOLO) are letterboxed
-    to it, their aspect kept; without it, to a size planned from them (``formats.plan_size``)."""
+    """(height, width) every image is resized to. Detection and segmentation data (boxes and
+    masks move along) are letterboxed to it, their aspect kept; images of several sizes without
+    it, to a size planned from them (``formats.plan_size``)."""
     strict: bool = True
     """False skips unreadable image files (and says how many) instead of failing."""
     val_fraction: float = 0.1
@@ -59,11 +62,11 @@ class InMemory:
     positions: torch.Tensor | None = None
     """Index of each sample in the data as the user gave it (None: the same as here). A split
     keeps it, so an error found after the split names the user's index, not the subset's."""
-    reading: BoxReading | None = None
-    """How box annotations were read (format, normalized, clipped, dropped), for the plan."""
+    reading: BoxReading | formats.MaskReading | None = None
+    """How box annotations or mask files were read (format, size, what was dropped), for the plan."""
     letterboxes: torch.Tensor | None = None
-    """Detection files (``formats``): (N, 5) per image, the scale, pad x, pad y, original height
-    and width of its letterbox, so predictions map back to the original pixels."""
+    """Letterboxed data (detection, segmentation): (N, 5) per image, the scale, pad x, pad y,
+    original height and width of its letterbox, so predictions map back to the original pixels."""
 
     def __post_init__(self) -> None:
         self.targets = as_targets(self.targets)
@@ -174,7 +177,9 @@ def _from_path(data: str | Path, options: DataOptions, role: str, default_split:
     if name in builtin.NAMES:
         images, targets, class_names = builtin.load(name, split or default_split, options.data_dir)
         return _from_arrays(images, targets, options, f"{role} ({text})", class_names)
-    found = formats.locate(text)
+    found = formats.locate(text, task=options.task)
+    if found is not None and found[1] in formats.MASK_FORMATS:
+        return _from_mask_files(found, options, default_split)
     if found is not None:
         return _from_detection_files(found, options, default_split)
     path = Path(text)
@@ -190,7 +195,7 @@ def _from_path(data: str | Path, options: DataOptions, role: str, default_split:
                               multi_hot=options.task == "multilabel")
     else:
         raise DataError(f"{role}: {path} is a file but not a CSV manifest or a COCO .json; pass a class folder, "
-                        "a .csv, a COCO .json, a VOC folder or a YOLO data set")
+                        "a .csv, a COCO .json, a VOC folder, a YOLO data set or a folder of images/ and masks/")
     dataset = ImageFileDataset(files.paths, files.targets, files.channels, files.size)
     return Streamed(dataset, files.targets, files.class_names, str(path),
                     files.channels, files.size)
@@ -212,6 +217,25 @@ def _from_detection_files(found: tuple[Path, str, str | None], options: DataOpti
                     letterboxes=files.letterboxes)
 
 
+def _from_mask_files(found: tuple[Path, str, str | None], options: DataOptions, default_split: str) -> InMemory:
+    """A mask folder, VOC segmentation folder or COCO file read for segmentation, letterboxed as
+    detection files are (and, as there, a planned size becomes ``options.resize``). Classes the
+    user gave check the mask values per file when the files name no classes. The task becomes
+    segmentation when the user named none, so validation and test data given as paths that hold
+    boxes and masks alike (a COCO file, a VOC folder, ``fashion-scenes``) are read as masks too."""
+    path, file_format, split = found
+    given = options.num_classes or (len(options.class_names) if options.class_names else None)
+    files = formats.read_mask_files(path, file_format=file_format, split=split, default_split=default_split,
+                                    resize=options.resize, strict=options.strict,
+                                    memory_limit_gb=options.memory_limit_gb, num_classes=given)
+    if options.resize is None:
+        options.resize = files.reading.size
+    if options.task is None:
+        options.task = "segmentation"
+    return InMemory(files.images, files.masks, files.class_names or options.class_names, files.origin,
+                    reading=files.reading, letterboxes=files.letterboxes)
+
+
 def align_classes(source: Source, class_names: list[str]) -> Source:
     """Renumber ``source``'s labels to ``class_names`` (the training classes), by name.
 
@@ -230,6 +254,13 @@ def align_classes(source: Source, class_names: list[str]) -> Source:
             f"(training classes: {', '.join(class_names)})"
         )
     mapping = torch.tensor([index[name] for name in own], dtype=torch.int64)
+    values = getattr(source.targets, "values", None)
+    if values is not None and values.ndim == 3:  # masks: every pixel renumbered, 255 (ignored) kept
+        table = torch.arange(max(IGNORE_INDEX, int(values.max())) + 1)
+        table[:len(own)] = mapping  # values beyond the names stay, for check_targets to name
+        source.targets = as_targets(table[values])
+        source.class_names = list(class_names)
+        return source
     labels = class_labels(source)
     if labels.ndim == 1:
         targets = mapping[labels]
@@ -269,11 +300,11 @@ def _from_arrays(images: Any, targets: Any, options: DataOptions, origin: str,
     if targets.ndim == 3 and tuple(targets.shape[1:]) != tuple(images.shape[-2:]):
         raise DataError(f"{origin}: masks are {targets.shape[1]}x{targets.shape[2]} but the images "
                         f"{images.shape[-2]}x{images.shape[-1]}; each mask must have its image's size")
+    # Names the data carries come first: align_classes renumbers them to the training classes.
+    if targets.ndim == 3:
+        return _masks_from_images(images, targets, options, origin, names or class_names or options.class_names)
     if options.resize is not None:
         images = resize_batch(images, tuple(options.resize))
-        if targets.ndim == 3:  # nearest: a resized mask keeps whole class indices
-            targets = F.interpolate(targets[:, None].float(), size=tuple(options.resize), mode="nearest-exact")[:, 0].long()
-    # Names the data carries come first: align_classes renumbers them to the training classes.
     return InMemory(images, targets, names or class_names or options.class_names, origin)
 
 
@@ -307,6 +338,88 @@ def _boxes_from_images(images: torch.Tensor | list[torch.Tensor], annotations: A
     stacked = torch.stack([formats.letterbox(image, size)[0] for image in images])
     check_finite(stacked, origin)
     return InMemory(stacked, targets, names, origin, reading=reading, letterboxes=letterboxes)
+
+
+def _masks_from_images(images: torch.Tensor | list[torch.Tensor], masks: torch.Tensor | list[torch.Tensor],
+                       options: DataOptions, origin: str, class_names: list[str] | None) -> InMemory:
+    """Images with (H, W) masks of their size -> an in-memory segmentation source, (N, H, W) int64.
+
+    As box data (``_boxes_from_images``): images of one size stay as they are unless ``resize`` is
+    set; images of several sizes, or a ``resize``, are letterboxed together with their masks
+    (nearest-exact, padded with the ignore index) to ``resize`` or a size planned from the data,
+    which then becomes ``options.resize`` so validation and test data match. Letterboxing rather
+    than stretching keeps the objects' shapes, and is how ``Run.predict`` brings new images to the
+    training size; the letterboxes are kept so predictions map back.
+    """
+    sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+    channels = {int(image.shape[0]) for image in images}
+    if len(channels) > 1:
+        first = next(i for i, image in enumerate(images) if image.shape[0] != images[0].shape[0])
+        raise DataError(f"{origin}: sample {first} has {images[first].shape[0]} channels but sample 0 has "
+                        f"{images[0].shape[0]}; give every image the same channels (all RGB or all greyscale)")
+    if options.resize is None and len(set(sizes)) == 1:
+        stacked = images if isinstance(images, torch.Tensor) else torch.stack(images)
+        check_finite(stacked, origin)
+        return InMemory(stacked, (masks if isinstance(masks, torch.Tensor) else torch.stack(masks)).long(),
+                        class_names, origin)
+    size = tuple(options.resize) if options.resize is not None else formats.plan_size(sizes)[0]
+    options.resize = size  # type: ignore[assignment]
+    pixels = torch.empty(len(sizes), channels.pop(), *size, dtype=images[0].dtype)
+    labels = torch.empty(len(sizes), *size, dtype=torch.int64)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, original in enumerate(sizes):
+        groups.setdefault(original, []).append(i)
+    for members in groups.values():  # one resize per size and chunk, not one per image
+        for start in range(0, len(members), 256):
+            chunk = members[start:start + 256]
+            index = torch.tensor(chunk, dtype=torch.int64)
+            pixels[index] = formats.letterbox(torch.stack([images[i] for i in chunk]), size)[0]
+            labels[index] = formats.letterbox_mask(torch.stack([masks[i] for i in chunk]).long(), size)
+    check_finite(pixels, origin)
+    scales = torch.tensor([formats.letterbox_scale(s, size) for s in sizes], dtype=torch.float64)
+    letterboxes = torch.cat([scales[:, None], torch.zeros(len(sizes), 2, dtype=torch.float64),
+                             torch.tensor(sizes, dtype=torch.float64)], dim=1)
+    return InMemory(pixels, labels, class_names, origin, letterboxes=letterboxes)
+
+
+def is_mask_target(target: Any) -> bool:
+    """Whether a Dataset's target is a segmentation mask: a ``tv_tensors.Mask``, a PIL image, or an
+    (H, W) / (1, H, W) array or tensor. Class labels are scalars, strings or 1-D multi-hot rows."""
+    if isinstance(target, (tv_tensors.Mask, Image.Image)):
+        return True
+    if isinstance(target, (torch.Tensor, np.ndarray)):
+        return target.ndim == 2 or (target.ndim == 3 and target.shape[0] == 1)
+    return False
+
+
+def mask_tensor(mask: Any, origin: str) -> torch.Tensor:
+    """One mask (a ``tv_tensors.Mask``, a PIL image, an array or a tensor; (H, W) or (1, H, W)) as
+    (H, W) uint8 class indices (255: ignored); float, colour and out-of-range masks are refused."""
+    if isinstance(mask, Image.Image):
+        if mask.mode in ("RGB", "RGBA"):
+            raise DataError(f"{origin}: the mask is an {mask.mode} image; a mask holds class indices: map its colours "
+                            "to indices first (a palette PNG, mode P, holds indices)")
+        if mask.mode == "F":
+            raise DataError(f"{origin}: the mask holds floating-point pixels (mode F), not class indices")
+        mask = np.asarray(mask.getchannel(0) if mask.mode in ("LA", "PA") else mask).astype(np.int64)
+    if isinstance(mask, torch.Tensor):
+        mask = mask.as_subclass(torch.Tensor)  # a tv_tensors.Mask as a plain tensor
+    tensor = to_tensor(mask, origin)
+    if tensor.ndim == 3 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.ndim != 2:
+        raise DataError(f"{origin}: the mask has shape {tuple(tensor.shape)}; a mask is (H, W) class indices")
+    if tensor.dtype.is_floating_point:
+        raise DataError(f"{origin}: the mask is {str(tensor.dtype).removeprefix('torch.')}; a mask holds integer "
+                        "class indices (torchvision's ToTensor scales a PIL mask to [0, 1]: convert masks with "
+                        "torch.as_tensor(np.array(mask)) or tv_tensors.Mask instead)")
+    if tensor.dtype == torch.bool:
+        return tensor.to(torch.uint8)
+    low, high = (int(tensor.min()), int(tensor.max())) if tensor.numel() else (0, 0)
+    if low < 0 or high > IGNORE_INDEX:
+        raise DataError(f"{origin}: the mask holds {low if low < 0 else high}; class indices are "
+                        f"0..{IGNORE_INDEX - 1}, {IGNORE_INDEX} marks ignored pixels")
+    return tensor.to(torch.uint8)
 
 
 def targets_to_tensor(targets: Any, origin: str) -> tuple[torch.Tensor, list[str] | None]:
@@ -378,9 +491,12 @@ def _from_dataset(dataset: Dataset, options: DataOptions, origin: str, num_worke
     if length == 0:
         raise empty_data_error(origin)  # before the pass below, which reads a first sample
     first = dataset[0]
-    boxes = isinstance(first, (tuple, list)) and len(first) >= 2 and is_box_annotations([first[1]])
-    # Box data is letterboxed after the pass (the boxes move with it); labels allow a plain resize.
-    converted = _ConvertedDataset(dataset, origin, None if boxes else options.resize)
+    pair = isinstance(first, (tuple, list)) and len(first) >= 2
+    boxes = pair and is_box_annotations([first[1]])
+    masks = pair and not boxes and is_mask_target(first[1])
+    # Box and mask data are letterboxed after the pass (the targets move with the images); labels
+    # allow a plain resize.
+    converted = _ConvertedDataset(dataset, origin, None if boxes or masks else options.resize, masks=masks)
     loader = DataLoader(converted, batch_size=64, num_workers=num_workers, collate_fn=list)
     limit = options.memory_limit_gb * 2**30
     images: list[torch.Tensor] | None = []
@@ -393,7 +509,7 @@ def _from_dataset(dataset: Dataset, options: DataOptions, origin: str, num_worke
             index += 1
             if first_shape is None:
                 first_shape = tuple(image.shape)
-            elif tuple(image.shape) != first_shape and not boxes:
+            elif tuple(image.shape) != first_shape and not (boxes or masks):
                 raise DataError(
                     f"{origin}: sample {index} has shape {tuple(image.shape)} but sample 0 has {first_shape}; "
                     "set resize: [HEIGHT, WIDTH] (Python: resize=(H, W)) to bring all images to one size"
@@ -401,15 +517,18 @@ def _from_dataset(dataset: Dataset, options: DataOptions, origin: str, num_worke
             targets.append(target)
             if images is not None:
                 images.append(image)
-                used += image.numel() * image.element_size()
+                used += image.numel() * image.element_size() + (target.numel() if masks else 0)
                 if used > limit:
                     images = None
-    if boxes:
+    if boxes or masks:
         if images is None:
             raise DataError(f"{origin}: the images take more than memory_limit_gb ({options.memory_limit_gb:g} GB); "
-                            "detection data is held in memory: set a smaller resize or raise memory_limit_gb")
-        return _boxes_from_images(images, targets, options, origin, getattr(dataset, "classes", None)
-                                  or options.class_names)
+                            f"{'segmentation' if masks else 'detection'} data is held in memory: set a smaller "
+                            "resize or raise memory_limit_gb")
+        names = getattr(dataset, "classes", None) or options.class_names
+        if masks:
+            return _masks_from_images(images, targets, options, origin, names)
+        return _boxes_from_images(images, targets, options, origin, names)
     target_tensor, names = targets_to_tensor(_stack_targets(targets, origin), f"{origin} labels")
     class_names = names or getattr(dataset, "classes", None) or options.class_names
     converted.targets = target_tensor
@@ -435,13 +554,15 @@ class _ConvertedDataset(Dataset):
     """Wraps a user Dataset so each item becomes ((C,H,W) tensor, target).
 
     Once the first pass has read every target, ``targets`` holds them as a tensor and items
-    yield those (so string or int labels collate like everything else).
+    yield those (so string or int labels collate like everything else). With ``masks`` each target
+    becomes an (H, W) uint8 mask, checked against its image's size.
     """
 
-    def __init__(self, dataset: Dataset, origin: str, resize: tuple[int, int] | None):
+    def __init__(self, dataset: Dataset, origin: str, resize: tuple[int, int] | None, masks: bool = False):
         self.dataset = dataset
         self.origin = origin
         self.resize = resize
+        self.masks = masks
         self.targets: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -452,6 +573,13 @@ class _ConvertedDataset(Dataset):
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise DataError(f"{self.origin}: item {index} is a {type(item).__name__}; the Dataset must yield (image, target)")
         image = image_to_chw(item[0], f"{self.origin} item {index}")
+        if self.masks:
+            mask = mask_tensor(item[1], f"{self.origin}: sample {index}")
+            if tuple(mask.shape) != tuple(image.shape[-2:]):
+                raise DataError(f"{self.origin}: sample {index}: the mask is {mask.shape[1]}x{mask.shape[0]} but its "
+                                f"image {image.shape[2]}x{image.shape[1]}; each mask must have its image's size "
+                                "(resize both together, the mask nearest-neighbour)")
+            return image, mask
         if self.resize is not None:
             image = resize_batch(image.unsqueeze(0), tuple(self.resize))[0]
         return image, (item[1] if self.targets is None else self.targets[index])

@@ -31,6 +31,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 from ..augment.geometry import warp_masks
 from ..augment.mixing import mix
 from ..augment.policy import Applied
+from ..data.formats import voc_palette
 from ..data.targets import IGNORE_INDEX
 from .base import Capabilities, LossSettings, Review, StepLoss, Task
 
@@ -42,17 +43,21 @@ AUX_WEIGHT = 0.5
 
 @dataclass
 class Masks:
-    """What ``Run.predict`` returns for segmentation: a class per pixel and its probability."""
+    """What ``Run.predict`` returns for segmentation: a class per pixel and its probability, at
+    each image's own size."""
 
-    labels: torch.Tensor
-    """(N, H, W) int64 class indices."""
-    scores: torch.Tensor
-    """(N, H, W) probability of the predicted class."""
+    labels: torch.Tensor | list[torch.Tensor]
+    """(N, H, W) int64 class indices; when the images differ in size, a list of (H_i, W_i) ones."""
+    scores: torch.Tensor | list[torch.Tensor]
+    """(N, H, W) probability of the predicted class (a list when ``labels`` is one)."""
     class_names: list[str]
 
+    def __len__(self) -> int:
+        return len(self.labels)
+
     def to_images(self) -> list[Image.Image]:
-        """One palette PNG-ready image per mask: pixel values are class indices, and the palette
-        (Pascal VOC's colour map) shows them in colour in any image viewer."""
+        """One palette PNG-ready image per mask, each at its image's size: pixel values are class
+        indices, and the palette (Pascal VOC's colour map) shows them in colour in any image viewer."""
         palette = voc_palette()
         images = []
         for labels in self.labels:
@@ -60,21 +65,6 @@ class Masks:
             image.putpalette(palette)
             images.append(image)
         return images
-
-
-def voc_palette(count: int = 256) -> list[int]:
-    """Pascal VOC's colour map (the bits of the class index spread over R, G and B), flattened."""
-    colours = []
-    for index in range(count):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        colours += [r, g, b]
-    return colours
 
 
 def logits_of(outputs: Any, size: tuple[int, int]) -> dict[str, torch.Tensor]:

@@ -11,6 +11,10 @@ honoured by ``unletterbox_boxes``, so centred letterboxes (``center=True``, as o
 them) map back too. The padding is grey (114 of 255, as Ultralytics pads): mid-range, so it shifts
 the pixel mean less than black and does not look like the dark edge of an object.
 
+Segmentation masks are letterboxed exactly as their images (``letterbox_mask``): resized by
+nearest-exact, so every pixel keeps a whole class index, and padded with the ignore index, so the
+padding is no class at all (class 0 there would teach that image borders are background).
+
 The training size, when the user gives none, is planned from the data (``plan_size``).
 """
 
@@ -21,9 +25,10 @@ from statistics import median
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..images import resize_batch
-from ..targets import RaggedTargets
+from ..targets import IGNORE_INDEX, RaggedTargets
 
 PAD_VALUE = 114
 """Padding of uint8 images (float images, assumed in [0, 1], get 114 / 255)."""
@@ -56,22 +61,53 @@ def letterbox_scale(original: tuple[int, int], size: tuple[int, int]) -> float:
 def letterbox(image: torch.Tensor, size: tuple[int, int], *,
               center: bool = False) -> tuple[torch.Tensor, float, tuple[float, float]]:
     """(C, H, W) image -> (C, *size) canvas, the ``scale`` it was resized by, and ``pad``: the
-    (x, y) of its top-left corner on the canvas ((0, 0) unless ``center``).
+    (x, y) of its top-left corner on the canvas ((0, 0) unless ``center``). An (N, C, H, W)
+    batch of one size becomes (N, C, *size) canvases, all placed alike.
 
     A box maps onto the canvas as ``box * scale + (pad_x, pad_y, pad_x, pad_y)``. The resized image
     has whole-pixel sides, so along its shorter side the true factor differs from ``scale`` by
     at most half a pixel over the whole side.
     """
-    channels, height, width = image.shape
+    height, width = int(image.shape[-2]), int(image.shape[-1])
     scale = letterbox_scale((height, width), size)
-    new_h = min(size[0], max(1, round(height * scale)))
-    new_w = min(size[1], max(1, round(width * scale)))
+    top, left, new_h, new_w = letterbox_region((height, width), size, center=center)
     fill = PAD_VALUE if not image.dtype.is_floating_point else PAD_VALUE / 255
-    canvas = torch.full((channels, *size), fill, dtype=image.dtype)
-    left = (size[1] - new_w) // 2 if center else 0
-    top = (size[0] - new_h) // 2 if center else 0
-    canvas[:, top:top + new_h, left:left + new_w] = resize_batch(image.unsqueeze(0), (new_h, new_w))[0]
+    canvas = torch.full((*image.shape[:-2], *size), fill, dtype=image.dtype)
+    batch = image if image.ndim == 4 else image.unsqueeze(0)
+    resized = resize_batch(batch, (new_h, new_w))
+    canvas[..., top:top + new_h, left:left + new_w] = resized if image.ndim == 4 else resized[0]
     return canvas, scale, (float(left), float(top))
+
+
+def letterbox_region(original: tuple[int, int], size: tuple[int, int], *,
+                     center: bool = False) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the canvas region that an image of ``original`` (height,
+    width) covers once letterboxed to ``size``: the one rule ``letterbox``, ``letterbox_mask`` and
+    the mapping of predicted masks back to the image (``Run.predict``) all follow."""
+    scale = letterbox_scale(original, size)
+    new_h = min(size[0], max(1, round(original[0] * scale)))
+    new_w = min(size[1], max(1, round(original[1] * scale)))
+    top = (size[0] - new_h) // 2 if center else 0
+    left = (size[1] - new_w) // 2 if center else 0
+    return top, left, new_h, new_w
+
+
+def letterbox_mask(mask: torch.Tensor, size: tuple[int, int], *, center: bool = False,
+                   fill: int = IGNORE_INDEX) -> torch.Tensor:
+    """(H, W) class indices (or an (N, H, W) batch of one size) -> a ``size`` canvas, the mask
+    placed where ``letterbox`` places its image: resized by nearest-exact (a class index is never
+    blended with its neighbours) and padded with ``fill``, the ignore index, so the padding counts
+    in no loss or metric."""
+    top, left, new_h, new_w = letterbox_region((int(mask.shape[-2]), int(mask.shape[-1])), size, center=center)
+    canvas = torch.full((*mask.shape[:-2], *size), fill, dtype=mask.dtype)
+    if (new_h, new_w) == tuple(mask.shape[-2:]):
+        resized = mask
+    else:  # float for interpolate: exact for indices up to 2**24
+        flat = mask.reshape(-1, 1, *mask.shape[-2:]).float()
+        resized = F.interpolate(flat, size=(new_h, new_w), mode="nearest-exact").reshape(*mask.shape[:-2], new_h, new_w)
+        resized = resized.to(mask.dtype)
+    canvas[..., top:top + new_h, left:left + new_w] = resized
+    return canvas
 
 
 def unletterbox_boxes(boxes: torch.Tensor, scale: float, pad: tuple[float, float],
