@@ -225,18 +225,24 @@ RUNNERS = {"reference": run_reference, "ultralytics": run_ultralytics, "visiondo
            "visiondojo-sgd": lambda budget, seed, args: run_visiondojo(budget, seed, args, optimizer="sgd")}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def scene_bench_args(doc: str, contenders: tuple[str, ...], argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The command line of the benchmarks on ``fashion-scenes`` (this one and segmentation's): the
+    parsed arguments, and the size flags a contender's child process is given."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=600.0, help="wall-clock seconds per contender")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--contenders", default=",".join(contenders))
     parser.add_argument("--train", type=int, default=8000)
     parser.add_argument("--val", type=int, default=1000)
     parser.add_argument("--test", type=int, default=1000)
-    parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--contender", choices=contenders, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    sizes = ["--train", str(args.train), "--val", str(args.val), "--test", str(args.test)]
+    return args, ["--train", str(args.train), "--val", str(args.val), "--test", str(args.test)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, sizes = scene_bench_args(__doc__, CONTENDERS, argv)
     if args.contender is not None:
         run_contender_here(args.contender, args.budget, args.seed, args.out,
                            runner=lambda name, budget, seed: RUNNERS[name](budget, seed, args))

@@ -99,7 +99,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 import visiondojo
-from detection import scenes
+from detection import scene_bench_args, scenes
 from fmnist import RUNS_DIR, log, run_contender_here, run_contender_in_child, visiondojo_result
 from visiondojo.data.scenes import BACKGROUND_NAME, fashion_scenes
 from visiondojo.models import build_for
@@ -326,17 +326,7 @@ def write_atomically(path: Path, document: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=600.0, help="wall-clock seconds per contender")
-    parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--contenders", default=",".join(CONTENDERS))
-    parser.add_argument("--train", type=int, default=8000)
-    parser.add_argument("--val", type=int, default=1000)
-    parser.add_argument("--test", type=int, default=1000)
-    parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    sizes = ["--train", str(args.train), "--val", str(args.val), "--test", str(args.test)]
+    args, sizes = scene_bench_args(__doc__, CONTENDERS, argv)
     if args.contender is not None:
         run_contender_here(args.contender, args.budget, args.seed, args.out,
                            runner=lambda name, budget, seed: RUNNERS[name](budget, seed, args))

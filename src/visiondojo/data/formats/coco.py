@@ -16,29 +16,55 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from ...errors import DataError
 from .common import Entry, Listing, image_list, save_png, target_list
 
+E = TypeVar("E")
+
 
 def read_coco(path: Path, *, strict: bool = True) -> Listing:
     """The images and objects of a COCO annotation file (nothing decoded yet)."""
-    data = _load(path)
-    categories = _categories(data.get("categories") or [], path)
+    data = load_coco(path)
+    categories = coco_categories(data.get("categories") or [], path)
     label_of = {cat_id: label for label, cat_id in enumerate(sorted(categories))}
     listing = Listing("COCO", str(path), [], [categories[i] for i in sorted(categories)], "xywh",
                       "the COCO annotations", ignored={"iscrowd": 0},
                       missing_hint=f" (file names resolve relative to {path.parent} or {path.parent / 'images'})")
-    by_id: dict[Any, Entry] = {}
+    for entry, annotation, name in coco_annotations(data, path, listing, label_of, strict, Entry):
+        where = f"{path}, {name}"
+        bbox = annotation.get("bbox")
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 \
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+            listing.refuse(strict, where, f"its bbox {bbox!r} is not [x, y, width, height]", "fix the annotation")
+            continue
+        if annotation.get("iscrowd"):
+            listing.ignored["iscrowd"] += 1
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        entry.boxes.append([x, y, x + w, y + h])
+        entry.labels.append(label_of[annotation["category_id"]])
+        entry.objects.append(name)
+    return listing
+
+
+def coco_annotations(data: dict[str, Any], path: Path, listing: Any, label_of: dict[Any, int], strict: bool,
+                     make_entry: Callable[..., E]) -> Iterator[tuple[E, dict[str, Any], str]]:
+    """What COCO detection and segmentation read alike: one ``make_entry(file, where,
+    declared_size=...)`` per image, appended to ``listing.entries``, then ``(entry, annotation,
+    name)`` for every annotation of a listed image and a known category (``name``: ``annotation
+    <id>``, as errors name it after the file). Malformed images raise; annotations of unknown images or categories
+    go through ``listing.refuse``."""
+    by_id: dict[Any, E] = {}
     for k, image in enumerate(data["images"]):
         if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
             raise DataError(f"{path}: images[{k}] needs an 'id' and a 'file_name'")
         if image["id"] in by_id:
             raise DataError(f"{path}: image id {image['id']} occurs twice in 'images'; give every image its own id")
         declared = (image["height"], image["width"]) if image.get("height") and image.get("width") else None
-        entry = Entry(_resolve(path.parent, image["file_name"]), f"{path}, image {image['id']} ({image['file_name']})",
-                      declared_size=declared)
+        entry = make_entry(_resolve(path.parent, image["file_name"]),
+                           f"{path}, image {image['id']} ({image['file_name']})", declared_size=declared)
         by_id[image["id"]] = entry
         listing.entries.append(entry)
     for k, annotation in enumerate(data.get("annotations") or []):
@@ -55,22 +81,10 @@ def read_coco(path: Path, *, strict: bool = True) -> Listing:
             listing.refuse(strict, where, f"its category_id {annotation.get('category_id')!r} is not in 'categories'",
                            "add the category or fix the annotation")
             continue
-        bbox = annotation.get("bbox")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 \
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
-            listing.refuse(strict, where, f"its bbox {bbox!r} is not [x, y, width, height]", "fix the annotation")
-            continue
-        if annotation.get("iscrowd"):
-            listing.ignored["iscrowd"] += 1
-            continue
-        x, y, w, h = (float(v) for v in bbox)
-        entry.boxes.append([x, y, x + w, y + h])
-        entry.labels.append(label_of[annotation["category_id"]])
-        entry.objects.append(name)
-    return listing
+        yield entry, annotation, name
 
 
-def _load(path: Path) -> dict[str, Any]:
+def load_coco(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -81,7 +95,7 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
-def _categories(categories: list[Any], path: Path) -> dict[Any, str]:
+def coco_categories(categories: list[Any], path: Path) -> dict[Any, str]:
     """category id -> name."""
     names: dict[Any, str] = {}
     for k, category in enumerate(categories):

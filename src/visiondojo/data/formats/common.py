@@ -54,8 +54,24 @@ class Entry:
     """(height, width) the annotations say the image has, when they say."""
 
 
+class Refusals:
+    """``refuse`` for a listing dataclass with ``skipped`` (images) and ``dropped`` (objects) lists:
+    one rule for what strict reading raises and lenient reading counts, in every file format."""
+
+    skipped: list[str]
+    dropped: list[str]
+
+    def refuse(self, strict: bool, where: str, problem: str, fix: str, skipped: bool = False) -> None:
+        """Raise for a bad annotation or image (``strict``), else drop the object (or skip the
+        image, ``skipped``) and count it."""
+        if strict:
+            what = "skip such images" if skipped else "drop such objects"
+            raise DataError(f"{where}: {problem}; {fix}, or set strict: false to {what}")
+        (self.skipped if skipped else self.dropped).append(f"{where}: {problem}")
+
+
 @dataclass
-class Listing:
+class Listing(Refusals):
     """A data set's images and objects as parsed from its files, before any pixel is read."""
 
     file_format: str
@@ -75,12 +91,6 @@ class Listing:
     missing_hint: str = ""
     """Added to the error for a missing image: where the format looks for image files."""
 
-    def refuse(self, strict: bool, where: str, problem: str, fix: str, skipped: bool = False) -> None:
-        """Raise for a bad annotation or image (``strict``), else drop it and count it."""
-        if strict:
-            what = "skip such images" if skipped else "drop such objects"
-            raise DataError(f"{where}: {problem}; {fix}, or set strict: false to {what}")
-        (self.skipped if skipped else self.dropped).append(f"{where}: {problem}")
 
 
 @dataclass

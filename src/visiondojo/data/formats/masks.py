@@ -67,10 +67,10 @@ from ...errors import DataError
 from ..files import IMAGE_SUFFIXES
 from ..images import pil_to_chw, to_tensor
 from ..targets import IGNORE_INDEX
-from .coco import _categories, _load, _resolve
-from .common import GREY_MODES, image_list, save_png
+from .coco import coco_annotations, coco_categories, load_coco
+from .common import GREY_MODES, Refusals, image_list, save_png
 from .letterbox import letterbox, letterbox_mask, letterbox_scale, plan_size
-from .yolo import _names
+from .yolo import yaml_names
 
 MASK_FORMATS = ("masks", "voc-segmentation", "coco-segmentation")
 """The ``locate`` formats of segmentation data; the others are detection formats."""
@@ -124,7 +124,7 @@ class MaskEntry:
 
 
 @dataclass
-class MaskListing:
+class MaskListing(Refusals):
     """A segmentation data set's images and masks as found on disk, before any pixel is read."""
 
     file_format: str
@@ -142,12 +142,6 @@ class MaskListing:
     dropped: list[str] = field(default_factory=list)
     ignored: dict[str, int] = field(default_factory=dict)
 
-    def refuse(self, strict: bool, where: str, problem: str, fix: str, skipped: bool = True) -> None:
-        """Raise for a bad image, mask or object (``strict``), else skip or drop it and count it."""
-        if strict:
-            what = "skip such images" if skipped else "drop such objects"
-            raise DataError(f"{where}: {problem}; {fix}, or set strict: false to {what}")
-        (self.skipped if skipped else self.dropped).append(f"{where}: {problem}")
 
 
 @dataclass
@@ -234,13 +228,13 @@ def read_mask_folder(root: Path, split: str, *, strict: bool = True) -> MaskList
         image, mask = images.get(key), masks.get(key)
         if mask is None:
             listing.refuse(strict, str(image), f"has no mask (looked for {masks_dir / key}.png)",
-                           "add the mask or remove the image")
+                           "add the mask or remove the image", skipped=True)
         elif image is None:
             listing.refuse(strict, str(mask), f"is a mask without an image (looked for {images_dir / key}.*)",
-                           "add the image or remove the mask")
+                           "add the image or remove the mask", skipped=True)
         elif mask.suffix.lower() in LOSSY_SUFFIXES:
             listing.refuse(strict, str(mask), "is a JPEG: its lossy compression blurs every edge into values "
-                           "between class indices", "save the masks as PNG")
+                           "between class indices", "save the masks as PNG", skipped=True)
         else:
             listing.entries.append(MaskEntry(image, str(mask), mask=mask))
     if not listing.entries and not listing.skipped:
@@ -285,7 +279,7 @@ def _names_from_yaml(config: Path) -> tuple[list[str], dict[Colour, int] | None]
         raise DataError(f"{config}: cannot read it as YAML ({exc})") from None
     if not isinstance(data, dict):
         raise DataError(f"{config}: a mask folder's data.yaml is a mapping with 'names' and optionally 'palette'")
-    names = _names(data.get("names"), config)
+    names = yaml_names(data.get("names"), config)
     given = data.get("palette")
     if given is None:
         return names, None
@@ -447,37 +441,14 @@ def voc_colours(count: int) -> list[Colour]:
 
 def read_coco_segmentation(path: Path, *, strict: bool = True) -> MaskListing:
     """The images and object outlines of a COCO annotation file (nothing rasterized yet)."""
-    data = _load(path)
-    categories = _categories(data.get("categories") or [], path)
+    data = load_coco(path)
+    categories = coco_categories(data.get("categories") or [], path)
     label_of = {cat_id: label for label, cat_id in enumerate(sorted(categories), start=1)}
     names = ["background"] + [categories[i] for i in sorted(categories)]
     listing = MaskListing("COCO segmentation", str(path), [], names, f"{path}'s categories and the background",
                           ignored={"iscrowd": 0})
-    by_id: dict[Any, MaskEntry] = {}
-    for k, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
-            raise DataError(f"{path}: images[{k}] needs an 'id' and a 'file_name'")
-        if image["id"] in by_id:
-            raise DataError(f"{path}: image id {image['id']} occurs twice in 'images'; give every image its own id")
-        declared = (image["height"], image["width"]) if image.get("height") and image.get("width") else None
-        entry = MaskEntry(_resolve(path.parent, image["file_name"]), f"{path}, image {image['id']} "
-                          f"({image['file_name']})", declared_size=declared)
-        by_id[image["id"]] = entry
-        listing.entries.append(entry)
-    for k, annotation in enumerate(data.get("annotations") or []):
-        name = f"annotation {annotation.get('id', f'#{k}')}" if isinstance(annotation, dict) else f"annotation #{k}"
+    for entry, annotation, name in coco_annotations(data, path, listing, label_of, strict, MaskEntry):
         where = f"{path}, {name}"
-        if not isinstance(annotation, dict):
-            raise DataError(f"{where}: is a {type(annotation).__name__}, not an object")
-        entry = by_id.get(annotation.get("image_id"))
-        if entry is None:
-            listing.refuse(strict, where, f"its image_id {annotation.get('image_id')!r} is not in 'images'",
-                           "add the image or remove the annotation", skipped=False)
-            continue
-        if annotation.get("category_id") not in label_of:
-            listing.refuse(strict, where, f"its category_id {annotation.get('category_id')!r} is not in 'categories'",
-                           "add the category or fix the annotation", skipped=False)
-            continue
         problem = _segmentation_problem(annotation.get("segmentation"), entry.declared_size)
         if problem is not None:
             listing.refuse(strict, where, problem, "fix the annotation", skipped=False)
@@ -568,7 +539,7 @@ def load_mask_listing(listing: MaskListing, *, resize: tuple[int, int] | None = 
     known = len(listing.class_names) if listing.class_names else num_classes
     images, masks, (highest, ignoring), failed = _decode_pairs(entries, sizes, channels, size, listing, known)
     for _, bad in failed:
-        listing.refuse(strict, bad.where, bad.problem, bad.fix)
+        listing.refuse(strict, bad.where, bad.problem, bad.fix, skipped=True)
     bad_indices = {i for i, _ in failed}
     keep = [i for i in range(len(entries)) if i not in bad_indices]
     if not keep:
@@ -599,7 +570,7 @@ def _scan_pairs(listing: MaskListing, strict: bool) -> tuple[list[MaskEntry], li
             if entry.mask is not None:
                 _mask_header(entry.mask, entry.image, size)
         except _Bad as bad:
-            listing.refuse(strict, bad.where, bad.problem, bad.fix)
+            listing.refuse(strict, bad.where, bad.problem, bad.fix, skipped=True)
             continue
         entries.append(entry)
         sizes.append(size)

@@ -73,7 +73,7 @@ def _from_config(config: Path, split: str) -> tuple[list[Path], list[str], str]:
         raise DataError(f"{config}: cannot read it as YAML ({exc})") from None
     if not isinstance(data, dict):
         raise DataError(f"{config}: a YOLO data.yaml is a mapping with 'names' and 'train' / 'val' / 'test'")
-    names = _names(data.get("names"), config)
+    names = yaml_names(data.get("names"), config)
     root = config.parent / str(data.get("path") or "")
     splits = [s for s in SPLIT_NAMES if data.get(s)]
     if split not in splits:
@@ -93,7 +93,7 @@ def _from_config(config: Path, split: str) -> tuple[list[Path], list[str], str]:
     return images, names, f"{config.parent}:{split}"
 
 
-def _names(names: Any, config: Path) -> list[str]:
+def yaml_names(names: Any, config: Path) -> list[str]:
     if isinstance(names, list) and names:
         return [str(n) for n in names]
     if isinstance(names, dict) and names:
