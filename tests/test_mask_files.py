@@ -473,3 +473,31 @@ def test_mask_values_are_checked_against_the_classes_the_user_names(tmp_path) ->
         as_source(str(tmp_path), DataOptions(class_names=["background", "bright"]))
     source = as_source(str(tmp_path), DataOptions())
     assert source.class_names is None and inspect_data(source, DataOptions()).class_names == ["0", "1", "2"]
+
+
+def test_shared_subfolders_other_than_splits_pair_by_path_and_hidden_folders_are_left_out(tmp_path) -> None:
+    """``images/city_a/x.png`` pairs with ``masks/city_a/x.png``: a city is no split; a notebook's
+    checkpoint folder is neither data nor a split."""
+    index_folder(tmp_path / "a", SIZES[:2], split="city_a")
+    for folder in ("images", "masks"):  # one more city, and a checkpoint copy in images/ only
+        (tmp_path / "a" / folder / "city_b").mkdir()
+        for name in ("img0.png", "img1.png"):
+            (tmp_path / "a" / folder / "city_b" / name).write_bytes((tmp_path / "a" / folder / "city_a" / name).read_bytes())
+    save(np.zeros((24, 32), np.uint8), tmp_path / "a" / "images" / ".ipynb_checkpoints" / "img0-checkpoint.png")
+    source = as_source(str(tmp_path / "a"), DataOptions())
+    assert len(source) == 4 and source.origin == str(tmp_path / "a")
+
+
+def test_array_and_dataset_masks_set_the_task_for_the_data_read_after_them() -> None:
+    images, masks = squares(SIZES)
+    options = DataOptions()
+    as_source((torch.stack(images), torch.stack(masks)), options)
+    assert options.task == "segmentation"  # a COCO file or VOC folder given as val is then read as masks
+
+
+def test_more_classes_than_a_mask_holds_are_refused_by_the_reader(tmp_path) -> None:
+    root = index_folder(tmp_path, SIZES[:1], names=False)
+    save(np.full((24, 32), 300, np.uint16), root / "masks" / "img0.png")  # a 16-bit mask: class 300
+    (root / "classes.txt").write_text("".join(f"c{k}\n" for k in range(300)))
+    with pytest.raises(DataError, match="at most 255 classes fit a mask"):
+        as_source(str(root), DataOptions())

@@ -148,3 +148,24 @@ def test_segmentation_resumes_bit_exactly_with_augmentation_cutmix_and_dice(tmp_
     timing = {"train_s", "epoch_s", "train_images_per_s"}
     strip = lambda history: [{k: v for k, v in row.items() if k not in timing} for row in history]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)
+
+
+def test_memory_probes_measure_the_dice_term_the_run_will_likely_train_with():
+    """The target stage (which may add Dice) comes after the memory ceiling: the probe measures
+    with Dice, so the batch it sizes still fits when the run trains with it."""
+    from visiondojo.engine.runtime import Runtime
+    from visiondojo.models import build_for
+    from visiondojo.optimize.memory import saved_activation_bytes
+    from visiondojo.plan import RuntimeParams
+
+    from test_segmentation import TINY, blob_scenes
+
+    data = DataParams(task="segmentation", num_classes=21, channels=1, height=32, width=32, mean=[0.0], std=[1.0])
+    model = build_for("small-unet", data, TINY)
+    images, masks = blob_scenes(4)
+    runtime, normalizer = Runtime(RuntimeParams()), Normalizer(data, torch.device("cpu"))
+    task = SegmentationTask(21)
+    with_dice = saved_activation_bytes(model, task, runtime, normalizer, images, masks)
+    task.probe_settings = LossSettings()
+    without = saved_activation_bytes(model, task, runtime, normalizer, images, masks)
+    assert SegmentationTask.probe_settings.dice > 0 and with_dice > without

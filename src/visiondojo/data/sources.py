@@ -328,12 +328,11 @@ def _boxes_from_images(images: torch.Tensor | list[torch.Tensor], annotations: A
     targets, reading = read_boxes(annotations, sizes, origin, box_format=options.box_format,
                                   num_classes=num_classes, strict=options.strict)
     names = class_names or options.class_names
-    if options.resize is None and len(set(sizes)) == 1:
+    size = _letterbox_size(sizes, options, "detection")
+    if size is None:
         stacked = images if isinstance(images, torch.Tensor) else torch.stack(images)
         check_finite(stacked, origin)
         return InMemory(stacked, targets, names, origin, reading=reading)
-    size = tuple(options.resize) if options.resize is not None else formats.plan_size(sizes)[0]
-    options.resize = size  # type: ignore[assignment]
     letterboxes = formats.letterbox_targets(targets, sizes, size)
     stacked = torch.stack([formats.letterbox(image, size)[0] for image in images])
     check_finite(stacked, origin)
@@ -357,13 +356,12 @@ def _masks_from_images(images: torch.Tensor | list[torch.Tensor], masks: torch.T
         first = next(i for i, image in enumerate(images) if image.shape[0] != images[0].shape[0])
         raise DataError(f"{origin}: sample {first} has {images[first].shape[0]} channels but sample 0 has "
                         f"{images[0].shape[0]}; give every image the same channels (all RGB or all greyscale)")
-    if options.resize is None and len(set(sizes)) == 1:
+    size = _letterbox_size(sizes, options, "segmentation")
+    if size is None:
         stacked = images if isinstance(images, torch.Tensor) else torch.stack(images)
         check_finite(stacked, origin)
         return InMemory(stacked, (masks if isinstance(masks, torch.Tensor) else torch.stack(masks)).long(),
                         class_names, origin)
-    size = tuple(options.resize) if options.resize is not None else formats.plan_size(sizes)[0]
-    options.resize = size  # type: ignore[assignment]
     pixels = torch.empty(len(sizes), channels.pop(), *size, dtype=images[0].dtype)
     labels = torch.empty(len(sizes), *size, dtype=torch.int64)
     groups: dict[tuple[int, int], list[int]] = {}
@@ -376,10 +374,21 @@ def _masks_from_images(images: torch.Tensor | list[torch.Tensor], masks: torch.T
             pixels[index] = formats.letterbox(torch.stack([images[i] for i in chunk]), size)[0]
             labels[index] = formats.letterbox_mask(torch.stack([masks[i] for i in chunk]).long(), size)
     check_finite(pixels, origin)
-    scales = torch.tensor([formats.letterbox_scale(s, size) for s in sizes], dtype=torch.float64)
-    letterboxes = torch.cat([scales[:, None], torch.zeros(len(sizes), 2, dtype=torch.float64),
-                             torch.tensor(sizes, dtype=torch.float64)], dim=1)
-    return InMemory(pixels, labels, class_names, origin, letterboxes=letterboxes)
+    return InMemory(pixels, labels, class_names, origin, letterboxes=formats.letterbox_table(sizes, size))
+
+
+def _letterbox_size(sizes: list[tuple[int, int]], options: DataOptions, task: str) -> tuple[int, int] | None:
+    """The canvas images of ``sizes`` (with boxes or masks) are letterboxed to, or None when they
+    stay as they are (one size, no ``resize``). A planned size becomes ``options.resize``, and the
+    task ``options.task``, so validation and test data given later (a COCO file or a VOC folder,
+    which hold boxes and masks alike) are read as the training data were."""
+    if options.task is None:
+        options.task = task
+    if options.resize is None and len(set(sizes)) == 1:
+        return None
+    size = tuple(options.resize) if options.resize is not None else formats.plan_size(sizes)[0]
+    options.resize = size  # type: ignore[assignment]
+    return size  # type: ignore[return-value]
 
 
 def is_mask_target(target: Any) -> bool:

@@ -49,7 +49,8 @@ def measure_throughput(model: nn.Module, task: Task, train: Source, runtime: Run
             images, targets = next(batches)
             sync(runtime.device)
             t = time.perf_counter()
-            train_step(probe, task, optimizer, runtime, normalizer(images), targets)
+            train_step(probe, task, optimizer, runtime, normalizer(images), targets,
+                       settings=task.probe_settings)
             sync(runtime.device)
             if step < warmup_steps:
                 continue

@@ -72,7 +72,7 @@ def saved_activation_bytes(model: nn.Module, task: Task, runtime: Runtime, norma
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = forward_loss(model, task, runtime, normalizer(images), targets).loss
+        loss = forward_loss(model, task, runtime, normalizer(images), targets, task.probe_settings).loss
     loss.backward()
     model.zero_grad(set_to_none=True)
     parameter_bytes = sum(p.untyped_storage().nbytes() for p in model.parameters())
@@ -115,7 +115,8 @@ def _cuda_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime,
         torch.cuda.reset_peak_memory_stats(runtime.device)
         try:
             images, targets = next(endless_batches(train, size, runtime, seed))
-            train_step(model, task, optimizer, runtime, normalizer(images), targets)
+            train_step(model, task, optimizer, runtime, normalizer(images), targets,
+                       settings=task.probe_settings)
             torch.cuda.synchronize(runtime.device)
         except torch.cuda.OutOfMemoryError:
             break

@@ -104,6 +104,7 @@ def choose_regularization(plan: Plan, prep: Prepared, runtime: Runtime, speed: T
                         "an image's worth of a class's pixels counts as one sample")
         plan.measurements["imbalance_ratio"] = round(imbalance_ratio(counts), 3)
     if plan.is_pinned("regularization.augment"):
+        _dice_prior(plan, prep.task, "no policy search: the augmentation is pinned")
         return False
     features = prep.task.feature_source(prep.model)
     if features is None:
@@ -181,11 +182,7 @@ def _prior(plan: Plan, task: Task, why_not_searched: str) -> None:
     (with label smoothing for single-label classification, unless soft labels are pinned); for
     detection, the detection prior whatever the length; for segmentation, the Dice term too."""
     epochs = plan.optimization.epochs
-    if plan.data.task == "segmentation" and task.capabilities.dice:
-        without, dice = (sum(v) / len(v) for v in PRIOR_DICE_MIOU)
-        plan.choose("regularization.dice", PRIOR_DICE,
-                    f"{why_not_searched}; cross-entropy + {PRIOR_DICE:g} x Dice, the target option measured to help "
-                    f"segmentation (mean test mIoU {without:.3f} -> {dice:.3f} over 2 seeds in visiondojo's benchmarks)")
+    _dice_prior(plan, task, why_not_searched)
     if plan.data.task == "detection":
         if epochs >= PRIOR_MIN_EPOCHS:
             plan.choose("regularization.augment", detection_prior(), f"{why_not_searched}; {epochs} planned epochs "
@@ -208,6 +205,16 @@ def _prior(plan: Plan, task: Task, why_not_searched: str) -> None:
         plan.choose("regularization.label_smoothing", PRIOR_LABEL_SMOOTHING,
                     f"without a search, single-label runs of under {PRIOR_MIN_EPOCHS} epochs get label smoothing: "
                     "what the policy search chose at that length in visiondojo's benchmarks")
+
+
+def _dice_prior(plan: Plan, task: Task, why_not_searched: str) -> None:
+    """Without a search, segmentation trains on cross-entropy + ``PRIOR_DICE`` x Dice (unless pinned)."""
+    if not task.capabilities.dice:
+        return
+    without, dice = (sum(v) / len(v) for v in PRIOR_DICE_MIOU)
+    plan.choose("regularization.dice", PRIOR_DICE,
+                f"{why_not_searched}; cross-entropy + {PRIOR_DICE:g} x Dice, the target option measured to help "
+                f"segmentation (mean test mIoU {without:.3f} -> {dice:.3f} over 2 seeds in visiondojo's benchmarks)")
 
 
 def regularization_pins(policy: RegularizationParams | str | Path | dict[str, Any] | None) -> dict[str, Any]:

@@ -104,6 +104,9 @@ class Task(ABC):
     first_batch_candidate: int = 64
     """The smallest batch the throughput scan tries: below 64 a classifier of small images spends
     its step on overhead, while a detector's images are costly enough to keep a CPU busy at 8."""
+    probe_settings: LossSettings = LossSettings()
+    """The loss the memory and throughput probes train with: the costliest the plan may still
+    choose after them (the target stage comes later), so the batch they size fits whatever it picks."""
     min_visible_box: float = 0.0
     """A moved box keeping less than this share of its area inside the image is dropped (``move_targets``)."""
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from ...errors import DataError
 from .coco import export_coco, read_coco
 from .common import DetectionFiles, FileReading, load_listing
-from .letterbox import (letterbox, letterbox_mask, letterbox_region, letterbox_scale, letterbox_targets, plan_size,
-                        unletterbox_boxes)
+from .letterbox import (letterbox, letterbox_mask, letterbox_region, letterbox_scale, letterbox_table,
+                        letterbox_targets, plan_size, unletterbox_boxes)
 from .masks import (MASK_FORMATS, VOC_CLASSES, MaskFiles, MaskReading, export_mask_folder, export_voc_segmentation,
                     is_mask_folder, is_voc_segmentation, read_mask_files, voc_palette)
 from .voc import export_voc, is_voc, read_voc
@@ -38,7 +38,7 @@ from .yolo import export_yolo, is_yolo, read_yolo
 
 __all__ = ["DetectionFiles", "FileReading", "MASK_FORMATS", "MaskFiles", "MaskReading", "VOC_CLASSES", "export_coco",
            "export_mask_folder", "export_voc", "export_voc_segmentation", "export_yolo", "letterbox", "letterbox_mask",
-           "letterbox_region", "letterbox_scale", "letterbox_targets", "locate", "plan_size", "read_detection_files",
+           "letterbox_region", "letterbox_scale", "letterbox_table", "letterbox_targets", "locate", "plan_size", "read_detection_files",
            "read_mask_files", "unletterbox_boxes", "voc_palette"]
 
 

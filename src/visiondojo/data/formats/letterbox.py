@@ -130,8 +130,15 @@ def unletterbox_boxes(boxes: torch.Tensor, scale: float, pad: tuple[float, float
 def letterbox_targets(targets: RaggedTargets, sizes: Sequence[tuple[int, int]], size: tuple[int, int]) -> torch.Tensor:
     """Move every image's boxes (in place) onto its letterbox canvas of ``size`` (images of ``sizes``,
     placed top-left); returns the (N, 5) letterboxes: scale, pad x, pad y, original height, width."""
-    scales = torch.tensor([letterbox_scale(s, size) for s in sizes], dtype=torch.float64)
+    letterboxes = letterbox_table(sizes, size)
     targets.fields["boxes"] = (targets.fields["boxes"].double()
-                               * scales.repeat_interleave(targets.counts)[:, None]).to(torch.float32)
+                               * letterboxes[:, 0].repeat_interleave(targets.counts)[:, None]).to(torch.float32)
+    return letterboxes
+
+
+def letterbox_table(sizes: Sequence[tuple[int, int]], size: tuple[int, int]) -> torch.Tensor:
+    """The (N, 5) float64 letterboxes of images of ``sizes`` on canvases of ``size``, placed top-left:
+    scale, pad x, pad y, original height, original width (what ``InMemory.letterboxes`` keeps)."""
+    scales = torch.tensor([letterbox_scale(s, size) for s in sizes], dtype=torch.float64)
     return torch.cat([scales[:, None], torch.zeros(len(sizes), 2, dtype=torch.float64),
                       torch.tensor(sizes, dtype=torch.float64).reshape(-1, 2)], dim=1)

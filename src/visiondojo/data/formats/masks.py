@@ -5,8 +5,9 @@ Three layouts are read (``locate`` tells them apart, ``read_mask_files`` reads t
 - **A mask folder**: ``images/`` and ``masks/`` side by side, optionally with split subfolders
   (``images/train`` + ``masks/train``, chosen by a ``:split`` suffix); an image and its mask have
   the same path below their folder up to the suffix (``images/a/x.jpg`` <-> ``masks/a/x.png``).
-  Split subfolders are the folders of ``images/`` that ``masks/`` has too; without any, every
-  image is read whatever the split (as flat YOLO folders are).
+  Split subfolders are the folders of both ``images/`` and ``masks/`` named as splits
+  (``FOLDER_SPLITS``: train, val, test, ...); without any, every image is read whatever the split
+  (as flat YOLO folders are). Hidden files and folders (``.ipynb_checkpoints``) are left out.
 - **Pascal VOC segmentation**: ``JPEGImages/``, ``SegmentationClass/`` (palette PNGs, 255 on the
   object borders) and ``ImageSets/Segmentation/{split}.txt`` (without it every mask is read).
   The classes are VOC's 21 (``VOC_CLASSES``, background first) unless a names file says otherwise.
@@ -69,7 +70,7 @@ from ..images import pil_to_chw, to_tensor
 from ..targets import IGNORE_INDEX
 from .coco import coco_annotations, coco_categories, load_coco
 from .common import GREY_MODES, Refusals, image_list, save_png
-from .letterbox import letterbox, letterbox_mask, letterbox_scale, plan_size
+from .letterbox import letterbox, letterbox_mask, letterbox_table, plan_size
 from .yolo import yaml_names
 
 MASK_FORMATS = ("masks", "voc-segmentation", "coco-segmentation")
@@ -78,6 +79,8 @@ VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor"]
 VOC_SPLITS = Path("ImageSets") / "Segmentation"
+FOLDER_SPLITS = ("train", "training", "val", "valid", "validation", "test", "testing", "trainval")
+"""Subfolders of a mask folder's ``images/`` and ``masks/`` that are splits (chosen by ``:split``)."""
 VOC_BORDER = (224, 224, 192)
 """The colour of VOC's object borders (index 255) in its colour map."""
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
@@ -214,7 +217,10 @@ def read_mask_files(path: str | Path, *, file_format: str, split: str | None = N
 def read_mask_folder(root: Path, split: str, *, strict: bool = True) -> MaskListing:
     """The image/mask pairs of ``split`` of the mask folder ``root`` (nothing decoded yet)."""
     images_dir, masks_dir = root / "images", root / "masks"
-    splits = sorted(d.name for d in images_dir.iterdir() if d.is_dir() and (masks_dir / d.name).is_dir())
+    # Only the usual split names count as splits: other shared subfolders (a city, a sequence) are
+    # part of the paths that pair images with masks.
+    splits = sorted(d.name for d in images_dir.iterdir()
+                    if d.is_dir() and d.name in FOLDER_SPLITS and (masks_dir / d.name).is_dir())
     if splits and split not in splits:
         raise DataError(f"{root}: no split {split!r}; splits here: {', '.join(splits)} (choose one as {root}:SPLIT)")
     if splits:
@@ -248,7 +254,8 @@ def _files_by_key(folder: Path) -> dict[str, Path]:
     of one key (``x.png`` and ``x.jpg``) are an error, as which one is meant cannot be told."""
     found: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith(".") or not path.is_file():
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)  # .ipynb_checkpoints, ...
+        if path.suffix.lower() not in IMAGE_SUFFIXES or hidden or not path.is_file():
             continue
         key = path.relative_to(folder).with_suffix("").as_posix()
         if key in found:
@@ -549,10 +556,7 @@ def load_mask_listing(listing: MaskListing, *, resize: tuple[int, int] | None = 
         index = torch.tensor(keep, dtype=torch.int64)
         images, masks = images[index], masks[index]
     _check_labelled([highest[i] for i in keep], [ignoring[i] for i in keep], listing.origin)
-    kept_sizes = [sizes[i] for i in keep]
-    scales = torch.tensor([letterbox_scale(s, size) for s in kept_sizes], dtype=torch.float64)
-    letterboxes = torch.cat([scales[:, None], torch.zeros(len(keep), 2, dtype=torch.float64),
-                             torch.tensor(kept_sizes, dtype=torch.float64).reshape(-1, 2)], dim=1)
+    letterboxes = letterbox_table([sizes[i] for i in keep], size)
     names = listing.class_names
     reading = MaskReading(listing.file_format, size, size_from, list(listing.skipped),  # type: ignore[arg-type]
                           list(listing.dropped), dict(listing.ignored))
@@ -700,13 +704,15 @@ def _checked(values: np.ndarray, where: str, known: int | None, listing: MaskLis
     high = int(labelled.max()) if labelled.size else -1
     if low < 0:
         raise _Bad(where, f"holds the negative value {low}", "class indices are 0..K-1 (255: ignored); fix the mask")
-    limit = known if known is not None else IGNORE_INDEX
+    # Never above 255: the values are stored as uint8, and 255 is the ignore index.
+    limit = min(known, IGNORE_INDEX) if known is not None else IGNORE_INDEX
     if high >= limit:
         count = int((labelled >= limit).sum())
         if known is not None:
             named = listing.names_from if listing.class_names else "the classes given"
-            problem = (f"holds class {high} ({count} pixels), outside 0..{known - 1} ({known} classes: {named}) "
-                       f"and not {IGNORE_INDEX} (ignored)")
+            problem = (f"holds class {high} ({count} pixels), outside 0..{limit - 1} ({known} classes: {named}"
+                       + (f"; at most {IGNORE_INDEX} classes fit a mask" if known > IGNORE_INDEX else "")
+                       + f") and not {IGNORE_INDEX} (ignored)")
         else:
             problem = (f"holds the value {high} ({count} pixels); class indices are 0..{IGNORE_INDEX - 1}, "
                        f"{IGNORE_INDEX} marks ignored pixels")
