@@ -19,12 +19,13 @@ from .data.sources import DataOptions, Source, align_classes, as_source
 from .data.inspect import check_geometry, check_targets
 from .durations import parse_duration
 from .engine.checkpoint import save_weights
+from .engine.distributed import broadcast_from_main, in_process_group, is_main_process
 from .engine.evaluate import Evaluation, evaluate as evaluate_batches
 from .engine.loop import run_training
 from .engine.progress import TrainingProgress
 from .engine.runtime import Runtime, resolve_runtime
 from .engine.step import eval_outputs
-from .errors import VisionDojoError
+from .errors import ConfigError, VisionDojoError
 from .models import adapt_for, build_for
 from .plan import Plan, RegularizationParams
 from .regularize.batch import BatchRegularizer, balanced_sampling, check as check_regularization
@@ -45,6 +46,7 @@ GALLERY_POOL = 64
 """Validation or test images a detection gallery picks its worst from (each one costs a forward)."""
 
 
+@in_process_group
 def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data: Any = None, *,
         task: str | None = None, budget: str | float | None = None, out: str | Path | None = None,
         overwrite: bool = False, seed: int = 0, adapt: bool = False, num_classes: int | None = None,
@@ -88,8 +90,11 @@ def fit(model: nn.Module | str, train_data: Any, val_data: Any = None, test_data
                                                   ("optimization.batch_size", batch_size),
                                                   ("optimization.lr", lr), ("ssl.feature_layer", feature_layer))
                                                   if v is not None}}
+    # Under torchrun rank 0 plans alone (its probes are one-process trainings) and every rank follows.
     plan = _find_params(prep, budget_s=budget_s, start=start, seed=seed, device=device, precision=precision,
-                        channels_last=channels_last, pins=pins, progress=progress, unlabeled=extra)
+                        channels_last=channels_last, pins=pins, progress=progress,
+                        unlabeled=extra) if is_main_process() else None
+    plan = broadcast_from_main(plan)
     deadline = start + budget_s if budget_s is not None else None
     return _train(prep, plan, out=out, overwrite=overwrite, resume=False, deadline=deadline, progress=progress,
                   unlabeled=extra, started=start)
@@ -113,6 +118,7 @@ def find_params(model: nn.Module | str, train_data: Any, val_data: Any = None, *
                         progress=progress, unlabeled=_unlabeled_source(unlabeled, prep))
 
 
+@in_process_group
 def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, test_data: Any = None, *,
           plan: Plan | str | Path, out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
           budget: str | float | None = None, unlabeled: Any = None, progress: bool | None = None,
@@ -172,7 +178,7 @@ def _find_params(prep: Prepared, *, budget_s: float | None, start: float, seed: 
     check_regularization(plan.regularization, prep.task)  # a bad policy fails before any time is spent
     check_ssl(plan, prep.model)
     deadline = start + budget_s if budget_s is not None else None
-    runtime = Runtime(runtime_params)
+    runtime = Runtime(runtime_params, local=True)
     meta_start = time.perf_counter()
     choose_ssl(plan, prep, unlabeled, runtime, deadline=deadline)
     deadline = teacher_deadline(plan, deadline, pretrain_seconds(plan))
@@ -202,6 +208,9 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
         raise VisionDojoError("resuming a run that learns from unlabeled images is not supported yet; "
                               "start it again without --resume (in a new run folder)")
     runtime = Runtime(plan.runtime)
+    if runtime.world_size > 1 and deadline is not None:
+        raise ConfigError("budget: a time budget under torchrun is not supported yet (the ranks would each keep "
+                          "their own clock); pin optimization.epochs instead")
     run_dir = Path(out) if out is not None else default_run_dir()
     if runtime.is_main:  # every write of the run folder is the main process's
         run_dir = claim_run_dir(run_dir, overwrite=overwrite, resume=resume)
@@ -211,7 +220,7 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
         runtime = Runtime(plan.runtime)
     elif runtime.is_main:
         plan.save(run_dir / PLAN)
-    bar = TrainingProgress(progress)
+    bar = TrainingProgress(progress if runtime.is_main else False)  # one progress display, rank 0's
     bar.log(f"visiondojo: run folder {run_dir}")
     for change in plan.model.changes:
         bar.log(f"adapt: {change}")
@@ -226,7 +235,7 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     opt = plan.optimization
     workers = plan.runtime.num_workers or None
     train_batches = make_batches(prep.train, opt.batch_size, runtime.device, train=True, seed=plan.seed,
-                                 num_workers=workers,
+                                 num_workers=workers, shard=(runtime.rank, runtime.world_size),
                                  sample_weights=balanced_sampling(plan.regularization, prep.train,
                                                                   plan.data.class_counts))
     eval_batch = max(opt.batch_size, 256)

@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
 
+from ..errors import ConfigError
 from ..plan import DataParams
 from .sources import InMemory, Source, Streamed
 from .targets import BatchTargets
@@ -50,10 +51,16 @@ class DeviceBatches:
 
     With ``sample_weights`` each epoch instead draws N indices with replacement in proportion to
     them (class-balanced sampling); an epoch keeps its N samples and so its number of steps.
+
+    With ``shard = (rank, world_size)`` (training under a process group) ``batch_size`` is the
+    global batch and this rank yields its ``batch_size / world_size`` share of each: the same
+    epoch order as one process, every sample in exactly one rank's share, and every rank the same
+    number of steps, so data-parallel training steps as one process with the global batch would.
     """
 
     def __init__(self, source: InMemory, batch_size: int, device: torch.device, *,
-                 shuffle: bool, drop_last: bool, seed: int = 0, sample_weights: torch.Tensor | None = None):
+                 shuffle: bool, drop_last: bool, seed: int = 0, sample_weights: torch.Tensor | None = None,
+                 shard: tuple[int, int] = (0, 1)):
         self.images = source.images.to(device, non_blocking=True)
         self.targets = source.targets.to(device, non_blocking=True)
         self.batch_size = batch_size
@@ -62,6 +69,11 @@ class DeviceBatches:
         self.seed = seed
         self.sample_weights = _checked_sample_weights(sample_weights, len(self.targets), shuffle=shuffle)
         self.epoch = 0
+        self.rank, self.world_size = shard
+        if batch_size % self.world_size:
+            raise ConfigError(f"optimization.batch_size: a global batch of {batch_size} does not split evenly over "
+                              f"{self.world_size} processes; pin it to a multiple of {self.world_size}")
+        self.drop_last = self.drop_last or self.world_size > 1  # a ragged last batch would not split evenly
 
     def __len__(self) -> int:
         n = len(self.targets)
@@ -72,9 +84,11 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         order = self._epoch_order() if self.shuffle else None
+        share = self.batch_size // self.world_size
         for step in range(len(self)):
-            start = step * self.batch_size
-            index = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
+            start = step * self.batch_size + self.rank * share
+            end = start + (share if self.world_size > 1 else self.batch_size)
+            index = slice(start, end) if order is None else order[start:end]
             yield self.images[index], self.targets.gather(index)
 
     def _epoch_order(self) -> torch.Tensor:
@@ -153,16 +167,20 @@ def default_num_workers() -> int:
 
 
 def make_batches(source: Source, batch_size: int, device: torch.device, *, train: bool, seed: int = 0,
-                 num_workers: int | None = None,
-                 sample_weights: torch.Tensor | None = None) -> DeviceBatches | LoaderBatches:
+                 num_workers: int | None = None, sample_weights: torch.Tensor | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> DeviceBatches | LoaderBatches:
     """Training batches shuffle and drop a ragged last batch; evaluation batches keep order and every sample.
 
     ``sample_weights`` (training only; one per sample, e.g. ``regularize.class_balance.sample_weights``)
-    replace the shuffle with draws in proportion to them: class-balanced sampling.
+    replace the shuffle with draws in proportion to them: class-balanced sampling. ``shard``
+    (rank, world size): this rank's share of every global training batch (``DeviceBatches``).
     """
     if isinstance(source, InMemory):
         return DeviceBatches(source, batch_size, device, shuffle=train, drop_last=train, seed=seed,
-                             sample_weights=sample_weights)
+                             sample_weights=sample_weights, shard=shard)
+    if shard[1] > 1:
+        raise ConfigError("data read from disk by DataLoader workers is not sharded over processes yet; "
+                         "hold it in memory (raise memory_limit_gb) to train it under torchrun")
     return LoaderBatches(source, batch_size, device, shuffle=train, drop_last=train, seed=seed,
                          num_workers=num_workers, sample_weights=sample_weights)
 

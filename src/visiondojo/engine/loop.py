@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_model
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..data.batches import Normalizer
 from ..errors import ConfigError, VisionDojoError
@@ -175,6 +176,9 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         dropout.restore()
         raise
     clock_start = time.perf_counter() - state.elapsed_s
+    # Under a process group the training steps go through DDP (gradients averaged over the ranks,
+    # each holding its share of the global batch); evaluation and checkpoints use the model itself.
+    trainer = DistributedDataParallel(model) if runtime.world_size > 1 else model
 
     def save() -> None:
         if runtime.is_main:
@@ -200,7 +204,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             max_steps = min(steps_per_epoch, state.planned_steps - state.step)
             progress.start_epoch(epoch, state.planned_epochs, max_steps)
             trained = train_one_epoch(
-                model, task, optimizer, scheduler, train_batches, regularize, runtime, epoch=epoch,
+                trainer, task, optimizer, scheduler, train_batches, regularize, runtime, epoch=epoch,
                 max_steps=max_steps, grad_clip_norm=opt.grad_clip_norm, loss_settings=settings,
                 stop_time=None if deadline is None else deadline - reserve_s, progress=progress)
             state.step += trained.steps

@@ -86,6 +86,9 @@ class Runtime:
     """The resolved choices as live objects: device, autocast context, grad scaler."""
 
     params: RuntimeParams
+    local: bool = False
+    """One process's view even under a process group: the meta-learners' probes, which rank 0
+    runs alone while the others wait for its plan (a collective there would never be answered)."""
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.params.device)
@@ -126,7 +129,7 @@ class Runtime:
 
     @property
     def distributed(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
+        return not self.local and dist.is_available() and dist.is_initialized()
 
     @property
     def rank(self) -> int:

@@ -1,0 +1,83 @@
+"""Many processes: the process group torchrun asks for, set up and torn down around one call.
+
+``torchrun --nproc-per-node N -m visiondojo train cfg.yaml`` (or ``fit``/``train`` from Python
+under torchrun) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in every process; ``process_group``
+then initializes ``torch.distributed`` from them (NCCL on CUDA, each rank pinned to its local GPU;
+gloo on the CPU) and destroys the group when the call ends, on success, error or Ctrl-C. A group
+the user initialized is used as it is and left alone. Without torchrun nothing happens.
+
+Under a group, a run is planned once and followed everywhere: rank 0 runs the meta-learners (their
+probes are one-process trainings: ``Runtime(local=True)``) and broadcasts the plan; every rank
+trains a shard of each global batch (``data.batches.DeviceBatches``) through
+``DistributedDataParallel``, and only rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Callable, Iterator, ParamSpec, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def launched() -> bool:
+    """Whether this process is one of several that torchrun (or an equivalent launcher) started."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[None]:
+    """The process group for one ``fit``/``train`` call under torchrun (see the module docstring)."""
+    if not launched() or (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed; run one process")
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but {', '.join(missing)} is not set: start the "
+                          "processes with torchrun (torchrun --nproc-per-node N -m visiondojo train cfg.yaml)")
+    cuda = torch.cuda.is_available()
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local} but this machine has {torch.cuda.device_count()} GPUs: start at "
+                              "most one process per GPU (--nproc-per-node)")
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def broadcast_from_main(value: object) -> object:
+    """Rank 0's ``value`` on every rank (itself without a group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def in_process_group(function: Callable[P, R]) -> Callable[P, R]:
+    """``function`` run inside ``process_group()``: what ``fit`` and ``train`` are."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with process_group():
+            return function(*args, **kwargs)
+
+    return wrapper
