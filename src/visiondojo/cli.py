@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import sys
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,8 @@ def _sources(config: Config | None, plan: Plan, plan_path: Path) -> dict[str, An
 
 
 def _print_result(run: api.Run) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 speaks for the job
+        return
     for split, metrics in run.metrics.items():
         scalars = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not isinstance(v, list))
         print(f"{split}: {scalars}")

@@ -208,6 +208,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 max_steps=max_steps, grad_clip_norm=opt.grad_clip_norm, loss_settings=settings,
                 stop_time=None if deadline is None else deadline - reserve_s, progress=progress)
             state.step += trained.steps
+            runtime.sync_buffers(model)  # every rank then validates, checkpoints and returns the same model
             cut_off = trained.cut_off
             if cut_off:  # no time for validation: the final evaluation comes next
                 progress.end_epoch(f"epoch {epoch + 1} cut short by the time budget", last=True)

@@ -160,6 +160,14 @@ class Runtime:
         dist.broadcast_object_list(holder, src=src)
         return holder[0]
 
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm's running statistics) on every rank. DDP broadcasts them
+        before each training forward, but the last forward of an epoch updates each rank's own
+        from its own share of the batch: without this, ranks would validate different models."""
+        if self.world_size > 1:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
