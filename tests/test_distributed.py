@@ -33,12 +33,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(rank: int, world: int, port: int, plan: str, out: str) -> None:
+class Interrupted(Exception):
+    """Stands in for a crash of the whole job between epochs."""
+
+
+def _worker(rank: int, world: int, port: int, plan: str, out: str, crash_in_epoch: int = 0,
+            resume: bool = False) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    if crash_in_epoch:  # every rank stops after that epoch's validation, before its checkpoint
+        from visiondojo.engine import loop
+
+        after_validation = loop._after_validation
+
+        def crash(state, opt):
+            if state.epoch == crash_in_epoch:
+                raise Interrupted
+            return after_validation(state, opt)
+
+        loop._after_validation = crash
     train, test = make_problem(288, seed=3), make_problem(96, seed=4)
-    run = visiondojo.train(TinyNet(), train, test_data=test, plan=plan, out=out, progress=False)
+    run = visiondojo.train(TinyNet(seed=5 if resume else 0), train, test_data=test, plan=plan, out=out,
+                           progress=False, resume=resume)
     torch.save({"metrics": run.metrics, "state": run.model.state_dict()}, f"{out}-rank{rank}.pt")
 
 
@@ -78,3 +95,19 @@ def test_each_rank_trains_its_share_of_every_global_batch() -> None:
         assert sorted(seen.tolist()) == list(range(100))  # every sample once per epoch
     with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):
         DeviceBatches(source, 20, torch.device("cpu"), shuffle=True, drop_last=True, shard=(0, 3))
+
+
+def test_a_two_process_run_resumes_bit_exactly(tmp_path) -> None:
+    train, test = make_problem(288, seed=3), make_problem(96, seed=4)
+    planned = visiondojo.fit(TinyNet(), train, test_data=test, out=tmp_path / "plan",
+                             regularization=RegularizationParams(), **{**FAST, "epochs": 3, "batch_size": 32})
+    plan = str(planned.dir / "plan.yaml")
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+    mp.spawn(_worker, args=(2, _free_port(), plan, whole), nprocs=2, join=True)
+    with pytest.raises(mp.ProcessRaisedException, match="Interrupted"):
+        mp.spawn(_worker, args=(2, _free_port(), plan, cut, 3), nprocs=2, join=True)
+    assert not os.path.exists(f"{cut}/model.safetensors")  # it did not finish
+    mp.spawn(_worker, args=(2, _free_port(), plan, cut, 0, True), nprocs=2, join=True)
+    a, b = load_file(f"{whole}/model.safetensors"), load_file(f"{cut}/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.load(f"{whole}-rank0.pt")["metrics"] == torch.load(f"{cut}-rank0.pt")["metrics"]
