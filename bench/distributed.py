@@ -13,8 +13,8 @@ runs' history), the largest absolute difference between the two final weights, a
 accuracy of each. On a GPU machine the same replay under ``torchrun --nproc-per-node N`` gives the
 scaling efficiency (not measured here).
 
-Not yet here: the rank-based noise-scale estimate (issue: the per-rank and all-reduced gradients'
-squared norms), which the training loop does not compute yet.
+Not yet here: the rank-based noise-scale estimate (``noise_scale`` in the two-process run's
+history) against the one-process probe's.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def _worker(rank: int, world: int, port: int, plan: str, out: str, crash_in_epoc
     train, test = make_problem(288, seed=3), make_problem(96, seed=4)
     run = visiondojo.train(TinyNet(seed=5 if resume else 0), train, test_data=test, plan=plan, out=out,
                            progress=False, resume=resume)
-    torch.save({"metrics": run.metrics, "state": run.model.state_dict()}, f"{out}-rank{rank}.pt")
+    torch.save({"metrics": run.metrics, "state": run.model.state_dict(), "history": run.history}, f"{out}-rank{rank}.pt")
 
 
 def test_two_processes_train_the_weights_of_one(tmp_path) -> None:
@@ -75,6 +75,9 @@ def test_two_processes_train_the_weights_of_one(tmp_path) -> None:
     assert all(torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]) for k in one)  # ranks agree exactly
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
     assert abs(ranks[0]["metrics"]["test"]["acc"] - single.metrics["test"]["acc"]) < 0.02
+    # The noise scale from the ranks' gradients, per epoch in the history (no extra backward pass).
+    assert all(0 < row["noise_scale"] < float("inf") for row in ranks[0]["history"])
+    assert "noise_scale" in (tmp_path / "two" / "history.csv").read_text().splitlines()[0]
 
 
 def test_each_rank_trains_its_share_of_every_global_batch() -> None:
@@ -111,3 +114,48 @@ def test_a_two_process_run_resumes_bit_exactly(tmp_path) -> None:
     a, b = load_file(f"{whole}/model.safetensors"), load_file(f"{cut}/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.load(f"{whole}-rank0.pt")["metrics"] == torch.load(f"{cut}-rank0.pt")["metrics"]
+
+
+def _regression_worker(rank: int, world: int, port: int, out: str, sigma: float, offset: float) -> None:
+    """Linear regression under DDP with the rank-based estimator; the weights stay where they are
+    (no optimizer step), as in the one-process estimator's test. With two ranks B_big = 2 B_small,
+    so the two norms differ little: a long average (decay 0.995 over 1,000 steps) tames the noise."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    from visiondojo.optimize.gradient_noise import RankNoiseScale
+
+    dist.init_process_group("gloo")
+    d, share = 20, 32
+    setup = torch.Generator().manual_seed(0)
+    w_star = torch.randn(d, generator=setup)
+    model = nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(w_star + offset * torch.randn(d, generator=setup))
+    ddp = DistributedDataParallel(model)
+    noise = RankNoiseScale(share, share * world, decay=0.995)
+    ddp.register_comm_hook(None, noise.hook)
+    data = torch.Generator().manual_seed(100 + rank)  # each rank its own samples
+    for _ in range(1000):
+        x = torch.randn(share, d, generator=data)
+        y = x @ w_star + sigma * torch.randn(share, generator=data)
+        ddp.zero_grad()
+        (0.5 * (ddp(x)[:, 0] - y).square().mean()).backward()
+        noise.close_step()
+    torch.save({"b_noise": noise.end_epoch(), "delta": model.weight.detach()[0] - w_star}, f"{out}-{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("sigma, offset", [(0.5, 0.3), (2.0, 0.5)])
+def test_the_rank_based_noise_scale_matches_linear_regression(tmp_path, sigma, offset) -> None:
+    from test_optimize import linear_regression_noise_scale
+
+    out = str(tmp_path / "noise")
+    mp.spawn(_regression_worker, args=(2, _free_port(), out, sigma, offset), nprocs=2, join=True)
+    found = [torch.load(f"{out}-{rank}.pt") for rank in range(2)]
+    expected = linear_regression_noise_scale(20, sigma, found[0]["delta"])
+    for rank in found:  # each rank's own estimate (its share against the all-reduced batch)
+        assert rank["b_noise"] == pytest.approx(expected, rel=0.2)

@@ -26,6 +26,7 @@ STAGES = {
 MECHANICS_PACKAGES = ("visiondojo.tasks", "visiondojo.data", "visiondojo.augment")
 MECHANICS = {
     "visiondojo.optimize.optimizers", "visiondojo.optimize.schedules", "visiondojo.optimize.batchnorm",
+    "visiondojo.optimize.gradient_noise",
     "visiondojo.regularize.batch", "visiondojo.regularize.class_balance", "visiondojo.regularize.dropout",
     "visiondojo.regularize.weight_decay",
 }

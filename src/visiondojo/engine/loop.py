@@ -42,6 +42,7 @@ from .epoch import EpochResult, TrainingDiverged, train_one_epoch
 from ..optimize.optimizers import build_optimizer
 from ..optimize.batchnorm import restore_bn_momentum, set_bn_momentum
 from ..optimize.schedules import PLATEAU_FACTOR, build_scheduler, schedule_factor
+from ..optimize.gradient_noise import RankNoiseScale
 from ..regularize.batch import BatchRegularizer, loss_settings
 from ..regularize.dropout import apply_dropout
 from ..regularize.weight_decay import DecoupledWeightDecay
@@ -178,7 +179,13 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     clock_start = time.perf_counter() - state.elapsed_s
     # Under a process group the training steps go through DDP (gradients averaged over the ranks,
     # each holding its share of the global batch); evaluation and checkpoints use the model itself.
-    trainer = DistributedDataParallel(model) if runtime.world_size > 1 else model
+    trainer, noise = model, None
+    if runtime.world_size > 1:
+        trainer = DistributedDataParallel(model)
+        # The gradient noise scale for free: each rank's share against the all-reduced batch.
+        noise = RankNoiseScale(opt.batch_size // runtime.world_size, opt.batch_size)
+        trainer.register_comm_hook(None, noise.hook)
+        optimizer.register_step_pre_hook(noise.close_step)
 
     def save() -> None:
         if runtime.is_main:
@@ -219,6 +226,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 break
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": round(trained.mean_loss, 6),
                    **{f"train_{name}": round(value, 6) for name, value in trained.mean_terms.items()}}
+            if noise is not None:
+                row["noise_scale"] = round(noise.end_epoch(), 2)
             timing = {"train_s": round(trained.seconds, 3), "epoch_s": round(trained.seconds, 3),
                       "train_images_per_s": round(trained.images_per_s, 1)}
             if not validate_each_epoch and epoch + 1 < state.planned_epochs:

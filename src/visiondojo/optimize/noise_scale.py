@@ -29,6 +29,7 @@ from ..engine.runtime import Runtime
 from ..engine.step import forward_loss
 from ..plan import OptimizationParams
 from ..tasks import Task
+from .gradient_noise import NoiseScaleEMA, unbiased_estimates
 from .optimizers import build_optimizer
 from .probe import endless_batches, model_copy
 
@@ -51,39 +52,6 @@ def micro_batch_gradients(params: list[torch.Tensor], batch_loss: Callable[[torc
     mean = [acc / micro for acc in total]
     big_sq = float(sum(m.square().sum() for m in mean))
     return small_sq / micro, big_sq, mean
-
-
-def unbiased_estimates(small_sq: float, big_sq: float, b_small: int, b_big: int) -> tuple[float, float]:
-    """(|G|^2, tr(Sigma)) from squared gradient norms at two batch sizes."""
-    g2 = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
-    s = (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)
-    return g2, s
-
-
-@dataclass
-class NoiseScaleEMA:
-    """Bias-corrected EMAs of |G|^2 and tr(Sigma); ``b_noise`` is their ratio."""
-
-    b_small: int
-    b_big: int
-    decay: float = 0.9
-    _g2: float = 0.0
-    _s: float = 0.0
-    steps: int = 0
-
-    def update(self, small_sq: float, big_sq: float) -> float:
-        g2, s = unbiased_estimates(small_sq, big_sq, self.b_small, self.b_big)
-        self._g2 = self.decay * self._g2 + (1 - self.decay) * g2
-        self._s = self.decay * self._s + (1 - self.decay) * s
-        self.steps += 1
-        return self.b_noise
-
-    @property
-    def b_noise(self) -> float:
-        correction = 1 - self.decay ** self.steps  # the same for both EMAs, so it cancels in the ratio
-        g2 = self._g2 / correction if self.steps else 0.0
-        s = self._s / correction if self.steps else 0.0
-        return s / g2 if g2 > 0 else float("inf")
 
 
 @dataclass
@@ -135,3 +103,4 @@ def estimate_noise_scale(model: nn.Module, task: Task, train: Source, runtime: R
     stable = is_stable(trajectory, window, tolerance)
     return NoiseScale(ema.b_noise, ema.b_small, b_big, len(trajectory), stable, time.perf_counter() - start,
                       [round(b, 2) for b in trajectory])
+
