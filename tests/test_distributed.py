@@ -4,7 +4,9 @@ batch, every sample trained once per epoch, and only rank 0 writing the run fold
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 
 import pytest
@@ -110,6 +112,13 @@ def test_a_two_process_run_resumes_bit_exactly(tmp_path) -> None:
     with pytest.raises(mp.ProcessRaisedException, match="Interrupted"):
         mp.spawn(_worker, args=(2, _free_port(), plan, cut, 3), nprocs=2, join=True)
     assert not os.path.exists(f"{cut}/model.safetensors")  # it did not finish
+    other = tmp_path / "cut-in-one"
+    shutil.copytree(cut, other)
+    with pytest.warns(UserWarning, match="written by 2 process.*resumes in 1.*not reproduce"):
+        in_one = visiondojo.train(TinyNet(), train, test_data=test, plan=plan, out=other, resume=True, progress=False)
+    assert "resumed in 1 process(es) from a checkpoint of 2" in " ".join(
+        json.loads((other / "metrics.json").read_text())["notes"])
+    assert in_one.metrics["test"]["acc"] > 0.5
     mp.spawn(_worker, args=(2, _free_port(), plan, cut, 0, True), nprocs=2, join=True)
     a, b = load_file(f"{whole}/model.safetensors"), load_file(f"{cut}/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -110,6 +111,8 @@ class LoopState:
     """Their seconds outside the training steps (validation, checkpoints), for the budget guard."""
     replans: int = 0
     lr_cuts: int = 0
+    world_size: int = 1
+    """Processes that trained it (torchrun): resumed by another number, the batches split otherwise."""
 
 
 @dataclass
@@ -166,8 +169,15 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         state = _restore(checkpoint_dir / LAST, model, optimizer, scheduler, runtime.scaler, decay)
+        if state.world_size != runtime.world_size:
+            warnings.warn(f"the checkpoint was written by {state.world_size} process(es) and resumes in "
+                          f"{runtime.world_size}: the global batch stays, but its shares (and BatchNorm's "
+                          "per-process statistics, and the summation order of the gradients) change, so the "
+                          "run will not reproduce an uninterrupted one exactly")
+            state.notes.append(f"resumed in {runtime.world_size} process(es) from a checkpoint of {state.world_size}")
     else:
         torch.manual_seed(plan.seed)
+    state.world_size = runtime.world_size
     state.planned_steps = state.planned_steps or state.planned_epochs * steps_per_epoch
     # Both are undone below, so the returned model is the user's architecture with its own settings.
     dropout = apply_dropout(model, reg.dropout, reg.stochastic_depth)
