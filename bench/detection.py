@@ -241,16 +241,22 @@ def scene_bench_args(doc: str, contenders: tuple[str, ...], argv: list[str] | No
     return args, ["--train", str(args.train), "--val", str(args.val), "--test", str(args.test)]
 
 
+def chosen_contenders(args: argparse.Namespace, contenders: tuple[str, ...]) -> list[str]:
+    """The ``--contenders`` list, checked against the benchmark's (exits naming the unknown ones)."""
+    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(contenders))
+    if unknown or not names:
+        sys.exit(f"unknown contenders {unknown}; choose from {', '.join(contenders)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
     args, sizes = scene_bench_args(__doc__, CONTENDERS, argv)
     if args.contender is not None:
         run_contender_here(args.contender, args.budget, args.seed, args.out,
                            runner=lambda name, budget, seed: RUNNERS[name](budget, seed, args))
         return
-    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(CONTENDERS))
-    if unknown:
-        sys.exit(f"unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}")
+    names = chosen_contenders(args, CONTENDERS)
     for split, n in (("train", args.train), ("val", args.val), ("test", args.test)):
         scenes(split, n, 0)  # generated once, before any clock starts
     # Resumable: contenders already in --out for the same budget, sizes and seed are kept, not rerun.

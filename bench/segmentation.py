@@ -99,7 +99,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 import visiondojo
-from detection import scene_bench_args, scenes
+from detection import chosen_contenders, scene_bench_args, scenes
 from fmnist import RUNS_DIR, log, run_contender_here, run_contender_in_child, visiondojo_result
 from visiondojo.data.scenes import BACKGROUND_NAME, fashion_scenes
 from visiondojo.models import build_for
@@ -331,10 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         run_contender_here(args.contender, args.budget, args.seed, args.out,
                            runner=lambda name, budget, seed: RUNNERS[name](budget, seed, args))
         return
-    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(CONTENDERS))
-    if unknown or not names:
-        sys.exit(f"unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}")
+    names = chosen_contenders(args, CONTENDERS)
     for split, n in (("train", args.train), ("val", args.val), ("test", args.test)):
         check_cache(split, n)  # generated once and checked, before any clock starts
     # Resumable: contenders already in --out for the same budget, sizes and seed are kept, not rerun.

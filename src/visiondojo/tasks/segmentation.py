@@ -203,9 +203,6 @@ class SegmentationTask(Task):
             return targets
         return warp_masks(targets, applied.geometry, ignore_index=self.ignore_index)
 
-    def predictions(self, outputs: list[Any], class_names: list[str]) -> Masks:
-        best = [self.scores(o).max(dim=1) for o in outputs]  # per chunk: never every class's probabilities
-        return Masks(torch.cat([b.indices.cpu() for b in best]), torch.cat([b.values.cpu() for b in best]), class_names)
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 from torchvision import tv_tensors
 
@@ -52,6 +53,23 @@ class Entry:
     """How errors name each object: ``annotation 12``, ``object 3``, ``line 4``."""
     declared_size: tuple[int, int] | None = None
     """(height, width) the annotations say the image has, when they say."""
+
+
+def no_usable_images(listing: Any) -> DataError:
+    """The error for a listing (``Listing``, ``MaskListing``) none of whose images could be used."""
+    return DataError(f"{listing.origin}: none of the {len(listing.entries)} images could be used"
+                     + (f" (first problem: {listing.skipped[0]})" if listing.skipped else ""))
+
+
+def yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file of a data set that must hold a mapping; ``what`` says what it should hold."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"{path}: cannot read it as YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: {what}")
+    return data
 
 
 class Refusals:
@@ -184,8 +202,7 @@ def _scan_headers(listing: Listing, strict: bool) -> tuple[list[Entry], list[tup
         sizes.append(size)
         grey.append(mode in GREY_MODES)
     if not entries:
-        raise DataError(f"{listing.origin}: none of the {len(listing.entries)} images could be used"
-                        + (f" (first problem: {listing.skipped[0]})" if listing.skipped else ""))
+        raise no_usable_images(listing)
     return entries, sizes, grey
 
 

@@ -61,7 +61,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 
 from ...errors import DataError
@@ -69,7 +68,7 @@ from ..files import IMAGE_SUFFIXES
 from ..images import pil_to_chw, to_tensor
 from ..targets import IGNORE_INDEX
 from .coco import coco_annotations, coco_categories, load_coco
-from .common import GREY_MODES, Refusals, image_list, save_png
+from .common import GREY_MODES, Refusals, image_list, no_usable_images, save_png, yaml_mapping
 from .letterbox import letterbox, letterbox_mask, letterbox_table, plan_size
 from .yolo import yaml_names
 
@@ -280,12 +279,7 @@ def read_class_names(root: Path) -> tuple[list[str] | None, dict[Colour, int] | 
 
 
 def _names_from_yaml(config: Path) -> tuple[list[str], dict[Colour, int] | None]:
-    try:
-        data = yaml.safe_load(config.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{config}: cannot read it as YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{config}: a mask folder's data.yaml is a mapping with 'names' and optionally 'palette'")
+    data = yaml_mapping(config, "a mask folder's data.yaml is a mapping with 'names' and optionally 'palette'")
     names = yaml_names(data.get("names"), config)
     given = data.get("palette")
     if given is None:
@@ -550,8 +544,7 @@ def load_mask_listing(listing: MaskListing, *, resize: tuple[int, int] | None = 
     bad_indices = {i for i, _ in failed}
     keep = [i for i in range(len(entries)) if i not in bad_indices]
     if not keep:
-        raise DataError(f"{listing.origin}: none of the {len(listing.entries)} images could be used"
-                        + (f" (first problem: {listing.skipped[0]})" if listing.skipped else ""))
+        raise no_usable_images(listing)
     if failed:
         index = torch.tensor(keep, dtype=torch.int64)
         images, masks = images[index], masks[index]
@@ -580,8 +573,7 @@ def _scan_pairs(listing: MaskListing, strict: bool) -> tuple[list[MaskEntry], li
         sizes.append(size)
         grey.append(mode in GREY_MODES)
     if not entries:
-        raise DataError(f"{listing.origin}: none of the {len(listing.entries)} images could be used"
-                        + (f" (first problem: {listing.skipped[0]})" if listing.skipped else ""))
+        raise no_usable_images(listing)
     return entries, sizes, grey
 
 

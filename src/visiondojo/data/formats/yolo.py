@@ -25,7 +25,7 @@ import yaml
 
 from ...errors import DataError
 from ..files import IMAGE_SUFFIXES
-from .common import Entry, Listing, image_list, number, read_names, save_png, target_list
+from .common import Entry, Listing, image_list, number, read_names, save_png, target_list, yaml_mapping
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -67,12 +67,7 @@ def label_file(image: Path) -> Path:
 
 
 def _from_config(config: Path, split: str) -> tuple[list[Path], list[str], str]:
-    try:
-        data = yaml.safe_load(config.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{config}: cannot read it as YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{config}: a YOLO data.yaml is a mapping with 'names' and 'train' / 'val' / 'test'")
+    data = yaml_mapping(config, "a YOLO data.yaml is a mapping with 'names' and 'train' / 'val' / 'test'")
     names = yaml_names(data.get("names"), config)
     root = config.parent / str(data.get("path") or "")
     splits = [s for s in SPLIT_NAMES if data.get(s)]
