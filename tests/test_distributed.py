@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -168,3 +170,152 @@ def test_the_rank_based_noise_scale_matches_linear_regression(tmp_path, sigma, o
     expected = linear_regression_noise_scale(20, sigma, found[0]["delta"])
     for rank in found:  # each rank's own estimate (its share against the all-reduced batch)
         assert rank["b_noise"] == pytest.approx(expected, rel=0.2)
+
+
+def _evaluation_worker(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
+    """Evaluation under the user's own process group: each rank its block, every rank the whole's numbers."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    torch.save(_evaluations(run_dir), f"{out}-{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _evaluations(run_dir: str) -> dict:
+    """The run's metrics on 97 images (blocks of 48 and 49 under two ranks), and every collected
+    score, target, loss and hit in batches of 16 (several per block)."""
+    from visiondojo.data.batches import Normalizer, make_batches
+    from visiondojo.engine.evaluate import evaluate
+    from visiondojo.engine.runtime import Runtime
+    from visiondojo.tasks import make_task
+
+    images, labels = make_problem(97, seed=4)
+    run = visiondojo.load(run_dir, model=TinyNet())
+    runtime = Runtime(run.plan.runtime)
+    source = InMemory(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels), None, "test")  # (N, 1, H, W)
+    batches = make_batches(source, 16, runtime.device, train=False, shard=(runtime.rank, runtime.world_size))
+    collected = evaluate(run.model, make_task(run.plan.data), batches, Normalizer(run.plan.data, runtime.device),
+                         runtime, collect=True)
+    return {"metrics": visiondojo.evaluate(run, (images, labels)), "collected": collected}
+
+
+def test_evaluation_is_sharded_and_every_rank_reports_the_whole(tmp_path) -> None:
+    train = make_problem(288, seed=3)
+    single = visiondojo.fit(TinyNet(), train, out=tmp_path / "one", regularization=RegularizationParams(),
+                            **{**FAST, "epochs": 2})
+    alone = _evaluations(str(single.dir))
+    out = str(tmp_path / "eval")
+    mp.spawn(_evaluation_worker, args=(2, _free_port(), str(single.dir), out), nprocs=2, join=True)
+    for rank in range(2):
+        found = torch.load(f"{out}-{rank}.pt", weights_only=False)
+        assert found["metrics"] == alone["metrics"]
+        assert found["collected"].metrics == alone["collected"].metrics
+        for name in ("scores", "targets", "losses", "correct"):  # all 97, in data order
+            assert torch.equal(getattr(found["collected"], name), getattr(alone["collected"], name)), name
+    assert len(alone["collected"].correct) == 97
+
+
+class FailsOnRankOne(TinyNet):
+    """A model whose fifth training forward raises on rank 1 alone: a failure mid-training."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and os.environ.get("RANK") == "1":
+            FailsOnRankOne.calls += 1
+            if FailsOnRankOne.calls == 5:
+                raise RuntimeError("boom on rank 1")
+        return super().forward(x)
+
+
+def _failing_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        visiondojo.fit(FailsOnRankOne(), make_problem(288, seed=3), out=out, regularization=RegularizationParams(),
+                       **{**FAST, "epochs": 3})
+        outcome = "finished"
+    except Exception as exc:  # what each rank raised, for the test to read
+        outcome = f"{type(exc).__name__}: {exc}"
+    with open(f"{out}-{rank}.txt", "w") as f:
+        f.write(outcome)
+
+
+def test_a_failing_rank_stops_the_job_and_its_error_is_the_one_shown(tmp_path) -> None:
+    out = str(tmp_path / "run")
+    mp.spawn(_failing_worker, args=(2, _free_port(), out), nprocs=2, join=True)  # no hang: both return
+    first = open(f"{out}-1.txt").read()
+    second = open(f"{out}-0.txt").read()
+    assert first == "RuntimeError: boom on rank 1"  # the failing rank's own error, as it was
+    assert second.startswith("PeerFailed: rank 0 stopped: another process of the job failed first")
+
+
+def test_under_torchrun_the_cli_prints_a_failing_rank_error_once(tmp_path) -> None:
+    """The real launcher: ``torchrun --nproc-per-node 2 -m visiondojo train``, rank 1's model raising."""
+    (tmp_path / "flaky.py").write_text(
+        "import os\nfrom conftest import TinyNet\n\n"
+        "class Flaky(TinyNet):\n"
+        "    def forward(self, x):\n"
+        "        if self.training and os.environ['RANK'] == '1':\n"
+        "            raise RuntimeError('rank 1 cannot go on')\n"
+        "        return super().forward(x)\n\n"
+        "def build(**kwargs):\n    return Flaky(outputs=10)\n")
+    (tmp_path / "config.yaml").write_text(
+        "data:\n  train: digits\n"
+        "model:\n  spec: flaky:build\n"
+        "training:\n  epochs: 2\n  batch_size: 32\n  lr: 0.01\n"
+        "output:\n  dir: run\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.path.dirname(__file__),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(_free_port()), "-m", "visiondojo", "train", "config.yaml", "--quiet"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.count("rank 1 cannot go on") >= 1
+    # Rank 1's traceback once (torchrun's own summary names the rank that failed first); nothing
+    # from rank 0, whose collective broke when rank 1 left.
+    assert done.stderr.count("[rank1]: Traceback") == 1, done.stderr
+    assert "[rank0]" not in done.stderr and "PeerFailed" not in done.stderr, done.stderr
+    assert "Root Cause (first observed failure)" in done.stderr and "rank      : 1" in done.stderr
+
+
+def _budget_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if rank == 1:  # a slower clock on rank 1 must not matter: rank 0's decides
+        from visiondojo.engine import epoch, loop
+
+        loop.time = epoch.time = _SlowClock()
+    run = visiondojo.fit(TinyNet(), make_problem(288, seed=3), out=out, budget=12, batch_size=32, lr=0.01,
+                         regularization=RegularizationParams(), progress=False)
+    torch.save({"history": run.history, "state": run.model.state_dict(), "plan": run.plan.to_dict()},
+               f"{out}-rank{rank}.pt")
+
+
+class _SlowClock:
+    """``time`` for the loop of rank 1: its clock runs at twice the speed, as if it were far behind."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.time, self.start = time, time.perf_counter()
+
+    def perf_counter(self) -> float:
+        return self.start + 2 * (self.time.perf_counter() - self.start)
+
+
+def test_a_budgeted_run_follows_one_clock_on_every_rank(tmp_path) -> None:
+    out = str(tmp_path / "budget")
+    mp.spawn(_budget_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}-rank{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[0]["plan"] == ranks[1]["plan"]  # planned once, on rank 0, followed by both
+    untimed = [[{k: v for k, v in row.items() if not k.endswith("_s")} for row in rank["history"]] for rank in ranks]
+    assert untimed[0] == untimed[1] != []  # the same epochs, steps and re-plans
+    assert all(torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]) for k in ranks[0]["state"])
+    metrics = json.loads((tmp_path / "budget" / "metrics.json").read_text())
+    assert metrics["timing"]["total_s"] <= 12 + 3

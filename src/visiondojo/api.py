@@ -19,7 +19,7 @@ from .data.sources import DataOptions, Source, align_classes, as_source
 from .data.inspect import check_geometry, check_targets
 from .durations import parse_duration
 from .engine.checkpoint import save_weights
-from .engine.distributed import broadcast_from_main, in_process_group, is_main_process
+from .engine.distributed import broadcast_from_main, in_process_group, is_main_process, launched
 from .engine.evaluate import Evaluation, evaluate as evaluate_batches
 from .engine.loop import run_training
 from .engine.progress import TrainingProgress
@@ -151,6 +151,10 @@ def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, 
 def _unlabeled_source(unlabeled: Any, prep: Prepared) -> Source | None:
     if unlabeled is None:
         return None
+    if launched():
+        raise ConfigError("unlabeled: semi-supervised learning under torchrun is not supported yet (its pretraining "
+                          "and pseudo-labelling run in one process); train in one process, or without unlabeled "
+                          "images")
     if prep.data.task in ("detection", "segmentation"):
         needs = "box" if prep.data.task == "detection" else "mask"
         raise VisionDojoError(f"unlabeled: semi-supervised learning is not available for {prep.data.task} yet (Noisy "
@@ -208,9 +212,6 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
         raise VisionDojoError("resuming a run that learns from unlabeled images is not supported yet; "
                               "start it again without --resume (in a new run folder)")
     runtime = Runtime(plan.runtime)
-    if runtime.world_size > 1 and deadline is not None:
-        raise ConfigError("budget: a time budget under torchrun is not supported yet (the ranks would each keep "
-                          "their own clock); pin optimization.epochs instead")
     run_dir = Path(out) if out is not None else default_run_dir()
     if runtime.is_main:  # every write of the run folder is the main process's
         run_dir = claim_run_dir(run_dir, overwrite=overwrite, resume=resume)
@@ -234,12 +235,13 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
                      if students and plan.ssl.student_init == "scratch" else None)
     opt = plan.optimization
     workers = plan.runtime.num_workers or None
+    shard = (runtime.rank, runtime.world_size)  # this process's part of every split
     train_batches = make_batches(prep.train, opt.batch_size, runtime.device, train=True, seed=plan.seed,
-                                 num_workers=workers, shard=(runtime.rank, runtime.world_size),
+                                 num_workers=workers, shard=shard,
                                  sample_weights=balanced_sampling(plan.regularization, prep.train,
                                                                   plan.data.class_counts))
     eval_batch = max(opt.batch_size, 256)
-    val_batches = make_batches(prep.val, eval_batch, runtime.device, train=False, num_workers=workers)
+    val_batches = make_batches(prep.val, eval_batch, runtime.device, train=False, num_workers=workers, shard=shard)
     test_size = len(prep.test) if prep.test is not None else 0
     final_eval_ratio = 1 + test_size / len(prep.val)
     result = run_training(model, prep.task, plan, train_batches, val_batches, runtime, normalizer,
@@ -262,7 +264,8 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
         save_weights(model, run_dir / WEIGHTS)
     evaluations = {"val": evaluate_batches(model, prep.task, val_batches, normalizer, runtime, collect=True)}
     if prep.test is not None:
-        test_batches = make_batches(prep.test, eval_batch, runtime.device, train=False, num_workers=workers)
+        test_batches = make_batches(prep.test, eval_batch, runtime.device, train=False, num_workers=workers,
+                                    shard=shard)
         evaluations["test"] = evaluate_batches(model, prep.task, test_batches, normalizer, runtime, collect=True)
     metrics = {split: e.metrics for split, e in evaluations.items()}
     if not runtime.is_main:
@@ -365,7 +368,7 @@ def evaluate(run: Run | str | Path, data: Any, *, model: nn.Module | None = None
     check_geometry(source, plan.data)
     runtime = run.inference_runtime()
     model_on_device = runtime.prepare_model(run.model)
-    batches = make_batches(source, 256, runtime.device, train=False)
+    batches = make_batches(source, 256, runtime.device, train=False, shard=(runtime.rank, runtime.world_size))
     normalizer = Normalizer(plan.data, runtime.device, plan.runtime.channels_last)
     return evaluate_batches(model_on_device, make_task(plan.data), batches, normalizer, runtime).metrics
 

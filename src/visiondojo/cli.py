@@ -17,6 +17,7 @@ from PIL import Image
 from . import api
 from .config import Config, load_config
 from .data.images import pil_to_chw
+from .engine.distributed import PeerFailed, launched
 from .errors import ConfigError, VisionDojoError
 from .plan import Plan
 from .rundir import PLAN, default_run_dir, require_run
@@ -79,10 +80,14 @@ def _quiet(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    # Under torchrun each process runs this; the one that failed first speaks for the job.
+    rank = f" (rank {os.environ['RANK']})" if launched() else ""
     try:
         return {"train": _train, "evaluate": _evaluate, "predict": _predict, "demo": _demo}[args.command](args)
+    except PeerFailed:
+        return 1
     except VisionDojoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error{rank}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last finished epoch is checkpointed; continue with --resume", file=sys.stderr)

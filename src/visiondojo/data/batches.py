@@ -14,7 +14,7 @@ import os
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError
 from ..plan import DataParams
@@ -46,95 +46,122 @@ def _checked_sample_weights(sample_weights: torch.Tensor | None, n: int, *, shuf
     return sample_weights.detach().to("cpu", torch.float64)
 
 
-class DeviceBatches:
-    """Slices of one device-resident tensor: a randperm per epoch, no per-sample Python.
+class BatchOrder(Sampler[list[int]]):
+    """Which samples each batch holds, epoch by epoch: the one ordering both batchers follow.
 
-    With ``sample_weights`` each epoch instead draws N indices with replacement in proportion to
-    them (class-balanced sampling); an epoch keeps its N samples and so its number of steps.
+    Training (``shuffle``) takes a fresh permutation per epoch, a pure function of (seed, epoch), so
+    a resumed run replays it exactly; with ``sample_weights`` each epoch instead draws N indices with
+    replacement in proportion to them (class-balanced sampling) and keeps its N samples and so its
+    number of steps. Evaluation keeps the data's order and every sample.
 
-    With ``shard = (rank, world_size)`` (training under a process group) ``batch_size`` is the
-    global batch and this rank yields its ``batch_size / world_size`` share of each: the same
-    epoch order as one process, every sample in exactly one rank's share, and every rank the same
-    number of steps, so data-parallel training steps as one process with the global batch would.
+    ``shard = (rank, world_size)``: this process's part under a process group. In training
+    ``batch_size`` is the global batch and the rank takes its ``batch_size / world_size`` share of
+    each: the same epoch order as one process, every sample in exactly one rank's share, every rank
+    the same number of steps (a ragged last batch is dropped: it would not split evenly), so
+    data-parallel training steps as one process with the global batch would. In evaluation each
+    rank takes a contiguous block, nothing padded or dropped: the metrics reduced over the ranks
+    are those of one process, and the ranks' outputs in rank order are in data order.
+
+    As a ``Sampler`` (a DataLoader's ``batch_sampler``) it yields lists of indices; ``DeviceBatches``
+    reads ``order()`` and ``spans()`` instead and slices its device tensors without Python per sample.
     """
 
-    def __init__(self, source: InMemory, batch_size: int, device: torch.device, *,
-                 shuffle: bool, drop_last: bool, seed: int = 0, sample_weights: torch.Tensor | None = None,
-                 shard: tuple[int, int] = (0, 1)):
-        self.images = source.images.to(device, non_blocking=True)
-        self.targets = source.targets.to(device, non_blocking=True)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last and len(self.targets) > batch_size
-        self.seed = seed
-        self.sample_weights = _checked_sample_weights(sample_weights, len(self.targets), shuffle=shuffle)
-        self.epoch = 0
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int = 0,
+                 sample_weights: torch.Tensor | None = None, shard: tuple[int, int] = (0, 1)):
         self.rank, self.world_size = shard
-        if batch_size % self.world_size:
+        if shuffle and batch_size % self.world_size:
             raise ConfigError(f"optimization.batch_size: a global batch of {batch_size} does not split evenly over "
                               f"{self.world_size} processes; pin it to a multiple of {self.world_size}")
-        self.drop_last = self.drop_last or self.world_size > 1  # a ragged last batch would not split evenly
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.drop_last = (drop_last and n > batch_size) or (shuffle and self.world_size > 1)
+        self.sample_weights = _checked_sample_weights(sample_weights, n, shuffle=shuffle)
+        self.epoch = 0
+        # Evaluation: this rank's contiguous block of the data.
+        self.first = self.rank * n // self.world_size if not shuffle else 0
+        self.last = (self.rank + 1) * n // self.world_size if not shuffle else n
 
     def __len__(self) -> int:
-        n = len(self.targets)
+        n = self.last - self.first
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[Batch]:
-        order = self._epoch_order() if self.shuffle else None
-        share = self.batch_size // self.world_size
+    def order(self) -> torch.Tensor | None:
+        """This epoch's sample indices (on the CPU), or None for the data's own order."""
+        if not self.shuffle:
+            return None
+        generator = epoch_generator(self.seed, self.epoch)
+        if self.sample_weights is None:
+            return torch.randperm(self.n, generator=generator)
+        return torch.multinomial(self.sample_weights, self.n, replacement=True, generator=generator)
+
+    def spans(self) -> Iterator[tuple[int, int]]:
+        """(start, end) of each of this rank's batches: positions in ``order()`` (or in the data)."""
+        share = self.batch_size // self.world_size if self.shuffle else self.batch_size
         for step in range(len(self)):
-            start = step * self.batch_size + self.rank * share
-            end = start + (share if self.world_size > 1 else self.batch_size)
+            start = self.first + step * self.batch_size + (self.rank * share if self.shuffle else 0)
+            yield start, min(start + share, self.last)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order()
+        for start, end in self.spans():
+            yield list(range(start, end)) if order is None else order[start:end].tolist()
+
+
+class DeviceBatches:
+    """Slices of one device-resident tensor, in ``BatchOrder``'s order: one index tensor per
+    epoch moved to the device, no per-sample Python."""
+
+    def __init__(self, source: InMemory, batch_size: int, device: torch.device, *,
+                 shuffle: bool, drop_last: bool, seed: int = 0, sample_weights: torch.Tensor | None = None,
+                 shard: tuple[int, int] = (0, 1)):
+        self.batches = BatchOrder(len(source.targets), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                                  sample_weights=sample_weights, shard=shard)
+        self.images = source.images.to(device, non_blocking=True)
+        self.targets = source.targets.to(device, non_blocking=True)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.batches.order()
+        order = None if order is None else order.to(self.images.device)
+        for start, end in self.batches.spans():
             index = slice(start, end) if order is None else order[start:end]
             yield self.images[index], self.targets.gather(index)
 
-    def _epoch_order(self) -> torch.Tensor:
-        """This epoch's sample indices on the device: a pure function of (seed, epoch)."""
-        n = len(self.targets)
-        generator = epoch_generator(self.seed, self.epoch)
-        if self.sample_weights is None:
-            order = torch.randperm(n, generator=generator)
-        else:
-            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=generator)
-        return order.to(self.images.device)
-
 
 class LoaderBatches:
-    """A DataLoader with persistent workers; the sampler is reseeded per epoch.
-
-    ``sample_weights`` as in ``DeviceBatches``, through a ``WeightedRandomSampler``.
-    """
+    """A DataLoader with persistent workers, its batches drawn from a ``BatchOrder``."""
 
     def __init__(self, source: Streamed, batch_size: int, device: torch.device, *,
                  shuffle: bool, drop_last: bool, seed: int = 0, num_workers: int | None = None,
-                 sample_weights: torch.Tensor | None = None):
+                 sample_weights: torch.Tensor | None = None, shard: tuple[int, int] = (0, 1)):
         self.device = device
-        self.seed = seed
-        self.epoch = 0
         self.targets = source.targets
+        self.batches = BatchOrder(len(source), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                                  sample_weights=sample_weights, shard=shard)
         self.generator = torch.Generator()
-        weights = _checked_sample_weights(sample_weights, len(source), shuffle=shuffle)
-        sampler = _loader_sampler(source.dataset, self.generator, shuffle=shuffle, sample_weights=weights)
         workers = default_num_workers() if num_workers is None else num_workers
         # The loader draws its workers' base seed from ``generator`` (reseeded per epoch), never
         # from the global RNG, so the model's random stream is the same in a resumed run.
         self.loader = DataLoader(
-            _ImagesWithIndex(source.dataset), batch_size=batch_size, sampler=sampler,
-            drop_last=drop_last and len(source) > batch_size, num_workers=workers,
+            _ImagesWithIndex(source.dataset), batch_sampler=self.batches, num_workers=workers,
             persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=self.generator,
         )
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.batches)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.batches.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Batch]:
-        self.generator.manual_seed(epoch_generator(self.seed, self.epoch).initial_seed())
+        self.generator.manual_seed(epoch_generator(self.batches.seed, self.batches.epoch).initial_seed())
         for images, indices in self.loader:
             targets = self.targets.gather(indices)
             yield images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
@@ -154,14 +181,6 @@ class _ImagesWithIndex(Dataset):
         return self.dataset[index][0], index
 
 
-def _loader_sampler(dataset: Dataset, generator: torch.Generator, *, shuffle: bool,
-                   sample_weights: torch.Tensor | None) -> Sampler[int]:
-    """Weighted draws with replacement, a shuffle, or the dataset's order, all from ``generator``."""
-    if sample_weights is not None:
-        return WeightedRandomSampler(sample_weights, len(sample_weights), replacement=True, generator=generator)
-    return RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-
-
 def default_num_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
@@ -173,16 +192,13 @@ def make_batches(source: Source, batch_size: int, device: torch.device, *, train
 
     ``sample_weights`` (training only; one per sample, e.g. ``regularize.class_balance.sample_weights``)
     replace the shuffle with draws in proportion to them: class-balanced sampling. ``shard``
-    (rank, world size): this rank's share of every global training batch (``DeviceBatches``).
+    (rank, world size): this process's part of the data under a process group (``BatchOrder``).
     """
     if isinstance(source, InMemory):
         return DeviceBatches(source, batch_size, device, shuffle=train, drop_last=train, seed=seed,
                              sample_weights=sample_weights, shard=shard)
-    if shard[1] > 1:
-        raise ConfigError("data read from disk by DataLoader workers is not sharded over processes yet; "
-                         "hold it in memory (raise memory_limit_gb) to train it under torchrun")
     return LoaderBatches(source, batch_size, device, shuffle=train, drop_last=train, seed=seed,
-                         num_workers=num_workers, sample_weights=sample_weights)
+                         num_workers=num_workers, sample_weights=sample_weights, shard=shard)
 
 
 class Normalizer:

@@ -10,11 +10,18 @@ Under a group, a run is planned once and followed everywhere: rank 0 runs the me
 probes are one-process trainings: ``Runtime(local=True)``) and broadcasts the plan; every rank
 trains a shard of each global batch (``data.batches.DeviceBatches``) through
 ``DistributedDataParallel``, and only rank 0 writes the run folder.
+
+A rank that fails stops the job with its error shown once: the first failure is claimed in the
+group's key-value store, and every later one (the peers' broken collectives, the same bad input
+seen by every rank) is raised as ``PeerFailed``, which the CLI leaves unprinted; torchrun then
+stops the remaining processes. Without that, one bad file would print N tracebacks, N - 1 of
+them about a closed connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import os
 from typing import Callable, Iterator, ParamSpec, TypeVar
@@ -22,10 +29,19 @@ from typing import Callable, Iterator, ParamSpec, TypeVar
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..errors import ConfigError, VisionDojoError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+PLAN_WAIT = datetime.timedelta(days=7)
+"""How long the other ranks may wait for rank 0's plan: planning takes a share of the budget, which
+may be days; a process group's own timeout (10 minutes under NCCL) would end the job first."""
+FAILURES = "visiondojo/failures"
+_waiting_groups: dict[int, dist.ProcessGroup] = {}
+
+
+class PeerFailed(VisionDojoError):
+    """This rank stopped because another process of the job failed first (that one shows its error)."""
 
 
 def launched() -> bool:
@@ -55,16 +71,36 @@ def process_group() -> Iterator[None]:
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         yield
+    except BaseException as exc:
+        if not _first_to_fail():
+            raise PeerFailed(f"rank {dist.get_rank()} stopped: another process of the job failed first "
+                             f"({type(exc).__name__})") from exc
+        raise
     finally:
+        _waiting_groups.clear()
         dist.destroy_process_group()
+
+
+def _first_to_fail() -> bool:
+    """Whether this rank's failure is the job's first (counted in the group's store). A store that
+    cannot be reached went down with the rank that hosted it, which therefore failed first."""
+    try:
+        return int(dist.distributed_c10d._get_default_store().add(FAILURES, 1)) == 1
+    except Exception:  # noqa: BLE001 - any failure to reach the store means another rank went first
+        return False
 
 
 def broadcast_from_main(value: object) -> object:
     """Rank 0's ``value`` on every rank (itself without a group)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
+    # The others wait while rank 0 plans, on a CPU group of their own with a long timeout (a
+    # collective on the training group would time out first; see PLAN_WAIT).
+    key = id(dist.group.WORLD)
+    if key not in _waiting_groups:
+        _waiting_groups[key] = dist.new_group(backend="gloo", timeout=PLAN_WAIT)
     holder = [value]
-    dist.broadcast_object_list(holder, src=0)
+    dist.broadcast_object_list(holder, src=0, group=_waiting_groups[key])
     return holder[0]
 
 

@@ -37,7 +37,8 @@ class EpochResult:
     steps: int
     """Optimizer steps taken."""
     images: int
-    """Training images seen (mixing keeps the count: a mixed pair is one image)."""
+    """Training images seen (mixing keeps the count: a mixed pair is one image); under a process
+    group, by all ranks (and ``mean_loss`` and ``mean_terms`` are the global batch's)."""
     mean_loss: float
     seconds: float
     """Wall time of the epoch's training steps."""
@@ -59,7 +60,8 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
                     progress: TrainingProgress | None = None) -> EpochResult:
     """Train ``model`` (already in train mode) on up to ``max_steps`` batches of ``batches``.
 
-    ``stop_time`` is a ``time.perf_counter()`` value; the step that passes it is the last.
+    ``stop_time`` is a ``time.perf_counter()`` value; the step that passes it is the last (under a
+    process group, the step that passes it on rank 0's clock: ranks must stop at the same step).
     Raises ``TrainingDiverged`` when the running loss is not finite.
     """
     start = time.perf_counter()
@@ -80,11 +82,17 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
             mean_loss = _checked_mean(loss_sum, images_seen, epoch, steps, optimizer)
             if progress is not None:
                 progress.update(steps, mean_loss, images_seen / (time.perf_counter() - start))
-        if stop_time is not None and time.perf_counter() > stop_time:
+        if stop_time is not None and runtime.decided_by_main(time.perf_counter() > stop_time):
             cut_off = True
             break
         if steps >= max_steps:
             break
+    if runtime.world_size > 1:  # the global batch's figures, the same on every rank (one reduction per epoch)
+        names = sorted(term_sums)
+        totals = runtime.all_reduce(torch.stack([loss_sum.float(), loss_sum.new_tensor(float(images_seen)),
+                                                 *[term_sums[name] for name in names]]))
+        loss_sum, images_seen = totals[0], int(totals[1])
+        term_sums = dict(zip(names, totals[2:]))
     mean_loss = _checked_mean(loss_sum, images_seen, epoch, steps, optimizer) if images_seen else 0.0
     mean_terms = {name: float(total) / max(images_seen, 1) for name, total in term_sums.items()}
     return EpochResult(steps, images_seen, mean_loss, time.perf_counter() - start, cut_off, mean_terms)

@@ -47,11 +47,18 @@ def evaluate(model: nn.Module, task: Task, batches: Iterable, normalizer: Normal
     ``collect`` keeps on the host which units the model got right (``Task.correct``: the paired
     tests read it) and, for a task with per-sample losses, every score, target and loss (the
     report's worst mistakes); a detector has no per-sample loss, and keeps the units alone.
+
+    Under a process group each rank evaluates its block of the data (``BatchOrder``'s shard) and
+    every rank returns the evaluation of the whole: torchmetrics gathers the metric states, the
+    loss is summed over the ranks, and what ``collect`` keeps is gathered in rank order (data
+    order). A probe that rank 0 runs alone (``Runtime(local=True)``) keeps its metrics to itself.
     """
     with_loss = task.capabilities.per_sample_loss
     was_training = model.training
     model.eval()
     metrics = task.metrics().to(runtime.device)
+    for metric in metrics.values():  # torchmetrics would otherwise gather whenever a group exists
+        metric.distributed_available_fn = lambda: runtime.distributed
     total_loss = torch.zeros((), device=runtime.device, dtype=torch.float64)
     count = 0
     scores, targets_all, losses, correct = [], [], [], []
@@ -72,9 +79,11 @@ def evaluate(model: nn.Module, task: Task, batches: Iterable, normalizer: Normal
     model.train(was_training)
     result = metrics_to_python(task.finish_metrics(metrics.compute()))
     if with_loss:
-        result["loss"] = round(float(total_loss) / max(count, 1), 6)
+        summed = runtime.all_reduce(torch.stack([total_loss, total_loss.new_tensor(count)]))
+        result["loss"] = round(float(summed[0]) / max(float(summed[1]), 1), 6)
     if not collect:
         return Evaluation(result)
-    if not with_loss:
-        return Evaluation(result, correct=torch.cat(correct))
-    return Evaluation(result, torch.cat(scores), torch.cat(targets_all), torch.cat(losses), torch.cat(correct))
+    parts = {"correct": correct, **({"scores": scores, "targets": targets_all, "losses": losses} if with_loss else {})}
+    ranks = runtime.all_gather_object({name: torch.cat(kept) for name, kept in parts.items() if kept})
+    joined = {name: torch.cat([rank[name] for rank in ranks if name in rank]) for name in parts}
+    return Evaluation(result, joined.get("scores"), joined.get("targets"), joined.get("losses"), joined["correct"])

@@ -207,10 +207,15 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         cut_off = False
         cycle_start = time.perf_counter()
         while True:
+            if deadline is not None:
+                # One clock for the job: rank 0's epoch times and time left, so every rank re-plans alike.
+                remaining_s = deadline - reserve_s - time.perf_counter()
+                state.cycle_s, state.overhead_s, remaining_s = runtime.broadcast(
+                    (state.cycle_s, state.overhead_s, remaining_s))
             if deadline is not None and state.cycle_s and state.overhead_s:
                 # Pinned epochs are a ceiling; planned ones may grow when the run is faster than measured.
                 ceiling = opt.epochs if plan.is_pinned("optimization.epochs") else None
-                _budget_guard(state, scheduler, steps_per_epoch, deadline - reserve_s - time.perf_counter(),
+                _budget_guard(state, scheduler, steps_per_epoch, remaining_s,
                               ceiling=None if ceiling is None else ceiling * steps_per_epoch)
             if state.epoch >= state.planned_epochs:
                 break

@@ -8,7 +8,7 @@ fp32; channels_last for conv nets (oneDNN and cuDNN both run NHWC convolutions f
 ``Runtime`` is the live side: the autocast context, and the one place a loss becomes an optimizer
 step (scaled backward, unscale, clipping, step), so a GradScaler or a clip is never handled twice.
 It also answers the distribution questions (``rank``, ``world_size``, ``is_main``) and does the
-collectives (``all_reduce``, ``broadcast``, ``barrier``): in one process they are trivial; under an
+collectives (``all_reduce``, ``all_gather_object``, ``broadcast``, ``barrier``): in one process they are trivial; under an
 initialized ``torch.distributed`` process group they are the group's. Whatever writes the run folder
 asks ``is_main`` first.
 """
@@ -159,6 +159,24 @@ class Runtime:
         holder: list[Any] = [value]
         dist.broadcast_object_list(holder, src=src)
         return holder[0]
+
+    def all_gather_object(self, value: T) -> list[T]:
+        """Every process's ``value`` (picklable), in rank order, on every process."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def decided_by_main(self, decision: bool) -> bool:
+        """Rank 0's ``decision`` on every process: one clock for the whole job (the budget's mid-epoch
+        stop), so no rank takes a step the others do not. A one-element broadcast on the device:
+        the caller asks only where a decision is due (each step of a budgeted run)."""
+        if self.world_size == 1:
+            return decision
+        flag = torch.tensor(int(decision), device=self.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag)
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm's running statistics) on every rank. DDP broadcasts them

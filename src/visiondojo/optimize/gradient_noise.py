@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 
@@ -58,8 +59,10 @@ class RankNoiseScale:
     bucket before and after the all-reduce; ``close_step`` (an optimizer step pre-hook: the
     reduction is complete by then) sums a step's buckets, on the device, without a host sync;
     ``end_epoch`` feeds the epoch's steps to the same bias-corrected EMAs as the one-process
-    estimator (``NoiseScaleEMA``) and returns B_noise. Each rank's own small-batch norm is an
-    unbiased sample, so every rank keeps its own estimate (rank 0's is the one written down).
+    estimator (``NoiseScaleEMA``) and returns B_noise. Each rank's small-batch norm is an
+    independent unbiased sample: ``end_epoch`` averages them over the ranks (one all-reduce per
+    epoch; every rank must call it), so each step gives ``world_size`` samples of |G_small|^2 and
+    every rank holds the same estimate.
     Gradients scaled by an fp16 GradScaler would scale both norms alike: the ratio holds, but the
     hook sees scaled values.
 
@@ -96,7 +99,11 @@ class RankNoiseScale:
     def end_epoch(self) -> float:
         """B_noise after this epoch's steps (one host sync per epoch); inf before any step."""
         if self._steps:
-            pairs = torch.stack([torch.stack(pair) for pair in self._steps]).tolist()
+            pairs = torch.stack([torch.stack(pair) for pair in self._steps])
+            if dist.is_available() and dist.is_initialized():  # every rank's small-batch sample, averaged
+                dist.all_reduce(pairs)
+                pairs /= dist.get_world_size()
+            pairs = pairs.tolist()
             for small_sq, big_sq in pairs:
                 self.ema.update(small_sq, big_sq)
         self._steps = []
