@@ -13,8 +13,12 @@ runs' history), the largest absolute difference between the two final weights, a
 accuracy of each. On a GPU machine the same replay under ``torchrun --nproc-per-node N`` gives the
 scaling efficiency (not measured here).
 
-Not yet here: the rank-based noise-scale estimate (``noise_scale`` in the two-process run's
-history) against the one-process probe's.
+The gradient noise scale two ways: the two-process run's own (``noise_scale`` per epoch in its
+history: each rank's gradient of its 64 images against the all-reduced 128, no extra backward
+pass) against the one-process probe the batch-size meta-learner uses (``estimate_noise_scale``:
+one batch of 128 split into 2 micro-batches of 64, the same two batch sizes), run ``--probes``
+times with different seeds on the untrained model (to compare with epoch 1) and on the
+one-process run's trained weights (to compare with the last epoch).
 """
 
 from __future__ import annotations
@@ -33,7 +37,13 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import visiondojo
+from visiondojo.data.batches import Normalizer
 from visiondojo.data.builtin import load_fashion_mnist
+from visiondojo.data.sources import DataOptions
+from visiondojo.engine.runtime import Runtime
+from visiondojo.optimize.noise_scale import estimate_noise_scale
+from visiondojo.plan import Plan
+from visiondojo.prepare import prepare
 
 
 def _data(train_size: int) -> tuple[Any, Any]:
@@ -59,18 +69,36 @@ def _replay(rank: int, world: int, port: int, plan: str, out: str, train_size: i
 
 def _summary(run_dir: Path, seconds: float) -> dict[str, Any]:
     history = json.loads((run_dir / "metrics.json").read_text())
-    rows = [line.split(",") for line in (run_dir / "history.csv").read_text().splitlines()]
-    header, body = rows[0], rows[1:]
-    train_s = [float(row[header.index("train_s")]) for row in body]
-    rate = [float(row[header.index("train_images_per_s")]) for row in body]
+    train_s, rate = _history_column(run_dir, "train_s"), _history_column(run_dir, "train_images_per_s")
     return {"train_s_per_epoch": round(sum(train_s) / len(train_s), 2), "train_images_per_s": round(sum(rate) / len(rate), 1),
             "wall_s": round(seconds, 1), "test_acc": history["test"]["acc"]}
+
+
+def _probe_noise_scales(plan_path: str, train: Any, weights: str | None, seeds: int) -> list[float]:
+    """The one-process probe's B_noise (batch 128 in 2 micro-batches of 64) from ``weights`` (None:
+    the untrained model), once per seed."""
+    plan = Plan.load(plan_path)
+    prep = prepare("fmnist-resnet", train, options=DataOptions(), seed=plan.seed, known=plan.data,
+                   model_kwargs=plan.model.kwargs)
+    if weights is not None:
+        prep.model.load_state_dict(load_file(weights))
+    runtime = Runtime(plan.runtime)
+    model = runtime.prepare_model(prep.model)
+    normalizer = Normalizer(plan.data, runtime.device, plan.runtime.channels_last)
+    return [round(estimate_noise_scale(model, prep.task, prep.train, runtime, normalizer, plan.optimization, b_big=128,
+                                       micro=2, seed=seed, max_seconds=60.0).b_noise, 1) for seed in range(seeds)]
+
+
+def _history_column(run_dir: Path, name: str) -> list[float]:
+    rows = [line.split(",") for line in (run_dir / "history.csv").read_text().splitlines()]
+    return [float(row[rows[0].index(name)]) for row in rows[1:]]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=12_000)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--probes", type=int, default=3, help="seeds of the one-process noise-scale probe")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     train, test = _data(args.train)
@@ -92,6 +120,11 @@ def main() -> None:
             print(world, results[f"{world}_process"], flush=True)
         one, two = (load_file(str(root / f"world{w}" / "model.safetensors")) for w in (1, 2))
         results["max_weight_difference"] = max(float((one[k].float() - two[k].float()).abs().max()) for k in one)
+        results["noise_scale"] = {
+            "ranks_per_epoch": _history_column(root / "world2", "noise_scale"),
+            "probe_untrained": _probe_noise_scales(plan, train, None, args.probes),
+            "probe_trained": _probe_noise_scales(plan, train, str(root / "world1" / "model.safetensors"), args.probes),
+        }
     report = {"benchmark": "one process vs two (gloo)", "train_images": args.train, "epochs": args.epochs,
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), **results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

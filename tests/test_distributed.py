@@ -17,8 +17,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import visiondojo
-from visiondojo.data.batches import DeviceBatches
-from visiondojo.data.sources import InMemory
+from visiondojo.data.batches import DeviceBatches, LoaderBatches
+from visiondojo.data.sources import InMemory, Streamed
 from visiondojo.errors import ConfigError
 from visiondojo.plan import RegularizationParams
 
@@ -63,9 +63,11 @@ def _worker(rank: int, world: int, port: int, plan: str, out: str, crash_in_epoc
     torch.save({"metrics": run.metrics, "state": run.model.state_dict(), "history": run.history}, f"{out}-rank{rank}.pt")
 
 
-def test_two_processes_train_the_weights_of_one(tmp_path) -> None:
+@pytest.mark.parametrize("batch", [32, 33])
+def test_two_processes_train_the_weights_of_one(tmp_path, batch) -> None:
+    """32 splits 16 + 16; 33 splits 17 + 16, each rank's loss weighted by its share."""
     train, test = make_problem(288, seed=3), make_problem(96, seed=4)
-    pins = {**FAST, "epochs": 3, "batch_size": 32}
+    pins = {**FAST, "epochs": 3, "batch_size": batch}
     single = visiondojo.fit(TinyNet(), train, test_data=test, out=tmp_path / "one", regularization=RegularizationParams(),
                             **pins)
     out = str(tmp_path / "two")
@@ -79,29 +81,56 @@ def test_two_processes_train_the_weights_of_one(tmp_path) -> None:
     assert all(torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]) for k in one)  # ranks agree exactly
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
     assert abs(ranks[0]["metrics"]["test"]["acc"] - single.metrics["test"]["acc"]) < 0.02
+    if batch == 33:
+        assert "shares one image apart" in " ".join(json.loads((tmp_path / "two" / "metrics.json").read_text())["notes"])
+        return
     # The noise scale from the ranks' gradients, per epoch in the history (no extra backward pass).
     assert all(0 < row["noise_scale"] < float("inf") for row in ranks[0]["history"])
     assert "noise_scale" in (tmp_path / "two" / "history.csv").read_text().splitlines()[0]
+    assert "<h2>Gradient noise scale</h2>" in (tmp_path / "two" / "report.html").read_text()
 
 
-def test_each_rank_trains_its_share_of_every_global_batch() -> None:
+class _Numbered(torch.utils.data.Dataset):
+    """Image i is the number i: what a batch holds is readable from its pixels."""
+
+    def __len__(self) -> int:
+        return 100
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.full((1, 1, 1), float(index)), 0
+
+
+@pytest.mark.parametrize("batcher", [DeviceBatches, LoaderBatches])
+def test_each_rank_trains_its_share_of_every_global_batch(batcher) -> None:
     images = torch.arange(100).view(100, 1, 1, 1).float()
-    source = InMemory(images, torch.zeros(100, dtype=torch.int64), None, "test")
-    single = DeviceBatches(source, 20, torch.device("cpu"), shuffle=True, drop_last=True, seed=1)
-    shards = [DeviceBatches(source, 20, torch.device("cpu"), shuffle=True, drop_last=True, seed=1, shard=(r, 2))
-              for r in range(2)]
-    for epoch in (0, 1):
-        for batches in (single, *shards):
-            batches.set_epoch(epoch)
-        whole = [b[0].flatten() for b in single]
-        halves = [[b[0].flatten() for b in s] for s in shards]
-        assert len(halves[0]) == len(halves[1]) == len(whole) == 5  # every rank steps together
-        for step, batch in enumerate(whole):  # the same global batches, split between the ranks
-            assert torch.equal(torch.cat([halves[0][step], halves[1][step]]), batch)
-        seen = torch.cat([h for half in halves for h in half]).long()
-        assert sorted(seen.tolist()) == list(range(100))  # every sample once per epoch
-    with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):
-        DeviceBatches(source, 20, torch.device("cpu"), shuffle=True, drop_last=True, shard=(0, 3))
+    labels = torch.zeros(100, dtype=torch.int64)
+    source = (InMemory(images, labels, None, "test") if batcher is DeviceBatches
+              else Streamed(_Numbered(), labels, None, "test", 1, (1, 1)))
+    extra = {} if batcher is DeviceBatches else {"num_workers": 0}
+    single = batcher(source, 20, torch.device("cpu"), shuffle=True, drop_last=True, seed=1, **extra)
+    for world in (2, 3):  # 20 splits evenly over 2; over 3 in shares of 7, 7 and 6
+        shards = [batcher(source, 20, torch.device("cpu"), shuffle=True, drop_last=True, seed=1, shard=(r, world),
+                          **extra) for r in range(world)]
+        for epoch in (0, 1):
+            for batches in (single, *shards):
+                batches.set_epoch(epoch)
+            whole = [b[0].flatten() for b in single]
+            parts = [[b[0].flatten() for b in s] for s in shards]
+            assert all(len(part) == len(whole) == 5 for part in parts)  # every rank steps together
+            for step, batch in enumerate(whole):  # the same global batches, split between the ranks
+                assert torch.equal(torch.cat([part[step] for part in parts]), batch)
+            seen = torch.cat([h for part in parts for h in part]).long()
+            assert sorted(seen.tolist()) == list(range(100))  # every sample once per epoch
+        # The weights make DDP's plain average of the ranks' mean gradients the global batch's mean.
+        sizes = [len(part[0]) for part in parts]
+        # Each image's weight in that average: the rank's weight / world size / its share = 1 / 20.
+        assert all(s.share_weight / world / size == pytest.approx(1 / 20) for s, size in zip(shards, sizes))
+        assert [s.share_weight for s in shards] == ([1.0, 1.0] if world == 2 else [1.05, 1.05, 0.9])
+    with pytest.raises(ConfigError, match="global batch of 2 cannot be shared by 3 processes"):
+        batcher(source, 2, torch.device("cpu"), shuffle=True, drop_last=True, shard=(0, 3), **extra)
+    blocks = [[b[0].flatten() for b in batcher(source, 16, torch.device("cpu"), shuffle=False, drop_last=False,
+                                               shard=(r, 3), **extra)] for r in range(3)]
+    assert torch.cat([torch.cat(block) for block in blocks]).long().tolist() == list(range(100))  # evaluation: blocks
 
 
 def test_a_two_process_run_resumes_bit_exactly(tmp_path) -> None:
@@ -319,3 +348,26 @@ def test_a_budgeted_run_follows_one_clock_on_every_rank(tmp_path) -> None:
     assert all(torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]) for k in ranks[0]["state"])
     metrics = json.loads((tmp_path / "budget" / "metrics.json").read_text())
     assert metrics["timing"]["total_s"] <= 12 + 3
+
+
+def test_planning_for_ranks_rounds_the_batch_and_states_the_batchnorm_rule() -> None:
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from visiondojo.choose import _choose_for_ranks
+    from visiondojo.plan import Plan
+
+    plan = Plan()
+    plan.choose("optimization.batch_size", 32, "B_noise 30")
+    bn_model = SimpleNamespace(model=nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
+    _choose_for_ranks(plan, bn_model, "cpu", 3)
+    assert plan.optimization.batch_size == 33 and "rounded to a multiple of the 3 processes" in \
+        plan.evidence["optimization.batch_size"]
+    assert plan.runtime.sync_batchnorm is False and "GPUs only" in plan.evidence["runtime.sync_batchnorm"]
+    _choose_for_ranks(plan, bn_model, "cuda", 8)  # 33 over 8: pinned by nobody, rounded to 32, 4 per GPU
+    assert plan.optimization.batch_size == 32 and plan.runtime.sync_batchnorm is True
+    pinned = Plan()
+    pinned.set("optimization.batch_size", 30)  # the user's batch stays; shares one apart train it
+    _choose_for_ranks(pinned, SimpleNamespace(model=nn.Linear(2, 2)), "cuda", 4)
+    assert pinned.optimization.batch_size == 30 and "runtime.sync_batchnorm" not in pinned.evidence

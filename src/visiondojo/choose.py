@@ -27,10 +27,11 @@ from dataclasses import asdict
 
 from .data.batches import Normalizer
 from .durations import format_duration
+from .engine.distributed import launched_world_size
 from .engine.loop import REPORT_S
 from .engine.runtime import Runtime
 from .learning_curve import cost_gate
-from .optimize.batchnorm import batchnorm_layers, bn_momentum_for
+from .optimize.batchnorm import batchnorm_layers, bn_momentum_for, sync_batchnorm_rule
 from .optimize.length import Throughput, epoch_seconds, measure_throughput, plan_epochs
 from .optimize.lr_finder import lr_range_test, scale_lr
 from .optimize.memory import memory_ceiling
@@ -93,6 +94,9 @@ def choose_optimization(plan: Plan, prep: Prepared, runtime: Runtime, *, deadlin
     b_noise = None
     if not plan.is_pinned("optimization.batch_size"):
         b_noise = _choose_batch(plan, prep, args, allowance, max_batch, timings, deadline)
+    world = launched_world_size()
+    if world > 1:
+        _choose_for_ranks(plan, prep, runtime.device.type, world)
     batch = opt.batch_size
     # The scan takes a few steps per candidate; the run length deserves a steadier figure.
     speed = measure_throughput(*args, opt, batch, seed=plan.seed, warmup_steps=2, max_steps=10,
@@ -179,6 +183,21 @@ def _choose_batch(plan: Plan, prep: Prepared, args: tuple, allowance: float, max
                 f"{noise_note}; clamped to [{efficient} (smallest batch within {EFFICIENT:.0%} of the best "
                 f"images/s), {ceiling.batch_size} (memory ceiling)]")
     return b_noise
+
+
+def _choose_for_ranks(plan: Plan, prep: Prepared, device_type: str, world: int) -> None:
+    """Under torchrun: a global batch the ranks share evenly (equal shares keep the noise scale
+    from the ranks' gradients; uneven ones still train, weighted) and SyncBatchNorm when a rank's
+    share is small. The probes ran in one process on rank 0; the budget guard corrects the run's
+    length from the measured data-parallel epochs."""
+    batch = plan.optimization.batch_size
+    if batch % world and not plan.is_pinned("optimization.batch_size"):
+        even = max(world, round(batch / world) * world)
+        plan.choose("optimization.batch_size", even, f"{plan.evidence.get('optimization.batch_size', '')}; "
+                    f"{batch} rounded to a multiple of the {world} processes: {even // world} images each")
+    if batchnorm_layers(prep.model):
+        sync, why = sync_batchnorm_rule(device_type, plan.optimization.batch_size // world)
+        plan.choose("runtime.sync_batchnorm", sync, why)
 
 
 def _throughput_curve(args: tuple, plan: Plan, ceiling: int, seconds: float) -> dict[int, Throughput]:

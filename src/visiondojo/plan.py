@@ -226,6 +226,8 @@ class RuntimeParams:
     """``bf16`` or ``fp16`` autocast, or ``fp32``."""
     channels_last: bool = False
     num_workers: int = 0
+    sync_batchnorm: bool = False
+    """Under torchrun on GPUs: BatchNorm statistics over the global batch (``SyncBatchNorm``)."""
 
 
 @dataclass

@@ -55,10 +55,13 @@ class BatchOrder(Sampler[list[int]]):
     number of steps. Evaluation keeps the data's order and every sample.
 
     ``shard = (rank, world_size)``: this process's part under a process group. In training
-    ``batch_size`` is the global batch and the rank takes its ``batch_size / world_size`` share of
-    each: the same epoch order as one process, every sample in exactly one rank's share, every rank
-    the same number of steps (a ragged last batch is dropped: it would not split evenly), so
-    data-parallel training steps as one process with the global batch would. In evaluation each
+    ``batch_size`` is the global batch and the rank takes its share of each: the same epoch order
+    as one process, every sample in exactly one rank's share, every rank the same number of steps
+    (a ragged last batch is dropped: it would not split), so data-parallel training steps as one
+    process with the global batch would. A global batch that does not divide by the world size
+    (a plan replayed on another number of processes) is split into shares one sample apart, and
+    ``share_weight`` (share x world size / global batch) weights the rank's mean loss so that
+    DDP's plain average of the ranks' gradients is still the global batch's mean. In evaluation each
     rank takes a contiguous block, nothing padded or dropped: the metrics reduced over the ranks
     are those of one process, and the ranks' outputs in rank order are in data order.
 
@@ -69,10 +72,13 @@ class BatchOrder(Sampler[list[int]]):
     def __init__(self, n: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int = 0,
                  sample_weights: torch.Tensor | None = None, shard: tuple[int, int] = (0, 1)):
         self.rank, self.world_size = shard
-        if shuffle and batch_size % self.world_size:
-            raise ConfigError(f"optimization.batch_size: a global batch of {batch_size} does not split evenly over "
-                              f"{self.world_size} processes; pin it to a multiple of {self.world_size}")
+        if shuffle and batch_size < self.world_size:
+            raise ConfigError(f"optimization.batch_size: a global batch of {batch_size} cannot be shared by "
+                              f"{self.world_size} processes; pin it to at least {self.world_size}, or start fewer")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        base, extra = divmod(batch_size, self.world_size) if shuffle else (batch_size, 0)
+        self.share = base + (self.rank < extra)
+        self.offset = self.rank * base + min(self.rank, extra) if shuffle else 0
         self.drop_last = (drop_last and n > batch_size) or (shuffle and self.world_size > 1)
         self.sample_weights = _checked_sample_weights(sample_weights, n, shuffle=shuffle)
         self.epoch = 0
@@ -87,6 +93,11 @@ class BatchOrder(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def share_weight(self) -> float:
+        """The weight of this rank's mean training loss (1 unless the shares differ; see above)."""
+        return self.share * self.world_size / self.batch_size if self.shuffle else 1.0
+
     def order(self) -> torch.Tensor | None:
         """This epoch's sample indices (on the CPU), or None for the data's own order."""
         if not self.shuffle:
@@ -98,10 +109,9 @@ class BatchOrder(Sampler[list[int]]):
 
     def spans(self) -> Iterator[tuple[int, int]]:
         """(start, end) of each of this rank's batches: positions in ``order()`` (or in the data)."""
-        share = self.batch_size // self.world_size if self.shuffle else self.batch_size
         for step in range(len(self)):
-            start = self.first + step * self.batch_size + (self.rank * share if self.shuffle else 0)
-            yield start, min(start + share, self.last)
+            start = self.first + step * self.batch_size + self.offset
+            yield start, min(start + self.share, self.last)
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order()
@@ -109,7 +119,23 @@ class BatchOrder(Sampler[list[int]]):
             yield list(range(start, end)) if order is None else order[start:end].tolist()
 
 
-class DeviceBatches:
+class _Batcher:
+    """What both batchers answer from their ``BatchOrder``."""
+
+    batches: BatchOrder
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    @property
+    def share_weight(self) -> float:
+        return self.batches.share_weight
+
+
+class DeviceBatches(_Batcher):
     """Slices of one device-resident tensor, in ``BatchOrder``'s order: one index tensor per
     epoch moved to the device, no per-sample Python."""
 
@@ -121,12 +147,6 @@ class DeviceBatches:
         self.images = source.images.to(device, non_blocking=True)
         self.targets = source.targets.to(device, non_blocking=True)
 
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.batches.set_epoch(epoch)
-
     def __iter__(self) -> Iterator[Batch]:
         order = self.batches.order()
         order = None if order is None else order.to(self.images.device)
@@ -135,7 +155,7 @@ class DeviceBatches:
             yield self.images[index], self.targets.gather(index)
 
 
-class LoaderBatches:
+class LoaderBatches(_Batcher):
     """A DataLoader with persistent workers, its batches drawn from a ``BatchOrder``."""
 
     def __init__(self, source: Streamed, batch_size: int, device: torch.device, *,
@@ -153,12 +173,6 @@ class LoaderBatches:
             _ImagesWithIndex(source.dataset), batch_sampler=self.batches, num_workers=workers,
             persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=self.generator,
         )
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.batches.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Batch]:
         self.generator.manual_seed(epoch_generator(self.batches.seed, self.batches.epoch).initial_seed())

@@ -44,9 +44,15 @@ class PeerFailed(VisionDojoError):
     """This rank stopped because another process of the job failed first (that one shows its error)."""
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun (or an equivalent launcher) started for this job; 1 without one.
+    What planning knows of the world before (or without) a process group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched() -> bool:
     """Whether this process is one of several that torchrun (or an equivalent launcher) started."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launched_world_size() > 1
 
 
 @contextlib.contextmanager

@@ -71,7 +71,8 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
     cut_off = False
     for images, targets in batches if max_steps > 0 else ():
         inputs, targets = regularize(images, targets)
-        step = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, loss_settings)
+        step = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, loss_settings,
+                          share_weight=getattr(batches, "share_weight", 1.0))
         scheduler.step()
         steps += 1
         loss_sum += step.loss * len(images)

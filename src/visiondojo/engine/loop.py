@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_model
@@ -41,7 +41,7 @@ from .progress import TrainingProgress
 from .runtime import Runtime
 from .epoch import EpochResult, TrainingDiverged, train_one_epoch
 from ..optimize.optimizers import build_optimizer
-from ..optimize.batchnorm import restore_bn_momentum, set_bn_momentum
+from ..optimize.batchnorm import restore_bn_momentum, set_bn_momentum, synchronized_batchnorm
 from ..optimize.schedules import PLATEAU_FACTOR, build_scheduler, schedule_factor
 from ..optimize.gradient_noise import RankNoiseScale
 from ..regularize.batch import BatchRegularizer, loss_settings
@@ -187,21 +187,14 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         dropout.restore()
         raise
     clock_start = time.perf_counter() - state.elapsed_s
-    # Under a process group the training steps go through DDP (gradients averaged over the ranks,
-    # each holding its share of the global batch); evaluation and checkpoints use the model itself.
-    trainer, noise = model, None
-    if runtime.world_size > 1:
-        trainer = DistributedDataParallel(model)
-        # The gradient noise scale for free: each rank's share against the all-reduced batch.
-        noise = RankNoiseScale(opt.batch_size // runtime.world_size, opt.batch_size)
-        trainer.register_comm_hook(None, noise.hook)
-        optimizer.register_step_pre_hook(noise.close_step)
+    unsync: Callable[[], None] = lambda: None
 
     def save() -> None:
         if runtime.is_main:
             _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler, decay)
 
     try:
+        trainer, noise, unsync = _data_parallel(model, optimizer, plan, runtime, state)
         stop = Stop.COMPLETED
         reserve_s = REPORT_S + final_eval_s
         cut_off = False
@@ -290,6 +283,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             state.notes.append(f"the budget guard re-planned the schedule {state.replans} time(s) from the measured "
                                f"epoch times: {opt.epochs} -> {state.planned_steps / steps_per_epoch:.2f} epochs")
     finally:
+        unsync()
         restore_bn_momentum(model, user_bn_momentum)
         dropout.restore()
     notes = [*dropout.describe(), *state.notes]
@@ -309,6 +303,30 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     return LoopResult(state.history, kept_epoch, kept_metric, state.best_epoch + 1, stop,
                       stop.describe(plan.monitor, opt.early_stopping_patience), notes,
                       evaluation if not validate_each_epoch and last_validated else None)
+
+
+def _data_parallel(model: nn.Module, optimizer: torch.optim.Optimizer, plan: Plan, runtime: Runtime,
+                   state: LoopState) -> tuple[nn.Module, RankNoiseScale | None, Callable[[], None]]:
+    """What trains: ``model`` itself in one process; under a process group, ``model`` wrapped in
+    DDP (gradients averaged over the ranks, each holding its share of the global batch; evaluation
+    and checkpoints use the model itself), with the noise-scale hook, and with SyncBatchNorm where
+    the plan's rule asks for it (the returned function puts the user's layers back)."""
+    if runtime.world_size == 1:
+        return model, None, lambda: None
+    unsync = (synchronized_batchnorm(model) if plan.runtime.sync_batchnorm and runtime.device.type == "cuda"
+              else lambda: None)
+    trainer, noise, batch = DistributedDataParallel(model), None, plan.optimization.batch_size
+    if batch % runtime.world_size == 0:
+        # The gradient noise scale for free: each rank's share against the all-reduced batch.
+        noise = RankNoiseScale(batch // runtime.world_size, batch)
+        trainer.register_comm_hook(None, noise.hook)
+        optimizer.register_step_pre_hook(noise.close_step)
+    else:  # weighted shares of different sizes are not the estimator's equal small batches
+        uneven = (f"the global batch of {batch} is split over {runtime.world_size} processes in shares one image "
+                  "apart, each rank's loss weighted by its share (no noise scale)")
+        if uneven not in state.notes:
+            state.notes.append(uneven)
+    return trainer, noise, unsync
 
 
 def _after_validation(state: LoopState, opt: OptimizationParams) -> Decision:

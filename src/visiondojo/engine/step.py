@@ -26,13 +26,16 @@ def forward_loss(model: nn.Module, task: Task, runtime: Runtime, inputs: torch.T
 
 def train_step(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, runtime: Runtime,
                inputs: torch.Tensor, targets: Any, grad_clip_norm: float | None = None,
-               settings: LossSettings = LossSettings()) -> StepLoss:
+               settings: LossSettings = LossSettings(), share_weight: float = 1.0) -> StepLoss:
     """One optimizer step on model-ready ``inputs``; returns the detached loss and its terms (no host sync).
 
     Weight decay, when attached (``regularize.weight_decay``), runs as the optimizer's pre-step hook.
+    ``share_weight`` scales the loss that is backpropagated (not the one returned): a rank's
+    share of an unevenly split global batch (``data.batches.BatchOrder``).
     """
     step = forward_loss(model, task, runtime, inputs, targets, settings)
-    runtime.backward_and_step(step.loss, optimizer, grad_clip_norm=grad_clip_norm)
+    loss = step.loss if share_weight == 1.0 else step.loss * share_weight
+    runtime.backward_and_step(loss, optimizer, grad_clip_norm=grad_clip_norm)
     return StepLoss(step.loss.detach(), {k: v.detach() for k, v in step.terms.items()})
 
 

@@ -150,6 +150,14 @@ def render(data: ReportData) -> str:
             break
     if data.history:
         parts.append("<h2>Learning curves</h2>" + _img(plots.learning_curves(data.history, plan.monitor), "learning curves"))
+    measured = [(row["epoch"], float(row["noise_scale"])) for row in data.history
+                if row.get("noise_scale") not in (None, "")]
+    if measured:
+        parts.append("<h2>Gradient noise scale</h2><p class=muted>measured during data-parallel training from each "
+                     "rank's gradient against the all-reduced one (McCandlish et al. 2018): batches well beyond it "
+                     "stop saving steps, batches well below it use the hardware poorly</p>"
+                     + _img(plots.noise_scale([b for _, b in measured], plan.optimization.batch_size,
+                                          at=[e for e, _ in measured], unit="epoch"), "gradient noise scale"))
     if data.confusion is not None:
         parts.append(f"<h2>Confusion matrix ({data.confusion_split})</h2>"
                      + _img(plots.confusion_matrix(data.confusion, names), "confusion matrix"))

@@ -100,11 +100,14 @@ def lr_finder(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[
     return _png(fig)
 
 
-def noise_scale(trajectory: Sequence[float], batch_size: int) -> bytes:
+def noise_scale(trajectory: Sequence[float], batch_size: int, at: Sequence[int] | None = None,
+                unit: str = "probe step") -> bytes:
+    """B_noise estimates (the batch-size probe's per step, or the ranks' per epoch ``at``) against the batch."""
     fig, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot(range(1, len(trajectory) + 1), trajectory, marker="o", label="B_noise estimate (EMA)")
+    at = range(1, len(trajectory) + 1) if at is None else at
+    axis.plot(at, trajectory, marker="o", label="B_noise estimate (EMA)")
     axis.axhline(batch_size, color="tab:red", linestyle="--", label=f"chosen batch {batch_size}")
-    axis.set_xlabel("probe step")
+    axis.set_xlabel(unit)
     axis.set_ylabel("batch size")
     axis.legend()
     return _png(fig)
