@@ -18,7 +18,11 @@ history: each rank's gradient of its 64 images against the all-reduced 128, no e
 pass) against the one-process probe the batch-size meta-learner uses (``estimate_noise_scale``:
 one batch of 128 split into 2 micro-batches of 64, the same two batch sizes), run ``--probes``
 times with different seeds on the untrained model (to compare with epoch 1) and on the
-one-process run's trained weights (to compare with the last epoch).
+one-process run's trained weights (to compare with the last epoch). Those two move with training
+(B_noise grows as the loss falls) and look at different moments, so the direct check comes last:
+both estimators on the same frozen trained weights and the same ``--frozen-steps`` global
+batches (rank r's share = micro-batch r), with the same EMA (decay 0.99) — equal up to float
+summation order if the DDP hook reads the right tensors.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import visiondojo
-from visiondojo.data.batches import Normalizer
+from visiondojo.data.batches import Normalizer, make_batches
 from visiondojo.data.builtin import load_fashion_mnist
 from visiondojo.data.sources import DataOptions
 from visiondojo.engine.runtime import Runtime
-from visiondojo.optimize.noise_scale import estimate_noise_scale
+from visiondojo.engine.step import forward_loss
+from visiondojo.optimize.gradient_noise import NoiseScaleEMA, RankNoiseScale
+from visiondojo.optimize.noise_scale import estimate_noise_scale, micro_batch_gradients
 from visiondojo.plan import Plan
 from visiondojo.prepare import prepare
 
@@ -77,16 +83,62 @@ def _summary(run_dir: Path, seconds: float) -> dict[str, Any]:
 def _probe_noise_scales(plan_path: str, train: Any, weights: str | None, seeds: int) -> list[float]:
     """The one-process probe's B_noise (batch 128 in 2 micro-batches of 64) from ``weights`` (None:
     the untrained model), once per seed."""
+    prep, runtime, normalizer, plan = _setup(plan_path, train, weights)
+    return [round(estimate_noise_scale(prep.model, prep.task, prep.train, runtime, normalizer, plan.optimization,
+                                       b_big=128, micro=2, seed=seed, max_seconds=60.0).b_noise, 1)
+            for seed in range(seeds)]
+
+
+def _setup(plan_path: str, train: Any, weights: str | None) -> tuple[Any, Runtime, Normalizer, Plan]:
+    """The plan's prepared data and model (with ``weights``, in train mode), runtime and normalizer."""
     plan = Plan.load(plan_path)
     prep = prepare("fmnist-resnet", train, options=DataOptions(), seed=plan.seed, known=plan.data,
                    model_kwargs=plan.model.kwargs)
     if weights is not None:
         prep.model.load_state_dict(load_file(weights))
     runtime = Runtime(plan.runtime)
-    model = runtime.prepare_model(prep.model)
-    normalizer = Normalizer(plan.data, runtime.device, plan.runtime.channels_last)
-    return [round(estimate_noise_scale(model, prep.task, prep.train, runtime, normalizer, plan.optimization, b_big=128,
-                                       micro=2, seed=seed, max_seconds=60.0).b_noise, 1) for seed in range(seeds)]
+    prep.model = runtime.prepare_model(prep.model).train()
+    return prep, runtime, Normalizer(plan.data, runtime.device, plan.runtime.channels_last), plan
+
+
+def _frozen_ranks(rank: int, world: int, port: int, plan_path: str, train_size: int, weights: str, steps: int,
+                  out: str) -> None:
+    """The ranks' estimator (a DDP hook) over ``steps`` global batches of 128, weights never stepped."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo")
+    prep, runtime, normalizer, _ = _setup(plan_path, _data(train_size)[0], weights)
+    ddp = DistributedDataParallel(prep.model)
+    noise = RankNoiseScale(128 // world, 128)
+    ddp.register_comm_hook(None, noise.hook)
+    batches = make_batches(prep.train, 128, runtime.device, train=True, seed=1, shard=(rank, world))
+    for _, (images, targets) in zip(range(steps), batches):
+        ddp.zero_grad()
+        forward_loss(ddp, prep.task, runtime, normalizer(images), targets).loss.backward()
+        noise.close_step()
+    b_noise = noise.end_epoch()
+    if rank == 0:
+        Path(out).write_text(json.dumps(b_noise))
+    dist.destroy_process_group()
+
+
+def _frozen_micro_batches(plan_path: str, train: Any, weights: str, steps: int) -> float:
+    """The probe's arithmetic (``micro_batch_gradients``, 2 micro-batches) on the same batches and weights."""
+    prep, runtime, normalizer, _ = _setup(plan_path, train, weights)
+    params = [p for p in prep.model.parameters() if p.requires_grad]
+    ema = NoiseScaleEMA(64, 128, decay=0.99)
+    batches = make_batches(prep.train, 128, runtime.device, train=True, seed=1)
+
+    def batch_loss(images: torch.Tensor, targets: Any) -> torch.Tensor:
+        return forward_loss(prep.model, prep.task, runtime, normalizer(images), targets).loss
+
+    for _, (images, targets) in zip(range(steps), batches):
+        small_sq, big_sq, _ = micro_batch_gradients(params, batch_loss, images, targets, 2)
+        ema.update(small_sq, big_sq)
+    return ema.b_noise
 
 
 def _history_column(run_dir: Path, name: str) -> list[float]:
@@ -99,6 +151,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=12_000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--probes", type=int, default=3, help="seeds of the one-process noise-scale probe")
+    parser.add_argument("--frozen-steps", type=int, default=90, help="global batches of the same-batches check")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     train, test = _data(args.train)
@@ -125,6 +178,14 @@ def main() -> None:
             "probe_untrained": _probe_noise_scales(plan, train, None, args.probes),
             "probe_trained": _probe_noise_scales(plan, train, str(root / "world1" / "model.safetensors"), args.probes),
         }
+        weights, found = str(root / "world1" / "model.safetensors"), root / "frozen.json"
+        mp.spawn(_frozen_ranks, args=(2, _free_port(), plan, args.train, weights, args.frozen_steps, str(found)),
+                 nprocs=2, join=True)
+        ranks = json.loads(found.read_text())
+        micro = _frozen_micro_batches(plan, train, weights, args.frozen_steps)
+        results["noise_scale"]["same_batches_frozen"] = {"steps": args.frozen_steps, "ranks": round(ranks, 3),
+                                                         "micro_batches": round(micro, 3),
+                                                         "relative_difference": abs(ranks - micro) / micro}
     report = {"benchmark": "one process vs two (gloo)", "train_images": args.train, "epochs": args.epochs,
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), **results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

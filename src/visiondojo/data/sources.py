@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from torchvision import tv_tensors
 
+from ..engine.distributed import local_world_size
 from ..errors import DataError
 from . import builtin, formats, scenes
 from .files import ImageFileDataset, scan_image_folder, scan_manifest
@@ -50,6 +51,12 @@ class DataOptions:
     """Box annotations' format (xyxy, xywh, cxcywh) when the data does not say; None: xyxy."""
     memory_limit_gb: float = 4.0
     """Datasets whose decoded images fit under this are held in memory and batched on the device."""
+
+    @property
+    def process_memory_gb(self) -> float:
+        """This process's part of ``memory_limit_gb``: under torchrun every process on the machine
+        holds its own copy of in-memory data, so the limit is shared by the machine's processes."""
+        return self.memory_limit_gb / local_world_size()
 
 
 @dataclass
@@ -210,7 +217,7 @@ def _from_detection_files(found: tuple[Path, str, str | None], options: DataOpti
     path, file_format, split = found
     files = formats.read_detection_files(path, file_format=file_format, split=split, default_split=default_split,
                                          resize=options.resize, strict=options.strict,
-                                         memory_limit_gb=options.memory_limit_gb)
+                                         memory_limit_gb=options.process_memory_gb)
     if options.resize is None:
         options.resize = files.reading.size
     return InMemory(files.images, files.targets, files.class_names, files.origin, reading=files.reading,
@@ -227,7 +234,7 @@ def _from_mask_files(found: tuple[Path, str, str | None], options: DataOptions, 
     given = options.num_classes or (len(options.class_names) if options.class_names else None)
     files = formats.read_mask_files(path, file_format=file_format, split=split, default_split=default_split,
                                     resize=options.resize, strict=options.strict,
-                                    memory_limit_gb=options.memory_limit_gb, num_classes=given)
+                                    memory_limit_gb=options.process_memory_gb, num_classes=given)
     if options.resize is None:
         options.resize = files.reading.size
     if options.task is None:
@@ -507,7 +514,7 @@ def _from_dataset(dataset: Dataset, options: DataOptions, origin: str, num_worke
     # allow a plain resize.
     converted = _ConvertedDataset(dataset, origin, None if boxes or masks else options.resize, masks=masks)
     loader = DataLoader(converted, batch_size=64, num_workers=num_workers, collate_fn=list)
-    limit = options.memory_limit_gb * 2**30
+    limit = options.process_memory_gb * 2**30
     images: list[torch.Tensor] | None = []
     targets: list[Any] = []
     used = 0
@@ -531,7 +538,8 @@ def _from_dataset(dataset: Dataset, options: DataOptions, origin: str, num_worke
                     images = None
     if boxes or masks:
         if images is None:
-            raise DataError(f"{origin}: the images take more than memory_limit_gb ({options.memory_limit_gb:g} GB); "
+            raise DataError(f"{origin}: the images take more than memory_limit_gb ({options.process_memory_gb:g} GB "
+                            "for this process); "
                             f"{'segmentation' if masks else 'detection'} data is held in memory: set a smaller "
                             "resize or raise memory_limit_gb")
         names = getattr(dataset, "classes", None) or options.class_names

@@ -50,6 +50,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_world_size() -> int:
+    """How many of the job's processes run on this machine (torchrun's LOCAL_WORLD_SIZE); 1 without one."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def launched() -> bool:
     """Whether this process is one of several that torchrun (or an equivalent launcher) started."""
     return launched_world_size() > 1
