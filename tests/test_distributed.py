@@ -20,7 +20,7 @@ import visiondojo
 from visiondojo.data.batches import DeviceBatches, LoaderBatches
 from visiondojo.data.sources import InMemory, Streamed
 from visiondojo.errors import ConfigError
-from visiondojo.plan import RegularizationParams
+from visiondojo.plan import AugmentOp, RegularizationParams
 
 from conftest import FAST, TinyNet, make_problem
 
@@ -134,9 +134,13 @@ def test_each_rank_trains_its_share_of_every_global_batch(batcher) -> None:
 
 
 def test_a_two_process_run_resumes_bit_exactly(tmp_path) -> None:
+    """With augmentation, mixup and dropout, whose draws differ per rank: each rank's random streams
+    are in the checkpoint."""
     train, test = make_problem(288, seed=3), make_problem(96, seed=4)
+    policy = RegularizationParams(augment=[AugmentOp("translate", 0.3), AugmentOp("noise", 0.4, p=0.5)], mixup=0.2,
+                                  dropout=0.2)
     planned = visiondojo.fit(TinyNet(), train, test_data=test, out=tmp_path / "plan",
-                             regularization=RegularizationParams(), **{**FAST, "epochs": 3, "batch_size": 32})
+                             regularization=policy, **{**FAST, "epochs": 3, "batch_size": 32})
     plan = str(planned.dir / "plan.yaml")
     whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
     mp.spawn(_worker, args=(2, _free_port(), plan, whole), nprocs=2, join=True)
@@ -371,3 +375,26 @@ def test_planning_for_ranks_rounds_the_batch_and_states_the_batchnorm_rule() -> 
     pinned.set("optimization.batch_size", 30)  # the user's batch stays; shares one apart train it
     _choose_for_ranks(pinned, SimpleNamespace(model=nn.Linear(2, 2)), "cuda", 4)
     assert pinned.optimization.batch_size == 30 and "runtime.sync_batchnorm" not in pinned.evidence
+
+
+def test_a_launch_that_does_not_add_up_is_refused_before_any_connection(monkeypatch) -> None:
+    from visiondojo.engine.distributed import process_group
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="MASTER_PORT is not set: start the processes with torchrun"):
+        with process_group():
+            pass
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ConfigError, match="RANK is 2 but WORLD_SIZE is 2"):
+        with process_group():
+            pass
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(torch.distributed, "is_gloo_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no gloo backend"):
+        with process_group():
+            pass

@@ -50,6 +50,18 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+RANK_SEED_STRIDE = 7919
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s own random streams (augmentation, dropout). Ranks must not share
+    them: with one seed, sample i of every rank's share would get the same crop, the same mask
+    and the same dropout, so N ranks would draw 1/N of the noise one process draws for the same
+    global batch. Rank 0 keeps ``seed``: one process is unchanged. (The data order is the job's,
+    one seed for all: ``data.batches.BatchOrder``.)"""
+    return seed + RANK_SEED_STRIDE * rank
+
+
 def local_world_size() -> int:
     """How many of the job's processes run on this machine (torchrun's LOCAL_WORLD_SIZE); 1 without one."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -72,7 +84,15 @@ def process_group() -> Iterator[None]:
     if missing:
         raise ConfigError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but {', '.join(missing)} is not set: start the "
                           "processes with torchrun (torchrun --nproc-per-node N -m visiondojo train cfg.yaml)")
+    rank, world = int(os.environ["RANK"]), launched_world_size()
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK is {rank} but WORLD_SIZE is {world}: the processes disagree about the job's size; "
+                          "start them all with one torchrun command (torchrun --nproc-per-node N ...)")
     cuda = torch.cuda.is_available()
+    backend_ok = dist.is_nccl_available() if cuda else dist.is_gloo_available()
+    if not backend_ok:
+        raise ConfigError(f"this PyTorch build has no {'NCCL' if cuda else 'gloo'} backend for "
+                          f"{'GPUs' if cuda else 'the CPU'}; install a build with it, or run one process")
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():

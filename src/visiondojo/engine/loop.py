@@ -38,6 +38,7 @@ from ..tasks import Task
 from . import checkpoint
 from .evaluate import Evaluation, evaluate
 from .progress import TrainingProgress
+from .distributed import rank_seed
 from .runtime import Runtime
 from .epoch import EpochResult, TrainingDiverged, train_one_epoch
 from ..optimize.optimizers import build_optimizer
@@ -159,7 +160,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         raise ValueError("validate_each_epoch=False needs keep 'last', no early stopping and no deadline: "
                          "each of them acts on per-epoch validation")
     steps_per_epoch = len(train_batches)
-    regularize = BatchRegularizer(reg, task, normalizer, runtime.device, seed=plan.seed)
+    seed = rank_seed(plan.seed, runtime.rank)  # each rank its own augmentation and dropout draws
+    regularize = BatchRegularizer(reg, task, normalizer, runtime.device, seed=seed)
     settings = loss_settings(reg, plan.data.class_counts, runtime.device)
     optimizer = build_optimizer(model, opt)
     decay = DecoupledWeightDecay(optimizer, reg.weight_decay, adaptive=reg.adaptive_decay)
@@ -168,7 +170,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     if runtime.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if resume:
-        state = _restore(checkpoint_dir / LAST, model, optimizer, scheduler, runtime.scaler, decay)
+        state = _restore(checkpoint_dir / LAST, model, optimizer, scheduler, runtime, decay)
         if state.world_size != runtime.world_size:
             warnings.warn(f"the checkpoint was written by {state.world_size} process(es) and resumes in "
                           f"{runtime.world_size}: the global batch stays, but its shares (and BatchNorm's "
@@ -176,7 +178,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                           "run will not reproduce an uninterrupted one exactly")
             state.notes.append(f"resumed in {runtime.world_size} process(es) from a checkpoint of {state.world_size}")
     else:
-        torch.manual_seed(plan.seed)
+        torch.manual_seed(seed)
     state.world_size = runtime.world_size
     state.planned_steps = state.planned_steps or state.planned_epochs * steps_per_epoch
     # Both are undone below, so the returned model is the user's architecture with its own settings.
@@ -190,8 +192,9 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     unsync: Callable[[], None] = lambda: None
 
     def save() -> None:
+        rng = runtime.all_gather_object(checkpoint.rng_state())  # every rank's streams, for an exact resume
         if runtime.is_main:
-            _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler, decay)
+            _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler, decay, rng)
 
     try:
         trainer, noise, unsync = _data_parallel(model, optimizer, plan, runtime, state)
@@ -387,24 +390,31 @@ def _budget_guard(state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR
 
 def _save_last(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LambdaLR, state: LoopState,
-               scaler: torch.amp.GradScaler | None, decay: DecoupledWeightDecay) -> None:
+               scaler: torch.amp.GradScaler | None, decay: DecoupledWeightDecay, rng: list[dict[str, Any]]) -> None:
+    """The last state; ``rng`` holds each rank's random streams, rank 0's first."""
     saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": checkpoint.rng_state(), "loop": state.__dict__, "weight_decay": decay.state_dict()}
+             "rng": rng[0], "loop": state.__dict__, "weight_decay": decay.state_dict()}
+    if len(rng) > 1:
+        saved["rng_ranks"] = rng
     if scaler is not None:
         saved["scaler"] = scaler.state_dict()
     checkpoint.save_state(directory / LAST, saved)
 
 
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LambdaLR, scaler: torch.amp.GradScaler | None,
-             decay: DecoupledWeightDecay) -> LoopState:
+             scheduler: torch.optim.lr_scheduler.LambdaLR, runtime: Runtime, decay: DecoupledWeightDecay) -> LoopState:
     if not path.exists():
         raise VisionDojoError(f"{path}: no checkpoint to resume from; start the run without --resume")
     saved = checkpoint.load_state(path)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    checkpoint.set_rng_state(saved["rng"])
+    ranks = saved.get("rng_ranks", [saved["rng"]])
+    if runtime.rank < len(ranks):
+        checkpoint.set_rng_state(ranks[runtime.rank])
+    else:  # more processes than wrote the checkpoint (exactness is lost anyway; the loop warns)
+        torch.manual_seed(rank_seed(saved["loop"]["step"], runtime.rank))
+    scaler = runtime.scaler
     if scaler is not None and "scaler" in saved:
         scaler.load_state_dict(saved["scaler"])
     if "weight_decay" in saved:
