@@ -19,7 +19,8 @@ from .data.sources import DataOptions, Source, align_classes, as_source
 from .data.inspect import check_geometry, check_targets
 from .durations import parse_duration
 from .engine.checkpoint import save_weights
-from .engine.distributed import broadcast_from_main, in_process_group, is_main_process, launched
+from .engine.distributed import broadcast_from_main, in_process_group, is_main_process
+from .launch import launched
 from .engine.evaluate import Evaluation, evaluate as evaluate_batches
 from .engine.loop import run_training
 from .engine.progress import TrainingProgress

@@ -27,7 +27,7 @@ from dataclasses import asdict
 
 from .data.batches import Normalizer
 from .durations import format_duration
-from .engine.distributed import launched_world_size
+from .launch import launched_world_size
 from .engine.loop import REPORT_S
 from .engine.runtime import Runtime
 from .learning_curve import cost_gate

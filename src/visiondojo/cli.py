@@ -17,7 +17,8 @@ from PIL import Image
 from . import api
 from .config import Config, load_config
 from .data.images import pil_to_chw
-from .engine.distributed import PeerFailed, launched
+from .engine.distributed import PeerFailed
+from .launch import launched
 from .errors import ConfigError, VisionDojoError
 from .plan import Plan
 from .rundir import PLAN, default_run_dir, require_run

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from torchvision import tv_tensors
 
-from ..engine.distributed import local_world_size
+from ..launch import local_world_size
 from ..errors import DataError
 from . import builtin, formats, scenes
 from .files import ImageFileDataset, scan_image_folder, scan_manifest

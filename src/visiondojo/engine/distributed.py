@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError, VisionDojoError
+from ..launch import launched, launched_world_size
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -44,12 +45,6 @@ class PeerFailed(VisionDojoError):
     """This rank stopped because another process of the job failed first (that one shows its error)."""
 
 
-def launched_world_size() -> int:
-    """How many processes torchrun (or an equivalent launcher) started for this job; 1 without one.
-    What planning knows of the world before (or without) a process group."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 RANK_SEED_STRIDE = 7919
 
 
@@ -60,16 +55,6 @@ def rank_seed(seed: int, rank: int) -> int:
     global batch. Rank 0 keeps ``seed``: one process is unchanged. (The data order is the job's,
     one seed for all: ``data.batches.BatchOrder``.)"""
     return seed + RANK_SEED_STRIDE * rank
-
-
-def local_world_size() -> int:
-    """How many of the job's processes run on this machine (torchrun's LOCAL_WORLD_SIZE); 1 without one."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-
-
-def launched() -> bool:
-    """Whether this process is one of several that torchrun (or an equivalent launcher) started."""
-    return launched_world_size() > 1
 
 
 @contextlib.contextmanager
