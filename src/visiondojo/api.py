@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model
 from torch import nn
 
 from .choose import choose_optimization, plan_length_for_budget
@@ -18,7 +17,7 @@ from .data.batches import Normalizer, make_batches
 from .data.sources import DataOptions, Source, align_classes, as_source
 from .data.inspect import check_geometry, check_targets
 from .durations import parse_duration
-from .engine.checkpoint import save_weights
+from .engine.checkpoint import load_weights, save_weights
 from .engine.distributed import broadcast_from_main, in_process_group, is_main_process
 from .launch import launched
 from .engine.evaluate import Evaluation, evaluate as evaluate_batches
@@ -34,7 +33,8 @@ from .regularize.choose import choose_regularization, regularization_pins
 from .prepare import Prepared, options_from_plan, prepare
 from .report import ReportData, read_history, write_history, write_json, write_report
 from .run import Run
-from .rundir import CHECKPOINTS, HISTORY, METRICS, PLAN, REPORT, WEIGHTS, claim_run_dir, default_run_dir
+from .rundir import (CHECKPOINTS, HISTORY, METRICS, PLAN, REPORT, WEIGHTS, check_writable, claim_run_dir,
+                     default_run_dir)
 from .ssl.choose import PRETRAIN_SHARE, choose_ssl
 from .ssl.noisy_student import noisy_student
 from .ssl.pretrain import pretrain
@@ -216,6 +216,7 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     run_dir = Path(out) if out is not None else default_run_dir()
     if runtime.is_main:  # every write of the run folder is the main process's
         run_dir = claim_run_dir(run_dir, overwrite=overwrite, resume=resume)
+        check_writable(run_dir, sum(t.numel() * t.element_size() for t in prep.model.state_dict().values()))
     runtime.barrier()
     if resume:
         plan = Plan.load(run_dir / PLAN)
@@ -390,7 +391,7 @@ def load(run_dir: str | Path, *, model: nn.Module | None = None) -> Run:
         model = build_for(plan.model.spec, plan.data, plan.model.kwargs)
     if plan.model.adapt:
         adapt_for(model, plan.data)
-    load_model(model, str(weights))
+    load_weights(model, weights)
     metrics_path = run_dir / METRICS
     metrics = {}
     if metrics_path.is_file():

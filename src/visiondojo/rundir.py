@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
-from .errors import RunExistsError
+from .errors import RunExistsError, VisionDojoError
 
 PLAN = "plan.yaml"
 WEIGHTS = "model.safetensors"
@@ -57,5 +58,33 @@ def claim_run_dir(path: Path, *, overwrite: bool, resume: bool) -> Path:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VisionDojoError(f"{path}: the run folder cannot be created ({exc.strerror or exc}); choose another "
+                              "--out (Python: out=...)") from None
     return path
+
+
+CHECKPOINT_COPIES = 8
+"""Copies of the weights a run keeps on disk at once: the last checkpoint and its predecessor
+(weights + two optimizer moments each), the best weights and model.safetensors."""
+REPORT_MB = 50
+"""Room for the report, its figures, the history and the plan."""
+
+
+def check_writable(path: Path, weight_bytes: int) -> None:
+    """Refuse, before any training, a run folder that cannot be written or whose disk lacks the
+    room for the run's checkpoints and report; the error says which and how much."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise VisionDojoError(f"{path}: the run folder cannot be written ({exc.strerror or exc}); choose another "
+                              "--out (Python: out=...) or fix its permissions") from None
+    needed = CHECKPOINT_COPIES * weight_bytes + REPORT_MB * 2**20
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise VisionDojoError(f"{path}: {free / 2**20:.0f} MB free on its disk, but the run needs about "
+                              f"{needed / 2**20:.0f} MB for its checkpoints and report; free some space or choose "
+                              "another --out")

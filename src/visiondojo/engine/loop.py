@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_model
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -302,10 +301,28 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         kept_epoch, kept_metric = state.best_epoch + 1, state.best_metric
         runtime.barrier()  # the main process wrote it
         if best.exists():
-            load_model(model, str(best), device=str(runtime.device))
+            checkpoint.load_weights(model, best, runtime.device)
     return LoopResult(state.history, kept_epoch, kept_metric, state.best_epoch + 1, stop,
                       stop.describe(plan.monitor, opt.early_stopping_patience), notes,
                       evaluation if not validate_each_epoch and last_validated else None)
+
+
+def _load_last(path: Path) -> dict[str, Any]:
+    """The last checkpoint, or the one before it when the last is damaged or missing (a kill
+    between the two renames of a save leaves only the previous one)."""
+    before = checkpoint.previous(path)
+    if not path.exists() and not before.exists():
+        raise VisionDojoError(f"{path}: no checkpoint to resume from; start the run without --resume")
+    try:
+        return checkpoint.load_state(path if path.exists() else before)
+    except checkpoint.DamagedCheckpoint as damaged:
+        if not path.exists() or not before.exists():
+            raise VisionDojoError(f"{damaged}. No earlier checkpoint is kept; start the run again without "
+                                  "--resume (in a new run folder, or with --overwrite)") from None
+        saved = checkpoint.load_state(before)
+        warnings.warn(f"{damaged}; resuming from the checkpoint before it ({before.name}, epoch "
+                      f"{saved['loop']['epoch']})")
+        return saved
 
 
 def _data_parallel(model: nn.Module, optimizer: torch.optim.Optimizer, plan: Plan, runtime: Runtime,
@@ -403,9 +420,7 @@ def _save_last(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
              scheduler: torch.optim.lr_scheduler.LambdaLR, runtime: Runtime, decay: DecoupledWeightDecay) -> LoopState:
-    if not path.exists():
-        raise VisionDojoError(f"{path}: no checkpoint to resume from; start the run without --resume")
-    saved = checkpoint.load_state(path)
+    saved = _load_last(path)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
