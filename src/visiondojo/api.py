@@ -21,7 +21,7 @@ from .engine.checkpoint import load_weights, save_weights
 from .engine.distributed import broadcast_from_main, in_process_group, is_main_process
 from .launch import launched
 from .engine.evaluate import Evaluation, evaluate as evaluate_batches
-from .engine.loop import run_training
+from .engine.loop import CHECKPOINT_EVERY_S, run_training
 from .engine.progress import TrainingProgress
 from .engine.runtime import Runtime, resolve_runtime
 from .engine.step import eval_outputs
@@ -249,7 +249,8 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     result = run_training(model, prep.task, plan, train_batches, val_batches, runtime, normalizer,
                           run_dir / CHECKPOINTS, deadline=teacher_deadline(plan, deadline) if semi else deadline,
                           final_eval_ratio=final_eval_ratio, resume=resume, progress=bar,
-                          final_eval_s=plan.measurements.get("final_evaluation_s", 0.0) if deadline else 0.0)
+                          final_eval_s=plan.measurements.get("final_evaluation_s", 0.0) if deadline else 0.0,
+                          interruptible=True, checkpoint_every_s=CHECKPOINT_EVERY_S)
     history, notes = result.history, result.notes
     if students:
         assert unlabeled is not None

@@ -7,6 +7,7 @@ import csv
 import json
 import sys
 import os
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from . import api
 from .config import Config, load_config
 from .data.images import pil_to_chw
 from .engine.distributed import PeerFailed
+from .engine.interrupt import Interrupted
 from .launch import launched
 from .errors import ConfigError, VisionDojoError
 from .plan import Plan
@@ -87,12 +89,37 @@ def main(argv: list[str] | None = None) -> int:
         return {"train": _train, "evaluate": _evaluate, "predict": _predict, "demo": _demo}[args.command](args)
     except PeerFailed:
         return 1
+    except Interrupted as exc:
+        print(f"interrupted{rank}: {exc}", file=sys.stderr)
+        print(f"continue with: {_resume_command(argv if argv is not None else sys.argv[1:], exc.run_dir)}",
+              file=sys.stderr)
+        return exc.exit_code
     except VisionDojoError as exc:
         print(f"error{rank}: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last finished epoch is checkpointed; continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt:  # before training (planning), or a second Ctrl-C during a checkpoint
+        out = getattr(args, "out", None)
+        hint = (f"; if training had started, its last checkpoint continues with: "
+                f"{_resume_command(argv if argv is not None else sys.argv[1:], out)}" if out else "")
+        print(f"interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _resume_command(argv: list[str], run_dir: str) -> str:
+    """The command that continues an interrupted run: the same arguments, ``--resume`` into its
+    folder, never ``--overwrite`` (which would discard it); under torchrun, the same launch."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif arg != "--overwrite" and not arg.startswith("--out=") and arg != "--resume":
+            kept.append(arg)
+    launch = (f"torchrun --nproc-per-node {os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])} -m visiondojo"
+              if launched() else "visiondojo")
+    return " ".join([launch, *map(shlex.quote, kept), "--resume", "--out", shlex.quote(run_dir)])
 
 
 def _progress(args: argparse.Namespace) -> bool:

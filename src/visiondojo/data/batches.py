@@ -81,7 +81,7 @@ class BatchOrder(Sampler[list[int]]):
         self.offset = self.rank * base + min(self.rank, extra) if shuffle else 0
         self.drop_last = (drop_last and n > batch_size) or (shuffle and self.world_size > 1)
         self.sample_weights = _checked_sample_weights(sample_weights, n, shuffle=shuffle)
-        self.epoch = 0
+        self.epoch = self.start_step = 0
         # Evaluation: this rank's contiguous block of the data.
         self.first = self.rank * n // self.world_size if not shuffle else 0
         self.last = (self.rank + 1) * n // self.world_size if not shuffle else n
@@ -90,8 +90,9 @@ class BatchOrder(Sampler[list[int]]):
         n = self.last - self.first
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Yield epoch ``epoch`` from its batch ``start_step`` on (a checkpoint taken mid-epoch)."""
+        self.epoch, self.start_step = epoch, start_step
 
     @property
     def share_weight(self) -> float:
@@ -109,7 +110,7 @@ class BatchOrder(Sampler[list[int]]):
 
     def spans(self) -> Iterator[tuple[int, int]]:
         """(start, end) of each of this rank's batches: positions in ``order()`` (or in the data)."""
-        for step in range(len(self)):
+        for step in range(self.start_step, len(self)):
             start = self.first + step * self.batch_size + self.offset
             yield start, min(start + self.share, self.last)
 
@@ -127,8 +128,8 @@ class _Batcher:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.batches.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.batches.set_epoch(epoch, start_step)
 
     @property
     def share_weight(self) -> float:

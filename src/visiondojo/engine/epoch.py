@@ -2,10 +2,17 @@
 
 Batches come in raw; each goes through the regularizer (augmentation, soft targets, mixing,
 normalization, all on the device), one ``train_step`` (the task's forward and loss, the runtime's
-backward, clipping and step) and one scheduler step. The epoch stops early at ``max_steps`` (a
-partial last epoch that the budget guard planned) or at ``stop_time`` (the budget ran out); the
-driver (``engine.loop``) decides what either means. The loss is summed on the device and read
+backward, clipping and step) and one scheduler step. The loss is summed on the device and read
 back every ``LOG_EVERY`` steps only, so a GPU never waits for the host between steps.
+
+An epoch may run in pieces. It ends at ``max_steps`` (a partial last epoch that the budget guard
+planned) and pauses at a step boundary when the budget runs out, when a periodic checkpoint is
+due, or when a signal asked the run to stop (``Pause``); what it did so far (``EpochTotals``)
+goes into the checkpoint, and the next piece, in this process or a resumed one, starts from
+those totals at the next batch of the same epoch order. The driver (``engine.loop``) decides what
+each pause means. Under a process group the ranks pause together: rank 0's clock decides the
+budget and the checkpoints, any rank's signal stops them all (one small collective per step,
+and only when one of them can happen).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable, Iterable
 
 import torch
@@ -20,6 +28,7 @@ from torch import nn
 
 from ..errors import VisionDojoError
 from ..tasks import LossSettings, Task
+from .interrupt import StopRequest
 from .progress import TrainingProgress
 from .runtime import Runtime
 from .step import train_step
@@ -32,24 +41,62 @@ class TrainingDiverged(VisionDojoError):
     """The loss became NaN or infinite."""
 
 
+class Pause(Enum):
+    """Why an epoch stopped before its last step."""
+
+    BUDGET = "the time budget ran out"
+    CHECKPOINT = "a periodic checkpoint is due"
+    SIGNAL = "a signal asked the run to stop"
+
+
+@dataclass
+class EpochTotals:
+    """What an epoch has done so far: all a checkpoint needs to continue it mid-way."""
+
+    steps: int = 0
+    """Optimizer steps taken (the next batch is batch ``steps`` of the epoch's order)."""
+    images: int = 0
+    """Training images seen (mixing keeps the count: a mixed pair is one image)."""
+    loss_sum: float = 0.0
+    term_sums: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    """Wall time of the training steps."""
+
+
 @dataclass
 class EpochResult:
-    steps: int
-    """Optimizer steps taken."""
-    images: int
-    """Training images seen (mixing keeps the count: a mixed pair is one image); under a process
-    group, by all ranks (and ``mean_loss`` and ``mean_terms`` are the global batch's)."""
-    mean_loss: float
-    seconds: float
-    """Wall time of the epoch's training steps."""
-    cut_off: bool
-    """``stop_time`` passed: no time is left for this epoch's validation."""
-    mean_terms: dict[str, float] = field(default_factory=dict)
-    """Mean of each logged loss term (a detector's box and class losses), for ``history.csv``."""
+    totals: EpochTotals
+    """Under a process group, of all ranks (the mean loss and terms are the global batch's)."""
+    pause: Pause | None = None
+    """Why the epoch stopped early; None when it reached ``max_steps`` (or ran out of batches)."""
+    signal: int = 0
+    """The signal behind ``Pause.SIGNAL``."""
+
+    @property
+    def steps(self) -> int:
+        return self.totals.steps
+
+    @property
+    def seconds(self) -> float:
+        return self.totals.seconds
+
+    @property
+    def mean_loss(self) -> float:
+        return self.totals.loss_sum / max(self.totals.images, 1)
+
+    @property
+    def mean_terms(self) -> dict[str, float]:
+        """Mean of each logged loss term (a detector's box and class losses), for ``history.csv``."""
+        return {name: total / max(self.totals.images, 1) for name, total in self.totals.term_sums.items()}
 
     @property
     def images_per_s(self) -> float:
-        return self.images / max(self.seconds, 1e-9)
+        return self.totals.images / max(self.totals.seconds, 1e-9)
+
+    @property
+    def cut_off(self) -> bool:
+        """No time is left for this epoch's validation."""
+        return self.pause is Pause.BUDGET
 
 
 def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer,
@@ -57,19 +104,24 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
                     regularize: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]], runtime: Runtime, *,
                     epoch: int, max_steps: int, grad_clip_norm: float | None = None,
                     loss_settings: LossSettings = LossSettings(), stop_time: float | None = None,
-                    progress: TrainingProgress | None = None) -> EpochResult:
-    """Train ``model`` (already in train mode) on up to ``max_steps`` batches of ``batches``.
+                    checkpoint_time: float | None = None, stop: StopRequest | None = None,
+                    done: EpochTotals | None = None, progress: TrainingProgress | None = None) -> EpochResult:
+    """Train ``model`` (already in train mode) up to step ``max_steps`` of the epoch.
 
-    ``stop_time`` is a ``time.perf_counter()`` value; the step that passes it is the last (under a
-    process group, the step that passes it on rank 0's clock: ranks must stop at the same step).
+    ``batches`` yields the epoch's batches from step ``done.steps`` on (``set_epoch(epoch,
+    start_step)``); ``done`` is what earlier pieces of the epoch did (a resumed checkpoint's).
+    ``stop_time`` and ``checkpoint_time`` are ``time.perf_counter()`` values: the step that
+    passes one is the last of this piece (``Pause.BUDGET``, ``Pause.CHECKPOINT``); so is the
+    step during which ``stop`` caught a signal (``Pause.SIGNAL``).
     Raises ``TrainingDiverged`` when the running loss is not finite.
     """
     start = time.perf_counter()
-    loss_sum = torch.zeros((), device=runtime.device)
-    term_sums: dict[str, torch.Tensor] = {}
-    steps = images_seen = 0
-    cut_off = False
-    for images, targets in batches if max_steps > 0 else ():
+    done = done or EpochTotals()
+    loss_sum = torch.tensor(done.loss_sum, device=runtime.device)
+    term_sums = {name: torch.tensor(value, device=runtime.device) for name, value in done.term_sums.items()}
+    steps, images_seen = done.steps, done.images
+    pause, signal = None, 0
+    for images, targets in batches if steps < max_steps else ():
         inputs, targets = regularize(images, targets)
         step = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, loss_settings,
                           share_weight=getattr(batches, "share_weight", 1.0))
@@ -82,21 +134,44 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
         if steps % LOG_EVERY == 0 or steps == max_steps:
             mean_loss = _checked_mean(loss_sum, images_seen, epoch, steps, optimizer)
             if progress is not None:
-                progress.update(steps, mean_loss, images_seen / (time.perf_counter() - start))
-        if stop_time is not None and runtime.decided_by_main(time.perf_counter() > stop_time):
-            cut_off = True
+                progress.update(steps, mean_loss, (images_seen - done.images) / (time.perf_counter() - start))
+        pause, signal = _pause(runtime, stop_time, checkpoint_time, stop)
+        if pause is not None or steps >= max_steps:
             break
-        if steps >= max_steps:
-            break
-    if runtime.world_size > 1:  # the global batch's figures, the same on every rank (one reduction per epoch)
-        names = sorted(term_sums)
-        totals = runtime.all_reduce(torch.stack([loss_sum.float(), loss_sum.new_tensor(float(images_seen)),
-                                                 *[term_sums[name] for name in names]]))
-        loss_sum, images_seen = totals[0], int(totals[1])
-        term_sums = dict(zip(names, totals[2:]))
-    mean_loss = _checked_mean(loss_sum, images_seen, epoch, steps, optimizer) if images_seen else 0.0
-    mean_terms = {name: float(total) / max(images_seen, 1) for name, total in term_sums.items()}
-    return EpochResult(steps, images_seen, mean_loss, time.perf_counter() - start, cut_off, mean_terms)
+    seconds = done.seconds + time.perf_counter() - start
+    totals = _totals(runtime, steps, images_seen - done.images, loss_sum, term_sums, seconds, done)
+    if totals.images:
+        _checked_mean(torch.tensor(totals.loss_sum), totals.images, epoch, steps, optimizer)
+    return EpochResult(totals, pause, signal)
+
+
+def _pause(runtime: Runtime, stop_time: float | None, checkpoint_time: float | None,
+           stop: StopRequest | None) -> tuple[Pause | None, int]:
+    """Whether to pause after this step, the same answer on every rank (see the module docstring)."""
+    if stop_time is None and checkpoint_time is None and stop is None:
+        return None, 0
+    now = time.perf_counter()
+    budget, due, signal = runtime.decide(
+        from_main=[stop_time is not None and now > stop_time, checkpoint_time is not None and now > checkpoint_time],
+        from_any=[stop.requested if stop is not None else 0])
+    if signal:
+        return Pause.SIGNAL, int(signal)
+    if budget:
+        return Pause.BUDGET, 0
+    return (Pause.CHECKPOINT, 0) if due else (None, 0)
+
+
+def _totals(runtime: Runtime, steps: int, new_images: int, loss_sum: torch.Tensor,
+            term_sums: dict[str, torch.Tensor], seconds: float, done: EpochTotals) -> EpochTotals:
+    """The epoch's totals on the host (one sync). Under a process group the images, loss and terms
+    of this piece are summed over the ranks, so every rank holds the global batch's figures."""
+    names = sorted(term_sums)
+    piece = torch.stack([loss_sum.float() - done.loss_sum, loss_sum.new_tensor(float(new_images)),
+                         *[term_sums[name].float() - done.term_sums.get(name, 0.0) for name in names]])
+    piece = runtime.all_reduce(piece).tolist()
+    return EpochTotals(steps, done.images + int(piece[1]), done.loss_sum + piece[0],
+                       {name: done.term_sums.get(name, 0.0) + value for name, value in zip(names, piece[2:])},
+                       seconds)
 
 
 def _checked_mean(loss_sum: torch.Tensor, images: int, epoch: int, step: int,

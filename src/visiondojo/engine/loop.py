@@ -17,7 +17,10 @@ first, unannealed epoch, 1.8 test points below its last.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import signal
 import statistics
 import time
 import warnings
@@ -39,7 +42,8 @@ from .evaluate import Evaluation, evaluate
 from .progress import TrainingProgress
 from .distributed import rank_seed
 from .runtime import Runtime
-from .epoch import EpochResult, TrainingDiverged, train_one_epoch
+from .epoch import EpochResult, EpochTotals, Pause, TrainingDiverged, train_one_epoch
+from .interrupt import Interrupted, stop_on_signals
 from ..optimize.optimizers import build_optimizer
 from ..optimize.batchnorm import restore_bn_momentum, set_bn_momentum, synchronized_batchnorm
 from ..optimize.schedules import PLATEAU_FACTOR, build_scheduler, schedule_factor
@@ -60,6 +64,9 @@ REPORT_S = 6.0
 after 600 s Fashion-MNIST runs on 2 CPU cores; with 3 s kept, a run that filled its budget to the
 step overran it by 1.2 s)."""
 KEEP = ("last", "best")
+CHECKPOINT_EVERY_S = 600.0
+"""A user's run checkpoints mid-epoch at least this often (seconds): a kill or preemption loses at
+most ten minutes of a long epoch, for the cost of one save per ten minutes."""
 
 
 class Decision(Enum):
@@ -99,6 +106,8 @@ class LoopState:
     best_epoch: int = -1
     epochs_since_best: int = 0
     elapsed_s: float = 0.0
+    partial: dict[str, Any] | None = None
+    """The current epoch's totals so far (``EpochTotals``) when checkpointed mid-epoch, else None."""
     planned_epochs: int = 0
     """Epochs the run will train, the last one possibly partial."""
     planned_steps: int = 0
@@ -137,7 +146,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                  runtime: Runtime, normalizer: Normalizer, checkpoint_dir: Path, *,
                  deadline: float | None = None, final_eval_ratio: float = 1.0, resume: bool = False,
                  progress: TrainingProgress | None = None, validate_each_epoch: bool = True,
-                 final_eval_s: float = 0.0) -> LoopResult:
+                 final_eval_s: float = 0.0, interruptible: bool = False,
+                 checkpoint_every_s: float | None = None) -> LoopResult:
     """Train ``model`` in place per ``plan``; on return it holds the weights ``optimization.keep`` names.
 
     With a ``deadline`` (a ``time.perf_counter()`` value), the loop keeps back the time the final
@@ -150,6 +160,10 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     trainings that keep their final weights and never stop early (the policy search's proxies),
     where the other passes would be a quarter of the time and inform nothing. That one pass
     collects every score (``LoopResult.last_evaluation``).
+
+    ``interruptible`` (the user's run, not a probe): SIGINT and SIGTERM stop training at the next
+    step boundary, checkpoint the exact position and raise ``Interrupted``. ``checkpoint_every_s``
+    also checkpoints mid-epoch that often, so a kill loses at most that much of a long epoch.
     """
     progress = progress or TrainingProgress(False)
     opt, reg = plan.optimization, plan.regularization
@@ -168,8 +182,9 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     state = LoopState(planned_epochs=opt.epochs)
     if runtime.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    resumed_draws = None  # the regularizer's generator state, when resuming mid-epoch
     if resume:
-        state = _restore(checkpoint_dir / LAST, model, optimizer, scheduler, runtime, decay)
+        state, resumed_draws = _restore(checkpoint_dir / LAST, model, optimizer, scheduler, runtime, decay)
         if state.world_size != runtime.world_size:
             warnings.warn(f"the checkpoint was written by {state.world_size} process(es) and resumes in "
                           f"{runtime.world_size}: the global batch stays, but its shares (and BatchNorm's "
@@ -189,13 +204,17 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         raise
     clock_start = time.perf_counter() - state.elapsed_s
     unsync: Callable[[], None] = lambda: None
+    signals = contextlib.ExitStack()
 
     def save() -> None:
-        rng = runtime.all_gather_object(checkpoint.rng_state())  # every rank's streams, for an exact resume
+        # Every rank's random streams (dropout, augmentation draws), for an exact resume.
+        draws = {**checkpoint.rng_state(), "regularizer": regularize.generator.get_state()}
+        rng = runtime.all_gather_object(draws)
         if runtime.is_main:
             _save_last(checkpoint_dir, model, optimizer, scheduler, state, runtime.scaler, decay, rng)
 
     try:
+        request = signals.enter_context(stop_on_signals()) if interruptible else None
         trainer, noise, unsync = _data_parallel(model, optimizer, plan, runtime, state)
         stop = Stop.COMPLETED
         reserve_s = REPORT_S + final_eval_s
@@ -216,14 +235,30 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 break
             epoch = state.epoch
             model.train()
-            train_batches.set_epoch(epoch)
+            done = EpochTotals(**state.partial) if state.partial else None  # checkpointed mid-epoch
             regularize.set_epoch(epoch)
+            if done is not None and resumed_draws is not None:
+                regularize.generator.set_state(resumed_draws)
+            resumed_draws = None
             max_steps = min(steps_per_epoch, state.planned_steps - state.step)
             progress.start_epoch(epoch, state.planned_epochs, max_steps)
-            trained = train_one_epoch(
-                trainer, task, optimizer, scheduler, train_batches, regularize, runtime, epoch=epoch,
-                max_steps=max_steps, grad_clip_norm=opt.grad_clip_norm, loss_settings=settings,
-                stop_time=None if deadline is None else deadline - reserve_s, progress=progress)
+            while True:  # the epoch, in pieces when it pauses for a checkpoint
+                train_batches.set_epoch(epoch, done.steps if done is not None else 0)
+                trained = train_one_epoch(
+                    trainer, task, optimizer, scheduler, train_batches, regularize, runtime, epoch=epoch,
+                    max_steps=max_steps, grad_clip_norm=opt.grad_clip_norm, loss_settings=settings,
+                    stop_time=None if deadline is None else deadline - reserve_s,
+                    checkpoint_time=None if checkpoint_every_s is None else time.perf_counter() + checkpoint_every_s,
+                    stop=request, done=done, progress=progress)
+                if trained.pause not in (Pause.CHECKPOINT, Pause.SIGNAL):
+                    break
+                done = trained.totals
+                state.partial = dataclasses.asdict(done)
+                state.elapsed_s = time.perf_counter() - clock_start
+                save()
+                if trained.pause is Pause.SIGNAL:
+                    raise _interrupted(trained.signal, checkpoint_dir, epoch, done.steps, max_steps)
+            state.partial = None
             state.step += trained.steps
             runtime.sync_buffers(model)  # every rank then validates, checkpoints and returns the same model
             cut_off = trained.cut_off
@@ -285,6 +320,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             state.notes.append(f"the budget guard re-planned the schedule {state.replans} time(s) from the measured "
                                f"epoch times: {opt.epochs} -> {state.planned_steps / steps_per_epoch:.2f} epochs")
     finally:
+        signals.close()
         unsync()
         restore_bn_momentum(model, user_bn_momentum)
         dropout.restore()
@@ -305,6 +341,14 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     return LoopResult(state.history, kept_epoch, kept_metric, state.best_epoch + 1, stop,
                       stop.describe(plan.monitor, opt.early_stopping_patience), notes,
                       evaluation if not validate_each_epoch and last_validated else None)
+
+
+def _interrupted(signal_number: int, checkpoint_dir: Path, epoch: int, step: int, steps: int) -> Interrupted:
+    name = signal.Signals(signal_number).name
+    run_dir = checkpoint_dir.parent
+    return Interrupted(f"stopped by {name} in epoch {epoch + 1} after step {step} of {steps}; the run is "
+                       f"checkpointed in {checkpoint_dir / LAST}. Continue it with resume=True (CLI: --resume "
+                       f"--out {run_dir})", signal_number, str(run_dir))
 
 
 def _load_last(path: Path) -> dict[str, Any]:
@@ -419,14 +463,18 @@ def _save_last(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
 
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LambdaLR, runtime: Runtime, decay: DecoupledWeightDecay) -> LoopState:
+             scheduler: torch.optim.lr_scheduler.LambdaLR, runtime: Runtime,
+             decay: DecoupledWeightDecay) -> tuple[LoopState, torch.Tensor | None]:
+    """The checkpoint's state restored in place; returns the loop's state and this rank's
+    regularizer generator state (for a checkpoint taken mid-epoch)."""
     saved = _load_last(path)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     ranks = saved.get("rng_ranks", [saved["rng"]])
-    if runtime.rank < len(ranks):
-        checkpoint.set_rng_state(ranks[runtime.rank])
+    own = ranks[runtime.rank] if runtime.rank < len(ranks) else None
+    if own is not None:
+        checkpoint.set_rng_state(own)
     else:  # more processes than wrote the checkpoint (exactness is lost anyway; the loop warns)
         torch.manual_seed(rank_seed(saved["loop"]["step"], runtime.rank))
     scaler = runtime.scaler
@@ -434,4 +482,4 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
         scaler.load_state_dict(saved["scaler"])
     if "weight_decay" in saved:
         decay.load_state_dict(saved["weight_decay"])
-    return LoopState(**saved["loop"])
+    return LoopState(**saved["loop"]), None if own is None else own.get("regularizer")

@@ -168,15 +168,17 @@ class Runtime:
         dist.all_gather_object(gathered, value)
         return gathered
 
-    def decided_by_main(self, decision: bool) -> bool:
-        """Rank 0's ``decision`` on every process: one clock for the whole job (the budget's mid-epoch
-        stop), so no rank takes a step the others do not. A one-element broadcast on the device:
-        the caller asks only where a decision is due (each step of a budgeted run)."""
+    def decide(self, *, from_main: list[bool], from_any: list[int]) -> list[int]:
+        """Decisions every process takes alike: ``from_main`` as rank 0 sees them (its clock rules
+        the job: the budget, periodic checkpoints), ``from_any`` as the largest over the ranks (a
+        signal that reached any of them). One small all-reduce on the device; the caller asks only
+        where a decision is due."""
         if self.world_size == 1:
-            return decision
-        flag = torch.tensor(int(decision), device=self.device)
-        dist.broadcast(flag, src=0)
-        return bool(flag)
+            return [int(flag) for flag in [*from_main, *from_any]]
+        mains = [int(flag) if self.is_main else 0 for flag in from_main]
+        votes = torch.tensor([*mains, *[int(flag) for flag in from_any]], device=self.device)
+        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+        return votes.tolist()
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm's running statistics) on every rank. DDP broadcasts them
