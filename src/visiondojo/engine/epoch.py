@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import VisionDojoError
 from ..tasks import LossSettings, Task
+from . import faults
 from .interrupt import StopRequest
 from .progress import TrainingProgress
 from .runtime import Runtime
@@ -35,6 +36,9 @@ from .step import train_step
 
 LOG_EVERY = 20
 """Steps between host reads of the running loss (the divergence check and the progress line)."""
+SKIPS_BEFORE_ROLLBACK = 3
+"""Consecutive skipped steps (non-finite gradients) after which the epoch pauses for a roll-back:
+one bad batch is skipped and forgotten; several in a row mean the weights themselves went bad."""
 
 
 class TrainingDiverged(VisionDojoError):
@@ -47,6 +51,7 @@ class Pause(Enum):
     BUDGET = "the time budget ran out"
     CHECKPOINT = "a periodic checkpoint is due"
     SIGNAL = "a signal asked the run to stop"
+    ROLLBACK = "several steps in a row had non-finite gradients"
 
 
 @dataclass
@@ -61,6 +66,8 @@ class EpochTotals:
     term_sums: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     """Wall time of the training steps."""
+    skipped: int = 0
+    """Steps skipped for non-finite gradients (their images and losses are not in the sums)."""
 
 
 @dataclass
@@ -71,6 +78,8 @@ class EpochResult:
     """Why the epoch stopped early; None when it reached ``max_steps`` (or ran out of batches)."""
     signal: int = 0
     """The signal behind ``Pause.SIGNAL``."""
+    micro_batches: int = 1
+    """Parts each batch is trained in (more than 1 after an out-of-memory error; see ``train_step``)."""
 
     @property
     def steps(self) -> int:
@@ -105,7 +114,8 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
                     epoch: int, max_steps: int, grad_clip_norm: float | None = None,
                     loss_settings: LossSettings = LossSettings(), stop_time: float | None = None,
                     checkpoint_time: float | None = None, stop: StopRequest | None = None,
-                    done: EpochTotals | None = None, progress: TrainingProgress | None = None) -> EpochResult:
+                    done: EpochTotals | None = None, micro_batches: int = 1,
+                    progress: TrainingProgress | None = None) -> EpochResult:
     """Train ``model`` (already in train mode) up to step ``max_steps`` of the epoch.
 
     ``batches`` yields the epoch's batches from step ``done.steps`` on (``set_epoch(epoch,
@@ -113,36 +123,71 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
     ``stop_time`` and ``checkpoint_time`` are ``time.perf_counter()`` values: the step that
     passes one is the last of this piece (``Pause.BUDGET``, ``Pause.CHECKPOINT``); so is the
     step during which ``stop`` caught a signal (``Pause.SIGNAL``).
+    ``micro_batches`` parts per batch (``train_step``); an out-of-memory error retries the step in
+    twice as many, for the rest of the run (``EpochResult.micro_batches``).
     Raises ``TrainingDiverged`` when the running loss is not finite.
     """
     start = time.perf_counter()
     done = done or EpochTotals()
     loss_sum = torch.tensor(done.loss_sum, device=runtime.device)
     term_sums = {name: torch.tensor(value, device=runtime.device) for name, value in done.term_sums.items()}
-    steps, images_seen = done.steps, done.images
+    steps, images_seen, skipped, streak = done.steps, done.images, done.skipped, 0
     pause, signal = None, 0
     for images, targets in batches if steps < max_steps else ():
+        faults.next_step()
         inputs, targets = regularize(images, targets)
-        step = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, loss_settings,
-                          share_weight=getattr(batches, "share_weight", 1.0))
+        while True:
+            try:
+                step = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, loss_settings,
+                                  share_weight=getattr(batches, "share_weight", 1.0), micro_batches=micro_batches)
+                break
+            except torch.OutOfMemoryError as exc:
+                micro_batches = _split_further(exc, micro_batches, len(inputs), runtime, optimizer, epoch, steps + 1)
         scheduler.step()
         steps += 1
-        loss_sum += step.loss * len(images)
-        for name, value in step.terms.items():
-            term_sums[name] = term_sums.get(name, 0.0) + value.float() * len(images)
-        images_seen += len(images)
+        if step.stepped:
+            streak = 0
+            loss_sum += step.loss * len(images)
+            for name, value in step.terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + value.float() * len(images)
+            images_seen += len(images)
+        else:
+            skipped, streak = skipped + 1, streak + 1
         if steps % LOG_EVERY == 0 or steps == max_steps:
             mean_loss = _checked_mean(loss_sum, images_seen, epoch, steps, optimizer)
             if progress is not None:
                 progress.update(steps, mean_loss, (images_seen - done.images) / (time.perf_counter() - start))
         pause, signal = _pause(runtime, stop_time, checkpoint_time, stop)
+        if pause is None and streak >= SKIPS_BEFORE_ROLLBACK:
+            pause = Pause.ROLLBACK
         if pause is not None or steps >= max_steps:
             break
     seconds = done.seconds + time.perf_counter() - start
     totals = _totals(runtime, steps, images_seen - done.images, loss_sum, term_sums, seconds, done)
+    totals.skipped = skipped
     if totals.images:
         _checked_mean(torch.tensor(totals.loss_sum), totals.images, epoch, steps, optimizer)
-    return EpochResult(totals, pause, signal)
+    return EpochResult(totals, pause, signal, micro_batches)
+
+
+def _split_further(error: torch.OutOfMemoryError, micro_batches: int, batch: int, runtime: Runtime,
+                   optimizer: torch.optim.Optimizer, epoch: int, step: int) -> int:
+    """After an out-of-memory error: twice as many micro-batches (the global batch, and so the
+    plan's learning rate, stay), or a clear error when a sample at a time does not fit or when
+    other ranks are mid-collective (under DDP the ranks would no longer step together)."""
+    optimizer.zero_grad(set_to_none=True)
+    if runtime.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if runtime.world_size > 1 or micro_batches >= batch:
+        why = ("under torchrun the ranks cannot re-split a step alone" if runtime.world_size > 1
+               else "even one image at a time does not fit")
+        raise OutOfMemory(f"out of memory in epoch {epoch + 1}, step {step} ({why}): pin a smaller "
+                          f"optimization.batch_size, a smaller resize, or a smaller model ({error})") from None
+    return min(micro_batches * 2, batch)
+
+
+class OutOfMemory(VisionDojoError):
+    """Training ran out of device memory and splitting the batch cannot help."""
 
 
 def _pause(runtime: Runtime, stop_time: float | None, checkpoint_time: float | None,

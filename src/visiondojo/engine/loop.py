@@ -18,6 +18,7 @@ first, unannealed epoch, 1.8 test points below its last.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import signal
@@ -42,7 +43,7 @@ from .evaluate import Evaluation, evaluate
 from .progress import TrainingProgress
 from .distributed import rank_seed
 from .runtime import Runtime
-from .epoch import EpochResult, EpochTotals, Pause, TrainingDiverged, train_one_epoch
+from .epoch import SKIPS_BEFORE_ROLLBACK, EpochResult, EpochTotals, Pause, TrainingDiverged, train_one_epoch
 from .interrupt import Interrupted, stop_on_signals
 from ..optimize.optimizers import build_optimizer
 from ..optimize.batchnorm import restore_bn_momentum, set_bn_momentum, synchronized_batchnorm
@@ -64,6 +65,10 @@ REPORT_S = 6.0
 after 600 s Fashion-MNIST runs on 2 CPU cores; with 3 s kept, a run that filled its budget to the
 step overran it by 1.2 s)."""
 KEEP = ("last", "best")
+MAX_ROLLBACKS = 3
+"""Roll-backs (see ``Pause.ROLLBACK``) a run survives; the next one stops it with an error."""
+ROLLBACK_LR_FACTOR = 0.5
+"""Each roll-back multiplies the learning rate by this: a step too large is the usual cause."""
 CHECKPOINT_EVERY_S = 600.0
 """A user's run checkpoints mid-epoch at least this often (seconds): a kill or preemption loses at
 most ten minutes of a long epoch, for the cost of one save per ten minutes."""
@@ -120,6 +125,10 @@ class LoopState:
     """Their seconds outside the training steps (validation, checkpoints), for the budget guard."""
     replans: int = 0
     lr_cuts: int = 0
+    rollbacks: int = 0
+    """Times the weights went back to the start of an epoch after non-finite gradients."""
+    micro_batches: int = 1
+    """Parts each batch trains in since an out-of-memory error (the global batch stays)."""
     world_size: int = 1
     """Processes that trained it (torchrun): resumed by another number, the batches split otherwise."""
 
@@ -242,14 +251,25 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             resumed_draws = None
             max_steps = min(steps_per_epoch, state.planned_steps - state.step)
             progress.start_epoch(epoch, state.planned_epochs, max_steps)
-            while True:  # the epoch, in pieces when it pauses for a checkpoint
+            good = _snapshot(model, optimizer)  # the last good state, for a roll-back (in memory)
+            while True:  # the epoch, in pieces when it pauses for a checkpoint or a roll-back
                 train_batches.set_epoch(epoch, done.steps if done is not None else 0)
                 trained = train_one_epoch(
                     trainer, task, optimizer, scheduler, train_batches, regularize, runtime, epoch=epoch,
                     max_steps=max_steps, grad_clip_norm=opt.grad_clip_norm, loss_settings=settings,
                     stop_time=None if deadline is None else deadline - reserve_s,
                     checkpoint_time=None if checkpoint_every_s is None else time.perf_counter() + checkpoint_every_s,
-                    stop=request, done=done, progress=progress)
+                    stop=request, done=done, micro_batches=state.micro_batches, progress=progress)
+                if trained.micro_batches != state.micro_batches:
+                    state.notes.append(f"epoch {epoch + 1}: out of memory; each batch of {opt.batch_size} now trains "
+                                       f"in {trained.micro_batches} micro-batches (gradients accumulated, the same "
+                                       "global batch and learning rate)")
+                    warnings.warn(state.notes[-1])
+                    state.micro_batches = trained.micro_batches
+                if trained.pause is Pause.ROLLBACK:
+                    done = trained.totals
+                    _roll_back(state, model, optimizer, scheduler, good, epoch, done.steps)
+                    continue
                 if trained.pause not in (Pause.CHECKPOINT, Pause.SIGNAL):
                     break
                 done = trained.totals
@@ -271,6 +291,10 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 break
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": round(trained.mean_loss, 6),
                    **{f"train_{name}": round(value, 6) for name, value in trained.mean_terms.items()}}
+            if trained.totals.skipped:
+                row["skipped_steps"] = trained.totals.skipped
+                state.notes.append(f"epoch {epoch + 1}: {trained.totals.skipped} step(s) skipped for non-finite "
+                                   "gradients")
             if noise is not None:
                 row["noise_scale"] = round(noise.end_epoch(), 2)
             timing = {"train_s": round(trained.seconds, 3), "epoch_s": round(trained.seconds, 3),
@@ -341,6 +365,45 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     return LoopResult(state.history, kept_epoch, kept_metric, state.best_epoch + 1, stop,
                       stop.describe(plan.monitor, opt.early_stopping_patience), notes,
                       evaluation if not validate_each_epoch and last_validated else None)
+
+
+def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Copies of the model's and optimizer's state on the host: what a roll-back restores."""
+    return {"model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+            "optimizer": copy.deepcopy(_to_host(optimizer.state_dict()))}
+
+
+def _to_host(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_host(v) for v in value)
+    return value
+
+
+def _roll_back(state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LambdaLR, good: dict[str, Any], epoch: int, step: int) -> None:
+    """Several steps in a row had non-finite gradients: the weights and optimizer go back to the
+    start of the epoch and the learning rate is cut (the run goes on from the next batch); after
+    ``MAX_ROLLBACKS`` of them the run stops, saying what to change."""
+    factor = schedule_factor(scheduler)
+    if state.rollbacks >= MAX_ROLLBACKS:
+        lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+        raise TrainingDiverged(
+            f"training diverged: in epoch {epoch + 1}, step {step}, the gradients were not finite for "
+            f"{SKIPS_BEFORE_ROLLBACK} steps in a row again after {MAX_ROLLBACKS} roll-backs that cut the learning "
+            f"rate to x{factor.scale:g}. Lower optimization.lr (the plan's is {lr:g}), set "
+            "optimization.grad_clip_norm, or check the data for NaN or extreme values")
+    model.load_state_dict(good["model"])
+    optimizer.load_state_dict(good["optimizer"])
+    factor.scale *= ROLLBACK_LR_FACTOR
+    state.rollbacks += 1
+    state.notes.append(f"epoch {epoch + 1}, step {step}: {SKIPS_BEFORE_ROLLBACK} steps in a row had non-finite "
+                       f"gradients (skipped); rolled back to the start of the epoch, learning rate "
+                       f"x{ROLLBACK_LR_FACTOR:g} (roll-back {state.rollbacks} of at most {MAX_ROLLBACKS})")
+    warnings.warn(state.notes[-1])
 
 
 def _interrupted(signal_number: int, checkpoint_dir: Path, epoch: int, step: int, steps: int) -> Interrupted:

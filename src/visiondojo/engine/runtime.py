@@ -107,23 +107,44 @@ class Runtime:
         return model
 
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *,
-                          grad_clip_norm: float | None = None) -> None:
-        """Zero the gradients, backpropagate ``loss`` (scaled under fp16), clip the optimizer's
-        parameters to ``grad_clip_norm`` (after unscaling) and step. Hooks on the optimizer (the
-        decoupled weight decay) run with the step; a step the GradScaler skips skips them too."""
+                          grad_clip_norm: float | None = None) -> bool:
+        """Zero the gradients, backpropagate ``loss`` and step (``backward`` then ``step``)."""
         optimizer.zero_grad(set_to_none=True)
+        self.backward(loss)
+        return self.step(optimizer, grad_clip_norm=grad_clip_norm)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` (scaled under fp16), adding to the gradients already there: a
+        batch in micro-batches calls this once per micro-batch, then ``step`` once."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, *, grad_clip_norm: float | None = None) -> bool:
+        """Clip the optimizer's parameters to ``grad_clip_norm`` (after unscaling) and step. Hooks
+        on the optimizer (the decoupled weight decay) run with the step; a step the GradScaler
+        skips skips them too.
+
+        Returns whether the step was taken. Without a GradScaler, a step whose gradients are not
+        finite (a NaN or infinite loss makes them so) is skipped, gradients dropped: one host
+        sync per step, as a GradScaler makes. Under DDP the gradients are the all-reduced ones,
+        so every rank skips alike. With a GradScaler the scaler's own skip logic rules (its
+        skips are routine, not failures) and this returns True."""
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             if grad_clip_norm:
                 self.scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(_parameters(optimizer), grad_clip_norm)
             self.scaler.step(optimizer)
             self.scaler.update()
-            return
-        loss.backward()
+            return True
+        parameters = _parameters(optimizer)
         if grad_clip_norm:
-            nn.utils.clip_grad_norm_(_parameters(optimizer), grad_clip_norm)
+            norm = nn.utils.clip_grad_norm_(parameters, grad_clip_norm)
+        else:
+            norm = nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+        if not bool(torch.isfinite(norm)):
+            optimizer.zero_grad(set_to_none=True)
+            return False
         optimizer.step()
+        return True
 
     # --- distribution: trivial in one process ----------------------------------------------------
 

@@ -84,6 +84,8 @@ class StepLoss:
 
     loss: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    stepped: bool = True
+    """After a training step: False when it was skipped (its gradients were not finite)."""
 
 
 @dataclass

@@ -1,0 +1,88 @@
+"""Non-finite steps and out-of-memory errors, injected through the fault hook: the run skips, rolls
+back, re-splits its batches and finishes, says so, and stops with a clear error only when nothing
+else helps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import visiondojo
+from visiondojo.engine import faults
+from visiondojo.engine.epoch import OutOfMemory, TrainingDiverged, _split_further
+from visiondojo.engine.runtime import Runtime
+from visiondojo.plan import RuntimeParams
+
+from conftest import FAST, TinyNet, make_problem
+
+PINS = {**FAST, "epochs": 3, "batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """The plan every case replays, and its clean run (8 steps per epoch)."""
+    root = tmp_path_factory.mktemp("clean")
+    train, test = make_problem(288, seed=3), make_problem(96, seed=4)
+    run = visiondojo.fit(TinyNet(), train, test_data=test, out=root / "run", **PINS)
+    return run, train, test
+
+
+def _replay(clean, tmp_path, injected: faults.Faults, name: str = "run"):
+    run, train, test = clean
+    with faults.injected(injected):
+        return visiondojo.train(TinyNet(), train, test_data=test, plan=run.dir / "plan.yaml", out=tmp_path / name,
+                                progress=False)
+
+
+def _notes(run) -> str:
+    return " ".join(json.loads((run.dir / "metrics.json").read_text())["notes"])
+
+
+def test_a_non_finite_step_is_skipped_and_the_run_goes_on(clean, tmp_path) -> None:
+    injected = faults.Faults(nan_at={3, 11})
+    run = _replay(clean, tmp_path, injected)
+    assert injected.raised == ["nan@3", "nan@11"]
+    assert [row.get("skipped_steps", 0) for row in run.history] == [1, 1, 0]
+    assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in run.history)
+    assert "epoch 1: 1 step(s) skipped for non-finite gradients" in _notes(run)
+    assert abs(run.metrics["test"]["acc"] - clean[0].metrics["test"]["acc"]) <= 0.05
+
+
+def test_non_finite_steps_in_a_row_roll_back_and_cut_the_learning_rate(clean, tmp_path) -> None:
+    with pytest.warns(UserWarning, match="rolled back to the start of the epoch, learning rate x0.5"):
+        run = _replay(clean, tmp_path, faults.Faults(nan_at={12, 13, 14}))
+    assert "epoch 2, step 6: 3 steps in a row had non-finite gradients" in _notes(run)
+    assert "roll-back 1 of at most 3" in _notes(run)
+    assert run.metrics["test"]["acc"] > 0.5
+    # The cut learning rate shows in the history: the schedule runs at half its height after it.
+    baseline = {row["epoch"]: row["lr"] for row in clean[0].history}
+    assert run.history[-1]["lr"] == pytest.approx(baseline[3] * 0.5)
+
+
+def test_when_roll_backs_do_not_help_the_run_stops_saying_what_to_change(clean, tmp_path) -> None:
+    with pytest.warns(UserWarning), pytest.raises(TrainingDiverged, match=r"after 3 roll-backs that cut the "
+                                                  r"learning rate to x0.125\. Lower optimization.lr"):
+        _replay(clean, tmp_path, faults.Faults(nan_at=set(range(4, 100))))
+
+
+def test_out_of_memory_splits_the_batch_and_keeps_the_global_batch(clean, tmp_path) -> None:
+    injected = faults.Faults(oom_at={2, 5, 17})
+    with pytest.warns(UserWarning, match="out of memory; each batch of 32 now trains in 2 micro-batches"):
+        run = _replay(clean, tmp_path, injected)
+    assert injected.raised == ["oom@2"]  # later whole-batch attempts never happen: the split stays
+    assert run.plan.optimization.batch_size == 32
+    # TinyNet has no BatchNorm: two halves' accumulated gradients are the whole batch's (summation order aside).
+    for name, value in clean[0].model.state_dict().items():
+        assert torch.allclose(value, run.model.state_dict()[name], atol=1e-5), name
+
+
+def test_a_sample_at_a_time_that_does_not_fit_is_a_clear_error() -> None:
+    runtime = Runtime(RuntimeParams())
+    optimizer = torch.optim.SGD(TinyNet().parameters(), lr=0.1)
+    error = torch.OutOfMemoryError("CUDA out of memory")
+    assert _split_further(error, 2, 32, runtime, optimizer, 0, 5) == 4
+    with pytest.raises(OutOfMemory, match="epoch 1, step 5 \\(even one image at a time does not fit\\): pin a "
+                                          "smaller optimization.batch_size"):
+        _split_further(error, 32, 32, runtime, optimizer, 0, 5)
