@@ -123,8 +123,8 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
     ``stop_time`` and ``checkpoint_time`` are ``time.perf_counter()`` values: the step that
     passes one is the last of this piece (``Pause.BUDGET``, ``Pause.CHECKPOINT``); so is the
     step during which ``stop`` caught a signal (``Pause.SIGNAL``).
-    ``micro_batches`` parts per batch (``train_step``); an out-of-memory error retries the step in
-    twice as many, for the rest of the run (``EpochResult.micro_batches``).
+    ``micro_batches`` parts per batch (``train_step``, which retries a step that runs out of
+    memory in twice as many); the count stays for the rest of the run (``EpochResult.micro_batches``).
     Raises ``TrainingDiverged`` when the running loss is not finite.
     """
     start = time.perf_counter()
@@ -136,13 +136,9 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
     for images, targets in batches if steps < max_steps else ():
         faults.next_step()
         inputs, targets = regularize(images, targets)
-        while True:
-            try:
-                step = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, loss_settings,
-                                  share_weight=getattr(batches, "share_weight", 1.0), micro_batches=micro_batches)
-                break
-            except torch.OutOfMemoryError as exc:
-                micro_batches = _split_further(exc, micro_batches, len(inputs), runtime, optimizer, epoch, steps + 1)
+        step = train_step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, loss_settings,
+                          share_weight=getattr(batches, "share_weight", 1.0), micro_batches=micro_batches)
+        micro_batches = step.micro_batches
         scheduler.step()
         steps += 1
         if step.stepped:
@@ -170,24 +166,7 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
     return EpochResult(totals, pause, signal, micro_batches)
 
 
-def _split_further(error: torch.OutOfMemoryError, micro_batches: int, batch: int, runtime: Runtime,
-                   optimizer: torch.optim.Optimizer, epoch: int, step: int) -> int:
-    """After an out-of-memory error: twice as many micro-batches (the global batch, and so the
-    plan's learning rate, stay), or a clear error when a sample at a time does not fit or when
-    other ranks are mid-collective (under DDP the ranks would no longer step together)."""
-    optimizer.zero_grad(set_to_none=True)
-    if runtime.device.type == "cuda":
-        torch.cuda.empty_cache()
-    if runtime.world_size > 1 or micro_batches >= batch:
-        why = ("under torchrun the ranks cannot re-split a step alone" if runtime.world_size > 1
-               else "even one image at a time does not fit")
-        raise OutOfMemory(f"out of memory in epoch {epoch + 1}, step {step} ({why}): pin a smaller "
-                          f"optimization.batch_size, a smaller resize, or a smaller model ({error})") from None
-    return min(micro_batches * 2, batch)
 
-
-class OutOfMemory(VisionDojoError):
-    """Training ran out of device memory and splitting the batch cannot help."""
 
 
 def _pause(runtime: Runtime, stop_time: float | None, checkpoint_time: float | None,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import VisionDojoError
 from ..tasks import LossSettings, StepLoss, Task
 from . import faults
 from .runtime import Runtime
@@ -30,18 +31,34 @@ def forward_loss(model: nn.Module, task: Task, runtime: Runtime, inputs: torch.T
 def train_step(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, runtime: Runtime,
                inputs: torch.Tensor, targets: Any, grad_clip_norm: float | None = None,
                settings: LossSettings = LossSettings(), share_weight: float = 1.0,
-               micro_batches: int = 1) -> StepLoss:
+               micro_batches: int = 1, split_on_oom: bool = True) -> StepLoss:
     """One optimizer step on model-ready ``inputs``; returns the detached loss and its terms, and
     whether the step was taken (``Runtime.step`` skips non-finite ones).
 
     Weight decay, when attached (``regularize.weight_decay``), runs as the optimizer's pre-step hook.
     ``share_weight`` scales the loss that is backpropagated (not the one returned): a rank's
     share of an unevenly split global batch (``data.batches.BatchOrder``). ``micro_batches``
-    splits the batch (after an out-of-memory error) and accumulates the gradients, each part's
+    splits the batch and accumulates the gradients, each part's
     mean loss weighted by its share of the batch, so the step is the whole batch's (exactly for
     losses that are per-sample means; BatchNorm sees each part's own statistics). Under DDP only
-    the last part's backward all-reduces.
+    the last part's backward all-reduces. A step that runs out of memory is retried in twice as
+    many parts (the run's probes and its training alike); ``StepLoss.micro_batches`` says how many
+    it took, for the caller to keep. ``split_on_oom=False`` lets the error through (the memory
+    probe looks for it).
     """
+    while True:
+        try:
+            return _step(model, task, optimizer, runtime, inputs, targets, grad_clip_norm, settings, share_weight,
+                         micro_batches)
+        except torch.OutOfMemoryError as error:
+            if not split_on_oom:
+                raise
+            micro_batches = _split_further(error, micro_batches, len(inputs), runtime, optimizer)
+
+
+def _step(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, runtime: Runtime, inputs: torch.Tensor,
+          targets: Any, grad_clip_norm: float | None, settings: LossSettings, share_weight: float,
+          micro_batches: int) -> StepLoss:
     optimizer.zero_grad(set_to_none=True)
     faults.before_forward(whole_batch=micro_batches == 1)
     parts = list(zip(inputs.chunk(micro_batches), targets.chunk(micro_batches))) if micro_batches > 1 else [
@@ -58,11 +75,56 @@ def train_step(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, r
         for name, value in step.terms.items():
             term_sums[name] = term_sums.get(name, 0.0) + value.detach().float() * weight
     stepped = runtime.step(optimizer, grad_clip_norm=grad_clip_norm)
-    return StepLoss(loss_sum, term_sums, stepped)
+    return StepLoss(loss_sum, term_sums, stepped, micro_batches)
+
+
+class OutOfMemory(VisionDojoError):
+    """Training ran out of device memory and splitting the batch cannot help."""
+
+
+def _split_further(error: torch.OutOfMemoryError, micro_batches: int, batch: int, runtime: Runtime,
+                   optimizer: torch.optim.Optimizer) -> int:
+    """After an out-of-memory error: twice as many micro-batches (the batch, and so the plan's
+    learning rate, stay), or a clear error when one image at a time does not fit, or under DDP
+    (a rank cannot re-split its step alone: its peers may be mid-collective)."""
+    optimizer.zero_grad(set_to_none=True)
+    if runtime.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if runtime.world_size > 1 or micro_batches >= batch:
+        why = ("under torchrun the ranks cannot re-split a step alone" if runtime.world_size > 1
+               else "even one image at a time does not fit")
+        raise OutOfMemory(f"out of memory training a batch of {batch} ({why}): pin a smaller "
+                          f"optimization.batch_size, a smaller resize, or a smaller model ({error})") from None
+    return min(micro_batches * 2, batch)
 
 
 @torch.no_grad()
 def eval_outputs(model: nn.Module, task: Task, runtime: Runtime, inputs: torch.Tensor) -> Any:
-    """The task's evaluation forward under the runtime's autocast (the caller sets eval mode)."""
-    with runtime.autocast():
-        return task.forward_eval(model, inputs)
+    """The task's evaluation forward under the runtime's autocast (the caller sets eval mode).
+
+    A batch that runs out of memory is evaluated in two halves (each halved again as needed) and
+    the outputs joined: evaluation has no batch statistics, so the outputs are those of the whole
+    batch. Every batch tries its full size first (a failed attempt costs one allocation)."""
+    try:
+        with runtime.autocast():
+            return task.forward_eval(model, inputs)
+    except torch.OutOfMemoryError as error:
+        if len(inputs) == 1:
+            raise OutOfMemory(f"out of memory evaluating a single image ({error}): set a smaller resize or "
+                              "use a smaller model") from None
+    if runtime.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return _joined([eval_outputs(model, task, runtime, half) for half in inputs.chunk(2)])
+
+
+def _joined(parts: list[Any]) -> Any:
+    """Outputs of consecutive parts of a batch as one batch's: tensors and dicts of tensors
+    concatenated, lists (a detector's per-image dicts) chained."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {key: _joined([part[key] for part in parts]) for key in first}
+    if isinstance(first, (list, tuple)):
+        return [item for part in parts for item in part]
+    raise TypeError(f"cannot join evaluation outputs of type {type(first).__name__}")

@@ -45,12 +45,13 @@ def measure_throughput(model: nn.Module, task: Task, train: Source, runtime: Run
     with model_copy(model, runtime) as probe:
         optimizer = build_optimizer(probe, params)
         batches = endless_batches(train, batch_size, runtime, seed)
+        micro_batches = 1  # more after an out-of-memory error, as the run would train then
         for step in range(warmup_steps + max_steps):
             images, targets = next(batches)
             sync(runtime.device)
             t = time.perf_counter()
-            train_step(probe, task, optimizer, runtime, normalizer(images), targets,
-                       settings=task.probe_settings)
+            micro_batches = train_step(probe, task, optimizer, runtime, normalizer(images), targets,
+                                       settings=task.probe_settings, micro_batches=micro_batches).micro_batches
             sync(runtime.device)
             if step < warmup_steps:
                 continue

@@ -114,12 +114,15 @@ def lr_range_test(model: nn.Module, task: Task, train: Source, runtime: Runtime,
     with model_copy(model, runtime) as probe:
         optimizer = build_optimizer(probe, params)
         batches = endless_batches(train, batch_size, runtime, seed)
+        micro_batches = 1  # more after an out-of-memory error, as the run would train then
         for step in range(steps):
             lr = lr_start * growth ** step
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images, targets = next(batches)
-            loss = float(train_step(probe, task, optimizer, runtime, normalizer(images), targets).loss)
+            trained = train_step(probe, task, optimizer, runtime, normalizer(images), targets,
+                                 micro_batches=micro_batches)
+            loss, micro_batches = float(trained.loss), trained.micro_batches
             lrs.append(lr)
             losses.append(loss)
             if not math.isfinite(loss) or (len(losses) > 5 and loss > 2 * DIVERGENCE_FACTOR * min(losses)):

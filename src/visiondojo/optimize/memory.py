@@ -116,7 +116,7 @@ def _cuda_ceiling(model: nn.Module, task: Task, train: Source, runtime: Runtime,
         try:
             images, targets = next(endless_batches(train, size, runtime, seed))
             train_step(model, task, optimizer, runtime, normalizer(images), targets,
-                       settings=task.probe_settings)
+                       settings=task.probe_settings, split_on_oom=False)
             torch.cuda.synchronize(runtime.device)
         except torch.cuda.OutOfMemoryError:
             break

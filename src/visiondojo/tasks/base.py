@@ -86,6 +86,8 @@ class StepLoss:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     stepped: bool = True
     """After a training step: False when it was skipped (its gradients were not finite)."""
+    micro_batches: int = 1
+    """After a training step: the parts its batch was trained in (more after out-of-memory errors)."""
 
 
 @dataclass
