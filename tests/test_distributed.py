@@ -305,7 +305,8 @@ def test_under_torchrun_the_cli_prints_a_failing_rank_error_once(tmp_path) -> No
                                                         os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", str(_free_port()), "-m", "visiondojo", "train", "config.yaml", "--quiet"],
+                           "--master-port", str(_free_port()), "-m", "visiondojo", "train", "config.yaml", "--quiet",
+                           "--trust-code"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert done.stderr.count("rank 1 cannot go on") >= 1

@@ -26,7 +26,7 @@ from .engine.progress import TrainingProgress
 from .engine.runtime import Runtime, resolve_runtime
 from .engine.step import eval_outputs
 from .errors import ConfigError, VisionDojoError
-from .models import adapt_for, build_for
+from .models import adapt_for, build_for, check_trusted
 from .plan import Plan, RegularizationParams
 from .regularize.batch import BatchRegularizer, balanced_sampling, check as check_regularization
 from .regularize.choose import choose_regularization, regularization_pins
@@ -123,8 +123,9 @@ def find_params(model: nn.Module | str, train_data: Any, val_data: Any = None, *
 def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, test_data: Any = None, *,
           plan: Plan | str | Path, out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
           budget: str | float | None = None, unlabeled: Any = None, progress: bool | None = None,
-          **data_options: Any) -> Run:
-    """Train exactly as ``plan`` says (a Plan or a plan.yaml path). ``model`` None builds ``plan.model.spec``.
+          trust_code: bool = False, **data_options: Any) -> Run:
+    """Train exactly as ``plan`` says (a Plan or a plan.yaml path). ``model`` None builds ``plan.model.spec``
+    (a ``package.module:factory`` spec read from a file only with ``trust_code=True``).
 
     A plan that learns from unlabeled images (``plan.ssl``) needs the same ``unlabeled`` data again.
 
@@ -133,7 +134,10 @@ def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, 
     """
     start = time.perf_counter()
     if not isinstance(plan, Plan):
+        source = str(plan)
         plan = Plan.load(plan)
+        if model is None:
+            check_trusted(plan.model.spec, source, trust_code)
     options = options_from_plan(plan.data, DataOptions(**data_options))
     prep = prepare(model, train_data, val_data, test_data, options=options, adapt=plan.model.adapt, seed=plan.seed,
                    model_kwargs=plan.model.kwargs, known=plan.data, spec=plan.model.spec)
@@ -360,10 +364,11 @@ def _augmented_sample(plan: Plan, prep: Prepared, normalizer: Normalizer, device
     return pixels.clamp(0, 1).cpu()
 
 
-def evaluate(run: Run | str | Path, data: Any, *, model: nn.Module | None = None, **data_options: Any) -> dict[str, Any]:
-    """Metrics of a finished run (a Run or a run folder) on labeled ``data``."""
+def evaluate(run: Run | str | Path, data: Any, *, model: nn.Module | None = None, trust_code: bool = False,
+             **data_options: Any) -> dict[str, Any]:
+    """Metrics of a finished run (a Run or a run folder: see ``load``) on labeled ``data``."""
     if not isinstance(run, Run):
-        run = load(run, model=model)
+        run = load(run, model=model, trust_code=trust_code)
     plan = run.plan
     options = options_from_plan(plan.data, DataOptions(**data_options))
     source = align_classes(as_source(data, options, role="data", default_split="test"), plan.data.class_names)
@@ -376,10 +381,17 @@ def evaluate(run: Run | str | Path, data: Any, *, model: nn.Module | None = None
     return evaluate_batches(model_on_device, make_task(plan.data), batches, normalizer, runtime).metrics
 
 
-def load(run_dir: str | Path, *, model: nn.Module | None = None) -> Run:
-    """Load a finished run. Runs made with a module passed from Python need that ``model`` (same architecture)."""
+def load(run_dir: str | Path, *, model: nn.Module | None = None, trust_code: bool = False) -> Run:
+    """Load a finished run. Runs made with a module passed from Python need that ``model`` (same architecture).
+
+    A run folder may come from someone else, so loading one never runs code: the weights are
+    safetensors, the plan is read with YAML's safe loader, and a ``package.module:factory`` model
+    it names is imported only with ``trust_code=True`` (or given as ``model``).
+    """
     run_dir = Path(run_dir)
     plan = Plan.load(run_dir / PLAN)
+    if model is None:
+        check_trusted(plan.model.spec, str(run_dir / PLAN), trust_code)
     weights = run_dir / WEIGHTS
     if not weights.is_file():
         raise VisionDojoError(f"{run_dir}: no {WEIGHTS}; the run did not finish (continue it with --resume)")

@@ -22,6 +22,7 @@ from .engine.distributed import PeerFailed
 from .engine.interrupt import Interrupted
 from .launch import launched
 from .errors import ConfigError, VisionDojoError
+from .models import check_trusted
 from .plan import Plan
 from .rundir import PLAN, default_run_dir, require_run
 from .tasks.detection import Detections, coco_table
@@ -51,12 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="folder holding a built-in dataset's files")
     train.add_argument("--regularization-params", metavar="FILE",
                        help="use this saved regularization policy (its own YAML or a plan.yaml) as given")
+    _trust(train)
     _quiet(train)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a finished run on labeled data")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data", required=True, help="image folder, CSV manifest or built-in name")
     evaluate.add_argument("--data-dir", help="folder holding a built-in dataset's files")
+    _trust(evaluate)
 
     predict = commands.add_parser("predict", help="predict labels for image files")
     predict.add_argument("run_dir")
@@ -65,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
                          "(segmentation: a folder for palette PNG masks and their colour overlays, required)")
     predict.add_argument("--format", choices=("json", "csv"), default="json",
                          help="detection runs: COCO results JSON (default) or CSV rows")
+    _trust(predict)
 
     demo = commands.add_parser("demo", help="train on the bundled digits data (about 2 minutes), or detect "
                                             "objects in built-in Fashion-MNIST scenes (--task detection)")
@@ -74,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="run folder (default: runs/demo-<timestamp>)")
     _quiet(demo)
     return parser
+
+
+def _trust(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-code", action="store_true",
+                        help="allow a package.module:factory model named in a config or plan to be imported and run "
+                             "(only for files you trust)")
 
 
 def _quiet(parser: argparse.ArgumentParser) -> None:
@@ -138,14 +148,17 @@ def _train(args: argparse.Namespace) -> int:
         plan_path = Path(args.plan) if args.plan else require_run(Path(out)) / PLAN
         plan = Plan.load(plan_path)
         sources = _sources(config, plan, plan_path)
+        if config is not None:
+            check_trusted(config.model.spec, args.config, args.trust_code)
         run = api.train(config.model.spec if config else None, sources.get("train"), sources.get("val"),
                         sources.get("test"), plan=plan_path, out=out, overwrite=overwrite, resume=args.resume,
                         budget=args.budget, unlabeled=sources.get("unlabeled"), progress=_progress(args),
-                        data_dir=args.data_dir)
+                        trust_code=args.trust_code, data_dir=args.data_dir)
     else:
         if config is None:
             raise ConfigError("train needs a CONFIG.yaml (or --plan plan.yaml to replay a run)")
         data, model, training = config.data, config.model, config.training
+        check_trusted(model.spec, args.config, args.trust_code)
         run = api.fit(
             model.spec, data.train, data.val, data.test, task=data.task, budget=args.budget or training.budget,
             out=out, overwrite=overwrite, seed=training.seed, adapt=model.adapt, num_classes=data.num_classes,
@@ -192,7 +205,7 @@ def _print_result(run: api.Run) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    run = api.load(args.run_dir)
+    run = api.load(args.run_dir, trust_code=args.trust_code)
     metrics = api.evaluate(run, args.data, data_dir=args.data_dir)
     if "map" in metrics:  # detection: COCO's table, then the per-class figures
         print(coco_table(metrics))
@@ -223,7 +236,7 @@ def _iou_table(metrics: dict[str, Any], class_names: list[str]) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    run = api.load(args.run_dir)
+    run = api.load(args.run_dir, trust_code=args.trust_code)
     predictions = run.predict(args.images)
     if isinstance(predictions, Detections):
         return _write_detections(predictions, [str(p) for p in args.images], args.out, args.format)

@@ -80,6 +80,20 @@ def scan_image_folder(root: Path, *, resize: tuple[int, int] | None, strict: boo
     return scan_files(paths, targets, [d.name for d in class_dirs], str(root), resize, strict)
 
 
+def within_root(path: Path, root: Path, where: str, strict: bool) -> Path:
+    """``path`` as a manifest or annotation file under ``root`` lists it. A path that leaves the
+    root (absolute, or through ``..``) is an error naming it, or with ``strict: false`` a
+    warning: a data set from someone else must not read whatever files the user can."""
+    resolved, base = path.resolve(), root.resolve()
+    if resolved != base and base not in resolved.parents:
+        message = f"{where}: {path} is outside the data folder {root}"
+        if strict:
+            raise DataError(f"{message}; move the file into the folder, or set strict: false (Python: strict=False) "
+                            "to allow paths outside it")
+        warnings.warn(f"{message} (allowed: strict is false)")
+    return path
+
+
 def scan_manifest(
     csv_path: Path, *, resize: tuple[int, int] | None, strict: bool, multi_hot: bool = False
 ) -> ImageFiles:
@@ -99,7 +113,8 @@ def scan_manifest(
                 raise DataError(f"{csv_path}:{line_no}: expected 'path,labels', got {row!r}")
             names = [n for n in _LABEL_SEPARATORS.split(row[1].strip()) if n]
             path = Path(row[0].strip())
-            rows.append((path if path.is_absolute() else csv_path.parent / path, names))
+            path = path if path.is_absolute() else csv_path.parent / path
+            rows.append((within_root(path, csv_path.parent, f"{csv_path}:{line_no}", strict), names))
     if not rows:
         raise DataError(f"{csv_path}: the manifest is empty: it lists no images; add one 'path,labels' row per image")
     class_names = sorted({name for _, names in rows for name in names})

@@ -20,6 +20,27 @@ from .segmenters import BUILTIN_SEGMENTERS, build_segmenter
 BUILTIN: dict[str, Callable[..., nn.Module]] = {"fmnist-resnet": FMNISTResNet}
 
 
+LIBRARY_PREFIXES = ("torchvision", "timm", "smp")
+"""Spec prefixes that name a model of a library visiondojo depends on; anything else before a
+colon is a module to import."""
+
+
+def imports_code(spec: str) -> bool:
+    """Whether building ``spec`` imports and calls code the spec itself names
+    (``package.module:factory``): what a plan or config from someone else could point anywhere."""
+    prefix, sep, _ = spec.partition(":")
+    return bool(sep) and prefix not in LIBRARY_PREFIXES and prefix != "python"
+
+
+def check_trusted(spec: str, source: str, trust_code: bool) -> None:
+    """Refuse to build a code-importing ``spec`` read from ``source`` (a plan or config file)
+    unless the user opted in: a file is data, and reading data must never run code."""
+    if imports_code(spec) and not trust_code:
+        raise ModelError(f"{source}: the model is {spec!r}, code that building it would import and run. Pass the "
+                         "model yourself (model=...), or, if you trust where the file came from, "
+                         "trust_code=True (CLI: --trust-code)")
+
+
 def build_for(spec: str, data: DataParams, kwargs: dict[str, Any] | None = None) -> nn.Module:
     """``spec`` built for ``data``'s task: a detector for boxes, a segmentation model for masks, else
     a classifier; a built-in of another task is refused with the ones that fit."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from ...errors import DataError
+from ..files import within_root
 from .common import Entry, Listing, image_list, save_png, target_list
 
 E = TypeVar("E")
@@ -63,8 +64,9 @@ def coco_annotations(data: dict[str, Any], path: Path, listing: Any, label_of: d
         if image["id"] in by_id:
             raise DataError(f"{path}: image id {image['id']} occurs twice in 'images'; give every image its own id")
         declared = (image["height"], image["width"]) if image.get("height") and image.get("width") else None
-        entry = make_entry(_resolve(path.parent, image["file_name"]),
-                           f"{path}, image {image['id']} ({image['file_name']})", declared_size=declared)
+        where = f"{path}, image {image['id']} ({image['file_name']})"
+        entry = make_entry(within_root(_resolve(path.parent, image["file_name"]), path.parent, where, strict), where,
+                           declared_size=declared)
         by_id[image["id"]] = entry
         listing.entries.append(entry)
     for k, annotation in enumerate(data.get("annotations") or []):
