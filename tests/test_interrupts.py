@@ -131,7 +131,8 @@ def test_sigkill_at_random_moments_resumes_to_the_same_weights(tmp_path) -> None
     start = time.perf_counter()
     reference = _start(tmp_path, plan, tmp_path / "ref", resume=False)
     first = _until_checkpointed(reference, tmp_path / "ref") - start
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    _, errors = reference.communicate(timeout=300)
+    assert reference.returncode == 0, errors
     training = time.perf_counter() - start - first  # from the first checkpoint to the end
     out, rng, resumed = tmp_path / "killed", random.Random(7), 0
     for kill in range(3):
@@ -142,11 +143,12 @@ def test_sigkill_at_random_moments_resumes_to_the_same_weights(tmp_path) -> None
             _until_checkpointed(run, out)
         time.sleep(rng.uniform(0.05, 0.9) * (first if kill == 0 else training))
         run.send_signal(signal.SIGKILL)
-        run.wait(timeout=60)
+        run.communicate(timeout=60)  # reaps it and closes its pipe
     resume = _resumable(out)
     resumed += resume
     final = _start(tmp_path, plan, out, resume=resume)
-    assert final.wait(timeout=300) == 0, final.stderr.read()
+    _, errors = final.communicate(timeout=300)
+    assert final.returncode == 0, errors
     expected, found = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert expected.keys() == found.keys() and all(torch.equal(expected[k], found[k]) for k in expected)
     assert resumed >= 2  # kills after checkpoints: the resume path ran, not only fresh starts

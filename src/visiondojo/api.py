@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +294,12 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
               **{f"{k}_s": v for k, v in plan.measurements.get("planning_seconds", {}).items()},
               "training_s": round(evaluated - train_start, 2), "report_s": round(time.perf_counter() - evaluated, 2),
               "total_s": round(time.perf_counter() - started, 2)}
+    if timing["budget_s"] is not None and timing["total_s"] > 2 * timing["budget_s"]:
+        note = (f"the budget of {timing['budget_s']:g} s was too short for this data and model: the run took "
+                f"{timing['total_s']:g} s, the least it can do (reading the data, one training step, the final "
+                "evaluation and the report); give a longer budget")
+        outcome["notes"] = [*notes, note]
+        warnings.warn(note)
     write_json(run_dir / METRICS, {**outcome, "timing": timing})
     bar.log("visiondojo: done; " + ", ".join(f"{s} {plan.monitor} {m[plan.monitor]:.4f}" for s, m in metrics.items())
             + f"; report: {run_dir / REPORT}")

@@ -103,6 +103,7 @@ def scan_manifest(
     False: then they are class indices, so a single-label manifest trains as multi-class.
     """
     rows: list[tuple[Path, list[str]]] = []
+    first_line: dict[Path, int] = {}
     with csv_path.open(newline="") as handle:
         for line_no, row in enumerate(csv.reader(handle), start=1):
             if not row or not "".join(row).strip():
@@ -114,6 +115,14 @@ def scan_manifest(
             names = [n for n in _LABEL_SEPARATORS.split(row[1].strip()) if n]
             path = Path(row[0].strip())
             path = path if path.is_absolute() else csv_path.parent / path
+            key = path.resolve()
+            if key in first_line:
+                message = f"{csv_path}:{line_no}: {row[0].strip()} is listed again (first on line {first_line[key]})"
+                if strict:
+                    raise DataError(f"{message}; list each image once (merge its labels on one row), or set strict: "
+                                    "false to keep every row")
+                warnings.warn(f"{message}; kept (strict is false)")
+            first_line.setdefault(key, line_no)
             rows.append((within_root(path, csv_path.parent, f"{csv_path}:{line_no}", strict), names))
     if not rows:
         raise DataError(f"{csv_path}: the manifest is empty: it lists no images; add one 'path,labels' row per image")

@@ -32,7 +32,9 @@ def to_tensor(array: Any, origin: str) -> torch.Tensor:
             # torch cannot share a read-only buffer (it warns, and a write would be undefined): copy it.
             array = array.copy()
         return torch.from_numpy(array)
-    raise DataError(f"{origin}: expected a numpy array or a torch tensor, got {type(array).__name__}")
+    hint = (": np.stack a list of same-sized images into one array, or pass images of several sizes as a Dataset "
+            "or a folder (with resize)" if isinstance(array, (list, tuple)) else "")
+    raise DataError(f"{origin}: expected a numpy array or a torch tensor, got {type(array).__name__}{hint}")
 
 
 def batch_to_nchw(images: torch.Tensor, origin: str) -> torch.Tensor:

@@ -46,6 +46,9 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
     boxes = isinstance(train.targets, RaggedTargets)
     masks = is_masks(train)
     task = options.task or ("detection" if boxes else "segmentation" if masks else infer_task(class_labels(train)))
+    declared = options.num_classes or (len(options.class_names) if options.class_names else None)
+    if options.task is None and task == "binary" and declared is not None and declared > 2:
+        task = "multiclass"  # two labels seen, more classes declared: the others are absent from this data
     if task not in TASKS:
         raise DataError(f"task: unknown task {task!r}; allowed: {', '.join(TASKS)}")
     if boxes != (task == "detection"):
@@ -77,6 +80,7 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
         objects = mask_summary(train.targets.values, num_classes, getattr(train, "reading", None))
     else:
         counts = train.targets.class_counts(num_classes)
+        _refuse_a_single_class(counts, train.origin, options)
         _warn_imbalance(counts, train.origin)
     class_names = class_names_of(train, options, num_classes)
     if len(class_names) != num_classes:
@@ -89,6 +93,17 @@ def inspect_data(train: Source, options: DataOptions) -> DataParams:
         class_counts=counts, train_size=len(train), objects=objects,
         resize=list(options.resize) if options.resize is not None else None,
     )
+
+
+def _refuse_a_single_class(counts: list[int], origin: str, options: DataOptions) -> None:
+    """A classifier needs examples of two classes or more; data of one class is almost always a
+    mistake (one folder of a class-folder tree read, the labels column of a constant). Declaring
+    the classes (``num_classes``, ``class_names``) says the others exist elsewhere, and is allowed."""
+    present = [k for k, count in enumerate(counts) if count]
+    if len(present) == 1 and options.num_classes is None and options.class_names is None:
+        raise DataError(f"{origin}: every training sample has the same class ({present[0]}); a classifier needs "
+                        "examples of at least two classes. Check the labels (or the folder: one subfolder per "
+                        "class), or declare the classes with num_classes / class_names if the others exist")
 
 
 def _num_classes(train: Source, task: str, options: DataOptions) -> int:

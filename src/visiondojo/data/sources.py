@@ -586,7 +586,11 @@ class _ConvertedDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
-        item = self.dataset[index]
+        try:
+            item = self.dataset[index]
+        except Exception as exc:  # the user's Dataset failed: say which sample, keep its traceback
+            raise DataError(f"{self.origin}: reading item {index} raised {type(exc).__name__}: {exc}; fix the "
+                            "Dataset's __getitem__ for that item, or leave the item out") from exc
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise DataError(f"{self.origin}: item {index} is a {type(item).__name__}; the Dataset must yield (image, target)")
         image = image_to_chw(item[0], f"{self.origin} item {index}")

@@ -1,0 +1,176 @@
+"""Fault injection on Fashion-MNIST: kills, NaN episodes, out-of-memory errors and bad input.
+
+Usage (from the repository root)::
+
+    python bench/faults.py --out bench/results/faults.json
+
+1. **Kills.** A plan is made once (``fit`` of ``fmnist-resnet`` on ``--train`` training images, 3
+   epochs, batch 128, everything pinned so a replay is deterministic); its uninterrupted replay is
+   the reference. Then ``--kills`` trials: each starts the replay in a fresh process (checkpointing
+   mid-epoch every 0.5 s, so kills land around checkpoint writes too), SIGKILLs it at a random
+   moment of its life (start-up, reading, training, a checkpoint write, the final evaluation or
+   the report), and continues it (``resume=True`` when a checkpoint exists, else from the start)
+   until it finishes. Counted: trials whose final weights are bit-identical to the reference.
+2. **NaN episodes.** ``--episodes`` replays, each with NaN losses injected at 1 to 3 consecutive
+   random steps (``engine.faults``): runs that finished, and their test accuracy against the
+   clean replay's.
+3. **Out of memory.** ``--episodes`` replays with an out-of-memory error injected at a random
+   step: runs that finished with the plan's global batch, and their accuracy.
+4. **Bad input.** The bad-input catalogue and the input fuzzer (``tests/test_bad_input.py``,
+   ``tests/test_fuzz_inputs.py``) run under pytest: cases tried and unexpected exceptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+import visiondojo
+from visiondojo.data.builtin import load_fashion_mnist
+from visiondojo.engine import faults
+
+RUNNER = textwrap.dedent("""
+    import sys
+    import visiondojo, visiondojo.api
+    from visiondojo.data.builtin import load_fashion_mnist
+    visiondojo.api.CHECKPOINT_EVERY_S = 0.5
+    n, plan, out, resume = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+    images, labels = load_fashion_mnist("train")
+    test_images, test_labels = load_fashion_mnist("test")
+    visiondojo.train("fmnist-resnet", (images[:n], labels[:n]), test_data=(test_images[:2000], test_labels[:2000]),
+                     plan=plan, out=out, resume=resume, overwrite=not resume, progress=False)
+""")
+
+
+def _data(n: int) -> tuple[Any, Any]:
+    images, labels = load_fashion_mnist("train")
+    test_images, test_labels = load_fashion_mnist("test")
+    return (images[:n], labels[:n]), (test_images[:2000], test_labels[:2000])
+
+
+def _start(n: int, plan: Path, out: Path, resume: bool) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", RUNNER, str(n), str(plan), str(out), "1" if resume else "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _resumable(out: Path) -> bool:
+    return (out / "plan.yaml").exists() and any((out / "checkpoints").glob("last.safetensors*"))
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def kills(n: int, plan: Path, root: Path, trials: int, rng: random.Random) -> dict[str, Any]:
+    start = time.perf_counter()
+    reference = _start(n, plan, root / "reference", resume=False)
+    _, errors = reference.communicate()
+    if reference.returncode != 0:
+        raise SystemExit(errors)
+    lifetime = time.perf_counter() - start
+    identical, resumes = 0, 0
+    for trial in range(trials):
+        out = root / f"kill{trial}"
+        run = _start(n, plan, out, resume=False)
+        moment = rng.uniform(0.02, 1.0) * lifetime
+        time.sleep(moment)
+        run.send_signal(signal.SIGKILL)
+        run.communicate()
+        resumed = _resumable(out)
+        resumes += resumed
+        final = _start(n, plan, out, resume=resumed)
+        _, errors = final.communicate()
+        if final.returncode != 0:
+            raise SystemExit(f"trial {trial}: {errors}")
+        same = _same_weights(root / "reference", out)
+        identical += same
+        print(f"kill {trial}: at {moment:.1f} s of {lifetime:.1f}, resumed {resumed}, identical {same}", flush=True)
+    return {"trials": trials, "bit_identical": identical, "resumed_from_a_checkpoint": resumes,
+            "uninterrupted_s": round(lifetime, 1)}
+
+
+def _replay(plan: Path, train: Any, test: Any, out: Path, injected: faults.Faults | None = None) -> dict[str, Any]:
+    try:
+        with faults.injected(injected or faults.Faults()):
+            run = visiondojo.train("fmnist-resnet", train, test_data=test, plan=plan, out=out, progress=False)
+    except visiondojo.VisionDojoError as error:
+        return {"finished": False, "error": str(error)[:300]}
+    return {"finished": True, "test_acc": run.metrics["test"]["acc"], "batch_size": run.plan.optimization.batch_size,
+            "injected": injected.raised if injected else [], "notes": json.loads(
+                (out / "metrics.json").read_text())["notes"]}
+
+
+def episodes(plan: Path, train: Any, test: Any, root: Path, count: int, steps: int, rng: random.Random
+             ) -> dict[str, Any]:
+    clean = _replay(plan, train, test, root / "clean")
+    nan_runs, oom_runs = [], []
+    for episode in range(count):
+        first, length = rng.randint(2, steps - 4), rng.randint(1, 3)
+        nan_runs.append(_replay(plan, train, test, root / f"nan{episode}",
+                                faults.Faults(nan_at=set(range(first, first + length)))))
+        oom_runs.append(_replay(plan, train, test, root / f"oom{episode}", faults.Faults(oom_at={rng.randint(1, steps)})))
+        print(f"episode {episode}: nan {nan_runs[-1].get('test_acc')}, oom {oom_runs[-1].get('test_acc')}", flush=True)
+    batch = clean["batch_size"]
+    return {"clean_test_acc": clean["test_acc"],
+            "nan": {"episodes": count, "finished": sum(r["finished"] for r in nan_runs),
+                    "within_half_a_point": sum(r["finished"] and abs(r["test_acc"] - clean["test_acc"]) <= 0.005
+                                               for r in nan_runs),
+                    "runs": nan_runs},
+            "oom": {"episodes": count, "finished_with_the_global_batch": sum(
+                r["finished"] and r["batch_size"] == batch for r in oom_runs), "runs": oom_runs}}
+
+
+def bad_input() -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_bad_input.py",
+                           "tests/test_fuzz_inputs.py"], capture_output=True, text=True)
+    counts = {key: int(value) for value, key in re.findall(r"(\d+) (passed|failed|errors?)", done.stdout)}
+    cases = counts.get("passed", 0) + counts.get("failed", 0)
+    return {"tests": cases, "failed": counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0),
+            "note": "the catalogue's cases and one fuzz test of 100 drawn inputs; a failure is an unexpected exception "
+                    "or a message that does not say what it should"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=6000)
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--episodes", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    train, test = _data(args.train)
+    report: dict[str, Any] = {"benchmark": "fault injection", "train_images": args.train, "cpu_count": os.cpu_count(),
+                              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        planned = visiondojo.fit("fmnist-resnet", train, test_data=test, out=root / "plan", epochs=3, batch_size=128,
+                                 lr=2e-3, pin={"optimization.optimizer": "adamw"},
+                                 regularization=visiondojo.RegularizationParams(), progress=False)
+        plan = planned.dir / "plan.yaml"
+        steps = 3 * (len(train[1]) * 9 // 10 // 128)
+        report["kills"] = kills(args.train, plan, root, args.kills, rng)
+        report["episodes"] = episodes(plan, train, test, root, args.episodes, steps, rng)
+    report["bad_input"] = bad_input()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "episodes"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
