@@ -67,6 +67,10 @@ def prepare(model: nn.Module | str | None, train_data: Any, val_data: Any = None
         train, val = validation_split(train, options.val_fraction, seed)
     else:
         val = as_source(val_data, options, role="val_data", default_split="val")
+    if len(train) < 2:  # a batch of one: BatchNorm has no statistics, a step no average
+        held_out = " after holding out validation data" if val_data is None else ""
+        raise DataError(f"{train.origin}: only {len(train)} training sample{held_out}; a batch needs two or more "
+                        "(BatchNorm has no statistics of one): pass more images")
     test = as_source(test_data, options, role="test_data", default_split="test") if test_data is not None else None
 
     data = copy.deepcopy(known) if known is not None else inspect_data(train, options)

@@ -90,6 +90,8 @@ def compact_dtype(images: torch.Tensor, origin: str) -> torch.Tensor:
     if images.dtype == torch.bool:
         return images.to(torch.uint8) * 255
     if not images.dtype.is_floating_point:
+        if images.numel() == 0:  # nothing to range over (empty data is refused by the caller)
+            return images.to(torch.uint8)
         low, high = int(images.min()), int(images.max())
         if low >= 0 and high <= 255:
             return images.to(torch.uint8)
