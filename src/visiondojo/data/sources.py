@@ -443,6 +443,11 @@ def targets_to_tensor(targets: Any, origin: str) -> tuple[torch.Tensor, list[str
     if isinstance(targets, (list, tuple)):
         targets = np.asarray(targets)
     if isinstance(targets, np.ndarray) and targets.dtype.kind in "USO":
+        odd = next((i for i, t in enumerate(targets.ravel()) if not isinstance(t, (str, bytes, np.str_, int, np.integer))),
+                   None) if targets.dtype.kind == "O" else None
+        if odd is not None:
+            raise DataError(f"{origin}: label {odd} is a {type(targets.ravel()[odd]).__name__}; labels are class ids, "
+                            "class names (strings), multi-hot rows, or for detection {'boxes', 'labels'} dicts")
         names, indices = np.unique(targets.astype(str), return_inverse=True)
         return torch.from_numpy(indices.astype(np.int64)), [str(n) for n in names]
     tensor = to_tensor(targets, origin)

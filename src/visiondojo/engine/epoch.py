@@ -11,8 +11,9 @@ due, or when a signal asked the run to stop (``Pause``); what it did so far (``E
 goes into the checkpoint, and the next piece, in this process or a resumed one, starts from
 those totals at the next batch of the same epoch order. The driver (``engine.loop``) decides what
 each pause means. Under a process group the ranks pause together: rank 0's clock decides the
-budget and the checkpoints, any rank's signal stops them all (one small collective per step,
-and only when one of them can happen).
+budget and the checkpoints, any rank's signal stops them all: one small all-reduce per step
+whenever a pause can happen, which in the user's run (signals, periodic checkpoints) is always;
+probes and proxies pass none and skip it.
 """
 
 from __future__ import annotations

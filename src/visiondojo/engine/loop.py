@@ -18,7 +18,6 @@ first, unannealed epoch, 1.8 test points below its last.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import math
 import signal
@@ -370,10 +369,11 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
 def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Copies of the model's and optimizer's state on the host: what a roll-back restores."""
     return {"model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-            "optimizer": copy.deepcopy(_to_host(optimizer.state_dict()))}
+            "optimizer": _to_host(optimizer.state_dict())}
 
 
 def _to_host(value: Any) -> Any:
+    """``value`` with every tensor copied to the host and every container rebuilt (a deep copy)."""
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):
