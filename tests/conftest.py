@@ -128,3 +128,42 @@ def state_dicts_equal(a: nn.Module | dict, b: nn.Module | dict) -> bool:
 @pytest.fixture
 def weights_equal() -> Callable[[Any, Any], bool]:
     return state_dicts_equal
+
+
+class ProxyClock:
+    """The policy search's clock, moved only by proxy trainings, each costing ``per_proxy`` seconds.
+
+    The search decides from its clock how many proxies fit its allowance; on a real clock that
+    number follows the host's speed (a shared CI machine ran one proxy where a quiet one runs
+    three). A fixed cost per proxy makes the decisions, and the test, the same everywhere.
+    """
+
+    def __init__(self, per_proxy: float) -> None:
+        self.per_proxy, self.now, self.proxies = per_proxy, 0.0, 0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def charge(self) -> None:
+        self.now += self.per_proxy
+        self.proxies += 1
+
+
+@pytest.fixture
+def proxy_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], ProxyClock]:
+    """Install a ``ProxyClock`` in the policy search (its real proxies still train)."""
+    from visiondojo.regularize import search
+
+    def install(per_proxy: float) -> ProxyClock:
+        clock = ProxyClock(per_proxy)
+        run = search.Proxy.run
+
+        def charged(self, *args, **kwargs):
+            clock.charge()
+            return run(self, *args, **kwargs)
+
+        monkeypatch.setattr(search, "time", clock)
+        monkeypatch.setattr(search.Proxy, "run", charged)
+        return clock
+
+    return install
