@@ -13,11 +13,15 @@ Usage (from the repository root)::
    until it finishes. Counted: trials whose final weights are bit-identical to the reference.
 2. **NaN episodes.** ``--episodes`` replays, each with NaN losses injected at 1 to 3 consecutive
    random steps (``engine.faults``): runs that finished, and their test accuracy against the
-   clean replay's.
+   clean replay's. Then as many with 3 consecutive NaN steps, each of which forces a roll-back
+   (``engine.rollback``): the cost of going back and cutting the learning rate.
 3. **Out of memory.** ``--episodes`` replays with an out-of-memory error injected at a random
    step: runs that finished with the plan's global batch, and their accuracy.
 4. **Bad input.** The bad-input catalogue and the input fuzzer (``tests/test_bad_input.py``,
    ``tests/test_fuzz_inputs.py``) run under pytest: cases tried and unexpected exceptions.
+
+``--parts`` runs some of them (each part draws from its own seeded stream, so a part's trials do
+not depend on which others ran).
 """
 
 from __future__ import annotations
@@ -118,21 +122,29 @@ def _replay(plan: Path, train: Any, test: Any, out: Path, injected: faults.Fault
 def episodes(plan: Path, train: Any, test: Any, root: Path, count: int, steps: int, rng: random.Random
              ) -> dict[str, Any]:
     clean = _replay(plan, train, test, root / "clean")
-    nan_runs, oom_runs = [], []
+    runs: dict[str, list[dict[str, Any]]] = {"nan": [], "rollback": [], "oom": []}
     for episode in range(count):
         first, length = rng.randint(2, steps - 4), rng.randint(1, 3)
-        nan_runs.append(_replay(plan, train, test, root / f"nan{episode}",
-                                faults.Faults(nan_at=set(range(first, first + length)))))
-        oom_runs.append(_replay(plan, train, test, root / f"oom{episode}", faults.Faults(oom_at={rng.randint(1, steps)})))
-        print(f"episode {episode}: nan {nan_runs[-1].get('test_acc')}, oom {oom_runs[-1].get('test_acc')}", flush=True)
+        injected = {"nan": faults.Faults(nan_at=set(range(first, first + length))),
+                    "oom": faults.Faults(oom_at={rng.randint(1, steps)})}
+        first = rng.randint(2, steps - 4)
+        injected["rollback"] = faults.Faults(nan_at=set(range(first, first + 3)))
+        for kind, fault in injected.items():
+            runs[kind].append(_replay(plan, train, test, root / f"{kind}{episode}", fault))
+        print(f"episode {episode}: " + ", ".join(f"{kind} {r[-1].get('test_acc')}" for kind, r in runs.items()),
+              flush=True)
+
+    def nan_summary(kind: str) -> dict[str, Any]:
+        done = [r for r in runs[kind] if r["finished"]]
+        return {"episodes": count, "finished": len(done),
+                "within_half_a_point": sum(abs(r["test_acc"] - clean["test_acc"]) <= 0.005 for r in done),
+                "mean_change": round(sum(r["test_acc"] - clean["test_acc"] for r in done) / max(len(done), 1), 4),
+                "runs": runs[kind]}
+
     batch = clean["batch_size"]
-    return {"clean_test_acc": clean["test_acc"],
-            "nan": {"episodes": count, "finished": sum(r["finished"] for r in nan_runs),
-                    "within_half_a_point": sum(r["finished"] and abs(r["test_acc"] - clean["test_acc"]) <= 0.005
-                                               for r in nan_runs),
-                    "runs": nan_runs},
+    return {"clean_test_acc": clean["test_acc"], "nan": nan_summary("nan"), "rollback": nan_summary("rollback"),
             "oom": {"episodes": count, "finished_with_the_global_batch": sum(
-                r["finished"] and r["batch_size"] == batch for r in oom_runs), "runs": oom_runs}}
+                r["finished"] and r["batch_size"] == batch for r in runs["oom"]), "runs": runs["oom"]}}
 
 
 def bad_input() -> dict[str, Any]:
@@ -151,9 +163,11 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--episodes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parts", default="kills,episodes,bad_input",
+                        help="comma-separated: kills, episodes, bad_input")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    rng = random.Random(args.seed)
+    parts = set(args.parts.split(","))
     train, test = _data(args.train)
     report: dict[str, Any] = {"benchmark": "fault injection", "train_images": args.train, "cpu_count": os.cpu_count(),
                               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
@@ -164,12 +178,19 @@ def main() -> None:
                                  regularization=visiondojo.RegularizationParams(), progress=False)
         plan = planned.dir / "plan.yaml"
         steps = 3 * (len(train[1]) * 9 // 10 // 128)
-        report["kills"] = kills(args.train, plan, root, args.kills, rng)
-        report["episodes"] = episodes(plan, train, test, root, args.episodes, steps, rng)
-    report["bad_input"] = bad_input()
+        if "kills" in parts:
+            report["kills"] = kills(args.train, plan, root, args.kills, random.Random(f"{args.seed}-kills"))
+        if "episodes" in parts:
+            report["episodes"] = episodes(plan, train, test, root, args.episodes, steps,
+                                          random.Random(f"{args.seed}-episodes"))
+    if "bad_input" in parts:
+        report["bad_input"] = bad_input()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "episodes"}, indent=2))
+    if "episodes" in report:
+        print(json.dumps({kind: {k: v for k, v in summary.items() if k != "runs"} if isinstance(summary, dict) else summary
+                          for kind, summary in report["episodes"].items()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -51,21 +51,75 @@ def test_a_non_finite_step_is_skipped_and_the_run_goes_on(clean, tmp_path) -> No
     assert abs(run.metrics["test"]["acc"] - clean[0].metrics["test"]["acc"]) <= 0.05
 
 
-def test_non_finite_steps_in_a_row_roll_back_and_cut_the_learning_rate(clean, tmp_path) -> None:
-    with pytest.warns(UserWarning, match="rolled back to the start of the epoch, learning rate x0.5"):
+def test_non_finite_steps_in_a_row_roll_back_and_cut_the_learning_rate_for_an_epoch(clean, tmp_path) -> None:
+    # 8 steps an epoch: a host copy every step, the older of the last two restored. Steps 12-14
+    # (epoch 2, steps 4-6) fail: copies after steps 10 and 11 are kept; 10 is restored, 4 steps back.
+    with pytest.warns(UserWarning, match="rolled back 4 steps, to the weights of epoch 2 step 2; learning rate "
+                                         "x0.5, back to the schedule over one epoch"):
         run = _replay(clean, tmp_path, faults.Faults(nan_at={12, 13, 14}))
     assert "epoch 2, step 6: 3 steps in a row had non-finite gradients" in _notes(run)
     assert "roll-back 1 of at most 3" in _notes(run)
     assert run.metrics["test"]["acc"] > 0.5
-    # The cut learning rate shows in the history: the schedule runs at half its height after it.
+    # The cut rises back: 2 of its 8 recovery steps done at the end of epoch 2, all at the end of epoch 3.
+    baseline = {row["epoch"]: row["lr"] for row in clean[0].history}
+    assert [row["lr"] for row in run.history] == pytest.approx([baseline[1], baseline[2] * 0.625, baseline[3]])
+
+
+def test_a_second_roll_back_keeps_the_lower_learning_rate(clean, tmp_path) -> None:
+    with pytest.warns(UserWarning, match="learning rate x0.5 for the rest of the run"):
+        run = _replay(clean, tmp_path, faults.Faults(nan_at={4, 5, 6, 12, 13, 14}))
+    assert "roll-back 2 of at most 3" in _notes(run)
     baseline = {row["epoch"]: row["lr"] for row in clean[0].history}
     assert run.history[-1]["lr"] == pytest.approx(baseline[3] * 0.5)
 
 
+def test_rolled_back_weights_are_those_of_the_older_copy(clean, tmp_path, monkeypatch) -> None:
+    """The restored state is the one kept two copies back, bit for bit, and the newer copy is dropped."""
+    from visiondojo.engine import rollback
+
+    restored = []
+    roll_back = rollback.GoodStates.roll_back
+
+    def watched(self, epoch_steps, earlier):
+        older = self.kept[0]
+        note = roll_back(self, epoch_steps, earlier)
+        restored.append((older.step, [s.step for s in self.kept],
+                         all(torch.equal(v, self.model.state_dict()[k]) for k, v in older.model.items())))
+        return note
+
+    monkeypatch.setattr(rollback.GoodStates, "roll_back", watched)
+    with pytest.warns(UserWarning, match="rolled back"):
+        _replay(clean, tmp_path, faults.Faults(nan_at={12, 13, 14}))
+    assert restored == [(10, [10], True)]
+
+
 def test_when_roll_backs_do_not_help_the_run_stops_saying_what_to_change(clean, tmp_path) -> None:
     with pytest.warns(UserWarning), pytest.raises(TrainingDiverged, match=r"after 3 roll-backs that cut the "
-                                                  r"learning rate to x0.125\. Lower optimization.lr"):
+                                                  r"learning rate to x0.25\. Lower optimization.lr"):
         _replay(clean, tmp_path, faults.Faults(nan_at=set(range(4, 100))))
+
+
+def test_under_a_grad_scaler_a_nan_loss_counts_as_a_skipped_step() -> None:
+    """fp16's GradScaler skips overflowing steps on its own (not counted); a NaN loss is counted."""
+    from visiondojo.engine.step import train_step
+    from visiondojo.plan import DataParams
+    from visiondojo.tasks import make_task
+
+    torch.manual_seed(0)
+    model, runtime = TinyNet(), Runtime(RuntimeParams())
+    runtime.scaler = torch.amp.GradScaler("cpu")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    task = make_task(DataParams(task="multiclass", num_classes=4, class_names=list("abcd")))
+    inputs, targets = torch.randn(8, 1, 8, 8), torch.arange(8) % 4
+    before = [p.detach().clone() for p in model.parameters()]
+    with faults.injected(faults.Faults(nan_at={1})) as injected:
+        faults.next_step()
+        assert train_step(model, task, optimizer, runtime, inputs, targets).stepped is False
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the scaler skipped it
+        faults.next_step()
+        assert train_step(model, task, optimizer, runtime, inputs, targets).stepped is True
+    assert injected.raised == ["nan@1"]
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_out_of_memory_splits_the_batch_and_keeps_the_global_batch(clean, tmp_path) -> None:

@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ from .interrupt import StopRequest
 from .progress import TrainingProgress
 from .runtime import Runtime
 from .step import train_step
+
+if TYPE_CHECKING:
+    from .rollback import GoodStates
 
 LOG_EVERY = 20
 """Steps between host reads of the running loss (the divergence check and the progress line)."""
@@ -115,7 +118,7 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
                     epoch: int, max_steps: int, grad_clip_norm: float | None = None,
                     loss_settings: LossSettings = LossSettings(), stop_time: float | None = None,
                     checkpoint_time: float | None = None, stop: StopRequest | None = None,
-                    done: EpochTotals | None = None, micro_batches: int = 1,
+                    done: EpochTotals | None = None, micro_batches: int = 1, good: GoodStates | None = None,
                     progress: TrainingProgress | None = None) -> EpochResult:
     """Train ``model`` (already in train mode) up to step ``max_steps`` of the epoch.
 
@@ -126,6 +129,8 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
     step during which ``stop`` caught a signal (``Pause.SIGNAL``).
     ``micro_batches`` parts per batch (``train_step``, which retries a step that runs out of
     memory in twice as many); the count stays for the rest of the run (``EpochResult.micro_batches``).
+    ``good`` is told of every step taken (it keeps host copies for a roll-back); after
+    ``SKIPS_BEFORE_ROLLBACK`` skipped steps in a row the piece ends with ``Pause.ROLLBACK``.
     Raises ``TrainingDiverged`` when the running loss is not finite.
     """
     start = time.perf_counter()
@@ -144,6 +149,8 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
         steps += 1
         if step.stepped:
             streak = 0
+            if good is not None:
+                good.passed(steps)
             loss_sum += step.loss * len(images)
             for name, value in step.terms.items():
                 term_sums[name] = term_sums.get(name, 0.0) + value.float() * len(images)

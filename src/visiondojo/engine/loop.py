@@ -42,7 +42,8 @@ from .evaluate import Evaluation, evaluate
 from .progress import TrainingProgress
 from .distributed import rank_seed
 from .runtime import Runtime
-from .epoch import SKIPS_BEFORE_ROLLBACK, EpochResult, EpochTotals, Pause, TrainingDiverged, train_one_epoch
+from .epoch import EpochResult, EpochTotals, Pause, train_one_epoch
+from .rollback import GoodStates
 from .interrupt import Interrupted, stop_on_signals
 from ..optimize.optimizers import build_optimizer
 from ..optimize.batchnorm import restore_bn_momentum, set_bn_momentum, synchronized_batchnorm
@@ -64,10 +65,6 @@ REPORT_S = 6.0
 after 600 s Fashion-MNIST runs on 2 CPU cores; with 3 s kept, a run that filled its budget to the
 step overran it by 1.2 s)."""
 KEEP = ("last", "best")
-MAX_ROLLBACKS = 3
-"""Roll-backs (see ``Pause.ROLLBACK``) a run survives; the next one stops it with an error."""
-ROLLBACK_LR_FACTOR = 0.5
-"""Each roll-back multiplies the learning rate by this: a step too large is the usual cause."""
 CHECKPOINT_EVERY_S = 600.0
 """A user's run checkpoints mid-epoch at least this often (seconds): a kill or preemption loses at
 most ten minutes of a long epoch, for the cost of one save per ten minutes."""
@@ -228,6 +225,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
         reserve_s = REPORT_S + final_eval_s
         cut_off = False
         cycle_start = time.perf_counter()
+        good = GoodStates(model, optimizer, scheduler, steps_per_epoch)  # what a roll-back restores
         while True:
             if deadline is not None:
                 # One clock for the job: rank 0's epoch times and time left, so every rank re-plans alike.
@@ -250,7 +248,9 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             resumed_draws = None
             max_steps = min(steps_per_epoch, state.planned_steps - state.step)
             progress.start_epoch(epoch, state.planned_epochs, max_steps)
-            good = _snapshot(model, optimizer)  # the last good state, for a roll-back (in memory)
+            good.start_epoch(epoch, state.step)
+            if not good.kept:  # the run's (or the resumed run's) first state; later ones every good.every steps
+                good.keep(done.steps if done is not None else 0)
             while True:  # the epoch, in pieces when it pauses for a checkpoint or a roll-back
                 train_batches.set_epoch(epoch, done.steps if done is not None else 0)
                 trained = train_one_epoch(
@@ -258,7 +258,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                     max_steps=max_steps, grad_clip_norm=opt.grad_clip_norm, loss_settings=settings,
                     stop_time=None if deadline is None else deadline - reserve_s,
                     checkpoint_time=None if checkpoint_every_s is None else time.perf_counter() + checkpoint_every_s,
-                    stop=request, done=done, micro_batches=state.micro_batches, progress=progress)
+                    stop=request, done=done, micro_batches=state.micro_batches, good=good, progress=progress)
                 if trained.micro_batches != state.micro_batches:
                     state.notes.append(f"epoch {epoch + 1}: out of memory; each batch of {opt.batch_size} now trains "
                                        f"in {trained.micro_batches} micro-batches (gradients accumulated, the same "
@@ -267,7 +267,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                     state.micro_batches = trained.micro_batches
                 if trained.pause is Pause.ROLLBACK:
                     done = trained.totals
-                    _roll_back(state, model, optimizer, scheduler, good, epoch, done.steps)
+                    state.notes.append(good.roll_back(done.steps, state.rollbacks))
+                    state.rollbacks += 1
                     continue
                 if trained.pause not in (Pause.CHECKPOINT, Pause.SIGNAL):
                     break
@@ -364,46 +365,6 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     return LoopResult(state.history, kept_epoch, kept_metric, state.best_epoch + 1, stop,
                       stop.describe(plan.monitor, opt.early_stopping_patience), notes,
                       evaluation if not validate_each_epoch and last_validated else None)
-
-
-def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Copies of the model's and optimizer's state on the host: what a roll-back restores."""
-    return {"model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-            "optimizer": _to_host(optimizer.state_dict())}
-
-
-def _to_host(value: Any) -> Any:
-    """``value`` with every tensor copied to the host and every container rebuilt (a deep copy)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _to_host(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_host(v) for v in value)
-    return value
-
-
-def _roll_back(state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LambdaLR, good: dict[str, Any], epoch: int, step: int) -> None:
-    """Several steps in a row had non-finite gradients: the weights and optimizer go back to the
-    start of the epoch and the learning rate is cut (the run goes on from the next batch); after
-    ``MAX_ROLLBACKS`` of them the run stops, saying what to change."""
-    factor = schedule_factor(scheduler)
-    if state.rollbacks >= MAX_ROLLBACKS:
-        lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
-        raise TrainingDiverged(
-            f"training diverged: in epoch {epoch + 1}, step {step}, the gradients were not finite for "
-            f"{SKIPS_BEFORE_ROLLBACK} steps in a row again after {MAX_ROLLBACKS} roll-backs that cut the learning "
-            f"rate to x{factor.scale:g}. Lower optimization.lr (the plan's is {lr:g}), set "
-            "optimization.grad_clip_norm, or check the data for NaN or extreme values")
-    model.load_state_dict(good["model"])
-    optimizer.load_state_dict(good["optimizer"])
-    factor.scale *= ROLLBACK_LR_FACTOR
-    state.rollbacks += 1
-    state.notes.append(f"epoch {epoch + 1}, step {step}: {SKIPS_BEFORE_ROLLBACK} steps in a row had non-finite "
-                       f"gradients (skipped); rolled back to the start of the epoch, learning rate "
-                       f"x{ROLLBACK_LR_FACTOR:g} (roll-back {state.rollbacks} of at most {MAX_ROLLBACKS})")
-    warnings.warn(state.notes[-1])
 
 
 def _interrupted(signal_number: int, checkpoint_dir: Path, epoch: int, step: int, steps: int) -> Interrupted:

@@ -127,7 +127,8 @@ class Runtime:
         finite (a NaN or infinite loss makes them so) is skipped, gradients dropped: one host
         sync per step, as a GradScaler makes. Under DDP the gradients are the all-reduced ones,
         so every rank skips alike. With a GradScaler the scaler's own skip logic rules (its
-        skips are routine, not failures) and this returns True."""
+        skips are routine, not failures) and this returns True (``train_step`` then counts a
+        step whose loss is not finite as skipped)."""
         if self.scaler is not None:
             if grad_clip_norm:
                 self.scaler.unscale_(optimizer)

@@ -75,6 +75,11 @@ def _step(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, runtim
         for name, value in step.terms.items():
             term_sums[name] = term_sums.get(name, 0.0) + value.detach().float() * weight
     stepped = runtime.step(optimizer, grad_clip_norm=grad_clip_norm)
+    if runtime.scaler is not None and stepped:
+        # The scaler skipped it if its gradients overflowed (routine under fp16, not counted); a
+        # non-finite loss is a failure like any other, counted so that a run of them rolls back.
+        # Summed over the ranks: one rank's NaN made every rank's (all-reduced) step skip.
+        stepped = bool(torch.isfinite(runtime.all_reduce(loss_sum.clone())))
     return StepLoss(loss_sum, term_sums, stepped, micro_batches)
 
 

@@ -23,7 +23,8 @@ MAX_WARMUP_SHARE = 0.1
 class WarmupCosine:
     """Linear warmup from ~0 to 1 over ``warmup_steps``, then cosine down to ``min_ratio``
     (or constant, for ``constant`` and ``plateau``), all times ``scale``, which the loop lowers
-    on a validation plateau for the ``plateau`` schedule."""
+    on a validation plateau for the ``plateau`` schedule and after repeated roll-backs, and
+    times a passing ``dip`` (see ``dip``)."""
 
     def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.0, cosine: bool = True):
         self.warmup_steps = warmup_steps
@@ -31,17 +32,30 @@ class WarmupCosine:
         self.min_ratio = min_ratio
         self.cosine = cosine
         self.scale = 1.0
+        self.dip_depth, self.dip_step, self.dip_steps = 1.0, 0, 1
+
+    def dip(self, depth: float, step: int, steps: int) -> None:
+        """From ``step`` on, multiply the rate by ``depth`` rising linearly back to 1 over
+        ``steps``: a temporary cut (the first roll-back's) that returns the run to its schedule."""
+        self.dip_depth, self.dip_step, self.dip_steps = depth, step, max(steps, 1)
+
+    def _recovery(self, step: int) -> float:
+        risen = min(1.0, max(0, step - self.dip_step) / self.dip_steps)
+        return self.dip_depth + (1.0 - self.dip_depth) * risen
 
     def resize(self, total_steps: int) -> None:
         self.total_steps = max(total_steps, self.warmup_steps + 1)
 
     def __call__(self, step: int) -> float:
+        return self.scale * self._recovery(step) * self._shape(step)
+
+    def _shape(self, step: int) -> float:
         if step < self.warmup_steps:
-            return self.scale * (step + 1) / (self.warmup_steps + 1)
+            return (step + 1) / (self.warmup_steps + 1)
         if not self.cosine:
-            return self.scale
+            return 1.0
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.scale * (self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, params: OptimizationParams,

@@ -1,0 +1,121 @@
+"""Roll-backs: host copies of recent good states, restored when training goes non-finite.
+
+A step whose gradients are not finite is skipped (``Runtime.step``); ``SKIPS_BEFORE_ROLLBACK``
+(engine/epoch.py) in a row mean the weights themselves may have gone bad. The run then goes back
+to a state kept in host memory, cuts the learning rate and carries on from the next batch: the
+batches in between are not replayed (PaLM, Chowdhery et al. 2022 §5.1, restarted ~100 steps before
+its loss spikes and skipped the batches around them too).
+
+Where to: the model and optimizer are copied to the host every ``every`` steps of the run
+(an eighth of an epoch), and the two latest copies are kept; a roll-back restores the older one,
+taken at least ``every`` steps before the trouble. The newer one may already hold weights on their
+way to blowing up: a loss spike grows over several steps before it overflows. A roll-back so loses
+between an eighth and a quarter of an epoch; going back to the epoch's start lost up to a whole one
+(on bench/faults.py's 28-step epochs, 14 of the run's 84 steps). The price is a second host copy.
+
+The learning rate: the first roll-back halves it and lets it rise back to the schedule over one
+epoch (``WarmupCosine.dip``): a single bad stretch (a run of corrupt batches, an injected fault)
+is no reason to train the rest of the run at half the rate, which cost bench/faults.py's
+rolled-back episode 2.8 points. A second roll-back means the rate itself is suspect: it is halved
+for the rest of the run, and again at each later one; after ``MAX_ROLLBACKS`` the run stops.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..optimize.schedules import schedule_factor
+from .epoch import SKIPS_BEFORE_ROLLBACK, TrainingDiverged
+
+SNAPSHOTS_PER_EPOCH = 8
+"""Host copies of the model and optimizer per epoch (one every ``steps_per_epoch // 8`` steps)."""
+MAX_ROLLBACKS = 3
+"""Roll-backs a run survives; the next one stops it with an error."""
+ROLLBACK_LR_FACTOR = 0.5
+"""Each roll-back multiplies the learning rate by this: a step too large is the usual cause."""
+
+
+@dataclass
+class GoodState:
+    step: int
+    """The run's steps done when it was copied."""
+    epoch: int
+    epoch_step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+
+
+class GoodStates:
+    """The two latest good states of a run, copied every ``every`` steps of the run."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: int) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.steps_per_epoch = steps_per_epoch
+        self.every = max(1, steps_per_epoch // SNAPSHOTS_PER_EPOCH)
+        self.kept: deque[GoodState] = deque(maxlen=2)
+        self.epoch, self.offset = 0, 0
+
+    def start_epoch(self, epoch: int, run_steps: int) -> None:
+        """The epoch about to run, and the run's steps before it (``passed`` counts from there)."""
+        self.epoch, self.offset = epoch, run_steps
+
+    def keep(self, epoch_steps: int) -> None:
+        """Copy the current state (``epoch_steps`` steps into the epoch) to the host."""
+        step = self.offset + epoch_steps
+        if not self.kept or self.kept[-1].step != step:
+            self.kept.append(GoodState(step, self.epoch, epoch_steps, {k: v.detach().to("cpu", copy=True)
+                                                          for k, v in self.model.state_dict().items()},
+                                       _to_host(self.optimizer.state_dict())))
+
+    def passed(self, epoch_steps: int) -> None:
+        """A step was taken with finite gradients: keep the state when a copy is due."""
+        if (self.offset + epoch_steps) % self.every == 0:
+            self.keep(epoch_steps)
+
+    def roll_back(self, epoch_steps: int, earlier: int) -> str:
+        """Restore the older kept state and cut the learning rate; return what was done (a note).
+        ``earlier``: the run's roll-backs before this one (a checkpoint keeps the count); raises
+        ``TrainingDiverged`` when they are ``MAX_ROLLBACKS``."""
+        factor = schedule_factor(self.scheduler)
+        step = self.offset + epoch_steps
+        if earlier >= MAX_ROLLBACKS:
+            group = self.optimizer.param_groups[0]
+            raise TrainingDiverged(
+                f"training diverged: in epoch {self.epoch + 1}, step {epoch_steps}, the gradients were not finite "
+                f"for {SKIPS_BEFORE_ROLLBACK} steps in a row again after {MAX_ROLLBACKS} roll-backs that cut the "
+                f"learning rate to x{factor.scale:g}. Lower optimization.lr (the plan's is "
+                f"{group.get('initial_lr', group['lr']):g}), set optimization.grad_clip_norm, or check the data for "
+                "NaN or extreme values")
+        good = self.kept[0]
+        self.kept = deque([good], maxlen=2)  # the newer copy is suspect
+        self.model.load_state_dict(good.model)
+        self.optimizer.load_state_dict(good.optimizer)
+        if earlier == 0:
+            factor.dip(ROLLBACK_LR_FACTOR, self.scheduler.last_epoch, self.steps_per_epoch)
+            rate = f"learning rate x{ROLLBACK_LR_FACTOR:g}, back to the schedule over one epoch"
+        else:
+            factor.scale *= ROLLBACK_LR_FACTOR
+            rate = f"learning rate x{factor.scale:g} for the rest of the run (a roll-back again)"
+        note = (f"epoch {self.epoch + 1}, step {epoch_steps}: {SKIPS_BEFORE_ROLLBACK} steps in a row had non-finite "
+                f"gradients (skipped); rolled back {step - good.step} steps, to the weights of epoch "
+                f"{good.epoch + 1} step {good.epoch_step}; {rate} (roll-back {earlier + 1} of at most {MAX_ROLLBACKS})")
+        warnings.warn(note)
+        return note
+
+
+def _to_host(value: Any) -> Any:
+    """``value`` with every tensor copied to the host and every container rebuilt (a deep copy)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_host(v) for v in value)
+    return value
