@@ -86,6 +86,33 @@ def test_the_cli_prints_the_command_that_continues(tmp_path, monkeypatch, capsys
     assert "interrupted: stopped by SIGINT in epoch 1 after step 1" in err
     assert "continue with: visiondojo train cfg.yaml --quiet --resume --out run" in err
     assert main(["train", "cfg.yaml", "--quiet", "--resume", "--out", "run"]) == 0
+    # Stopped while planning (no plan.yaml yet): the same resume command starts the run again.
+    assert main(["train", "cfg.yaml", "--quiet", "--resume", "--out", "planning"]) == 0
+    assert "resume: planning holds no plan yet (the run stopped while planning); it starts again" in \
+        capsys.readouterr().err
+    assert (tmp_path / "planning" / "model.safetensors").exists()
+
+
+def test_resuming_a_run_stopped_before_its_first_checkpoint_starts_it_with_its_plan(tmp_path, capsys) -> None:
+    planned, train, test = _plan(tmp_path)
+    whole = visiondojo.train(TinyNet(), train, test_data=test, plan=planned.dir / "plan.yaml", out=tmp_path / "whole",
+                             progress=False)
+    # What a kill leaves after planning, before the first checkpoint: the plan and an empty checkpoint folder.
+    stopped = tmp_path / "stopped"
+    (stopped / "checkpoints").mkdir(parents=True)
+    (stopped / "plan.yaml").write_bytes((planned.dir / "plan.yaml").read_bytes())
+    (stopped / "notes.txt").write_text("the user's own file")
+    plan = planned.dir / "plan.yaml"
+    resumed = visiondojo.train(TinyNet(), train, test_data=test, plan=plan, out=stopped, resume=True, progress=True)
+    assert "has no checkpoint yet (the run stopped before its first); it starts from its first step with the plan " \
+           "it had made" in capsys.readouterr().err
+    assert (stopped / "notes.txt").read_text() == "the user's own file"
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    # A finished run is not started again: resuming it continues from its last checkpoint, at the end.
+    again = visiondojo.train(TinyNet(), train, test_data=test, plan=plan, out=stopped, resume=True, progress=True)
+    assert "no checkpoint yet" not in capsys.readouterr().err
+    assert again.history == resumed.history and again.metrics["test"] == resumed.metrics["test"]
 
 
 RUNNER = textwrap.dedent("""
@@ -136,17 +163,15 @@ def test_sigkill_at_random_moments_resumes_to_the_same_weights(tmp_path) -> None
     training = time.perf_counter() - start - first  # from the first checkpoint to the end
     out, rng, resumed = tmp_path / "killed", random.Random(7), 0
     for kill in range(3):
-        resume = _resumable(out)
-        resumed += resume
-        run = _start(tmp_path, plan, out, resume=resume)
+        resumed += _resumable(out)
+        run = _start(tmp_path, plan, out, resume=kill > 0)  # --resume restarts a run with no checkpoint yet
         if kill:  # the first kill lands anywhere (start-up, reading, before any checkpoint)
             _until_checkpointed(run, out)
         time.sleep(rng.uniform(0.05, 0.9) * (first if kill == 0 else training))
         run.send_signal(signal.SIGKILL)
         run.communicate(timeout=60)  # reaps it and closes its pipe
-    resume = _resumable(out)
-    resumed += resume
-    final = _start(tmp_path, plan, out, resume=resume)
+    resumed += _resumable(out)
+    final = _start(tmp_path, plan, out, resume=True)
     _, errors = final.communicate(timeout=300)
     assert final.returncode == 0, errors
     expected, found = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(out / "model.safetensors"))

@@ -35,7 +35,7 @@ from .prepare import Prepared, options_from_plan, prepare
 from .report import ReportData, read_history, write_history, write_json, write_report
 from .run import Run
 from .rundir import (CHECKPOINTS, HISTORY, METRICS, PLAN, REPORT, WEIGHTS, check_writable, claim_run_dir,
-                     default_run_dir)
+                     default_run_dir, has_progress)
 from .ssl.choose import PRETRAIN_SHARE, choose_ssl
 from .ssl.noisy_student import noisy_student
 from .ssl.pretrain import pretrain
@@ -219,6 +219,16 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
                               "start it again without --resume (in a new run folder)")
     runtime = Runtime(plan.runtime)
     run_dir = Path(out) if out is not None else default_run_dir()
+    restart = None
+    if resume:
+        # Stopped before its first checkpoint: nothing to continue, so the run starts from its first
+        # step, with the plan it had made when it had one (a preempted job's relaunch just works).
+        saved = run_dir / PLAN
+        restart = broadcast_from_main(None if has_progress(run_dir) else
+                                      (Plan.load(saved), " with the plan it had made") if saved.is_file() else
+                                      (plan, ""))
+        if restart is not None:
+            plan, resume, overwrite = restart[0], False, True  # overwrite: only the stopped run's own files
     if runtime.is_main:  # every write of the run folder is the main process's
         run_dir = claim_run_dir(run_dir, overwrite=overwrite, resume=resume)
         check_writable(run_dir, sum(t.numel() * t.element_size() for t in prep.model.state_dict().values()))
@@ -230,6 +240,9 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
         plan.save(run_dir / PLAN)
     bar = TrainingProgress(progress if runtime.is_main else False)  # one progress display, rank 0's
     bar.log(f"visiondojo: run folder {run_dir}")
+    if restart is not None:
+        bar.log(f"resume: {run_dir} has no checkpoint yet (the run stopped before its first); it starts from its "
+                f"first step{restart[1]}")
     for change in plan.model.changes:
         bar.log(f"adapt: {change}")
     model = runtime.prepare_model(prep.model)

@@ -140,11 +140,16 @@ def _train(args: argparse.Namespace) -> int:
     config = _config(args)
     out = args.out or (config.output.dir if config else None)
     overwrite = args.overwrite or (config.output.overwrite if config else False)
-    if args.resume or args.plan:
+    if args.resume and not out:
+        raise ConfigError("--resume needs the run folder: pass --out DIR (or output.dir in the config)")
+    # A run stopped while planning left no plan: resuming it starts it (api.train restarts one
+    # stopped before its first checkpoint the same way, keeping its plan).
+    resumable = args.resume and (args.plan or (Path(out) / PLAN).is_file() or config is None)
+    if args.resume and not resumable:
+        print(f"resume: {out} holds no plan yet (the run stopped while planning); it starts again", file=sys.stderr)
+    if resumable or args.plan:
         if args.regularization_params:
             raise ConfigError("--regularization-params applies to a new run; a replayed plan keeps its own policy")
-        if args.resume and not out:
-            raise ConfigError("--resume needs the run folder: pass --out DIR (or output.dir in the config)")
         plan_path = Path(args.plan) if args.plan else require_run(Path(out)) / PLAN
         plan = Plan.load(plan_path)
         sources = _sources(config, plan, plan_path)
