@@ -208,7 +208,10 @@ def test_memory_ceiling_bounds_the_batch_by_measured_activations(problem) -> Non
 
 # --- find_params end to end ------------------------------------------------------------------------
 
-def test_find_params_records_evidence_for_every_choice(problem) -> None:
+def test_find_params_records_evidence_for_every_choice(problem, monkeypatch) -> None:
+    from visiondojo import choose
+
+    monkeypatch.setattr(choose, "META_SHARE", 0.4)  # every probe fits, however slow the host
     plan = visiondojo.find_params(visiondojo.FMNISTResNet(num_classes=4, width=4), problem(1200), budget=60)
     opt = plan.optimization
     for field in ("batch_size", "lr", "optimizer", "epochs", "warmup_epochs", "bn_momentum", "keep"):

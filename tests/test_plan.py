@@ -176,6 +176,7 @@ def test_a_budgeted_fit_ends_on_time_and_spends_under_a_tenth_of_it_planning(tin
     assert set(timing) == {"budget_s", "data_and_model_s", "meta_learning_s", "training_s", "report_s", "total_s"}
     assert timing["meta_learning_s"] < 0.10 * budget
     assert timing["total_s"] <= 1.10 * budget
-    assert timing["training_s"] > 0.5 * budget  # the budget went to training
+    # The budget went to training: most of what data checks and planning left (on any host's speed).
+    assert timing["training_s"] > 0.5 * (budget - timing["data_and_model_s"] - timing["meta_learning_s"])
     parts = timing["data_and_model_s"] + timing["meta_learning_s"] + timing["training_s"] + timing["report_s"]
     assert parts <= timing["total_s"] + 0.05
