@@ -15,6 +15,11 @@ Usage (from the repository root)::
    random steps (``engine.faults``): runs that finished, and their test accuracy against the
    clean replay's. Then as many with 3 consecutive NaN steps, each of which forces a roll-back
    (``engine.rollback``): the cost of going back and cutting the learning rate.
+2b. **Kills of a budgeted CLI run.** ``--budgeted-kills`` runs of ``visiondojo train cfg.yaml
+   --resume`` on the same images as PNG folders with a ``--budget`` (meta-learners, policy search
+   and all), each SIGKILLed once (half while planning, half after the plan is written) and
+   relaunched with the same command. Counted: runs that finished, and runs whose plan, when made
+   before the kill, was kept (a plan measured on the clock is never bit-identical to another run's).
 3. **Out of memory.** ``--episodes`` replays with an out-of-memory error injected at a random
    step: runs that finished with the plan's global batch, and their accuracy.
 4. **Bad input.** The bad-input catalogue and the input fuzzer (``tests/test_bad_input.py``,
@@ -97,7 +102,7 @@ def kills(n: int, plan: Path, root: Path, trials: int, rng: random.Random) -> di
         run.communicate()
         resumed = _resumable(out)
         resumes += resumed
-        final = _start(n, plan, out, resume=resumed)
+        final = _start(n, plan, out, resume=True)  # with no checkpoint yet, --resume starts the run
         _, errors = final.communicate()
         if final.returncode != 0:
             raise SystemExit(f"trial {trial}: {errors}")
@@ -106,6 +111,84 @@ def kills(n: int, plan: Path, root: Path, trials: int, rng: random.Random) -> di
         print(f"kill {trial}: at {moment:.1f} s of {lifetime:.1f}, resumed {resumed}, identical {same}", flush=True)
     return {"trials": trials, "bit_identical": identical, "resumed_from_a_checkpoint": resumes,
             "uninterrupted_s": round(lifetime, 1)}
+
+
+BUDGETED = textwrap.dedent("""
+    data:
+      train: {train}
+      test: {test}
+    model:
+      spec: fmnist-resnet
+    training:
+      budget: {budget}
+""")
+
+
+def _write_pngs(images: Any, labels: Any, folder: Path) -> None:
+    from PIL import Image
+
+    for index, (image, label) in enumerate(zip(images, labels)):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / str(label) / f"{index}.png")
+
+
+def _launch(config: Path, out: Path) -> subprocess.Popen:
+    """The command a preemptible job relaunches: the same every time, with --resume."""
+    return subprocess.Popen([sys.executable, "-m", "visiondojo", "train", str(config), "--quiet", "--resume",
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _stage(out: Path) -> str:
+    if not (out / "plan.yaml").exists():
+        return "planning"
+    return "training, checkpointed" if any((out / "checkpoints").glob("last.safetensors*")) else \
+        "training, before the first checkpoint"
+
+
+def budgeted_kills(train: Any, test: Any, root: Path, trials: int, budget: float, rng: random.Random
+                   ) -> dict[str, Any]:
+    """SIGKILLs of a budgeted CLI run (image folders, meta-learners included), each relaunched with
+    the same command. Its plan is measured on the clock, so no two runs are bit-identical; what is
+    counted: runs that finished, and whether a plan made before the kill was kept."""
+    _write_pngs(*train, root / "pngs" / "train")
+    _write_pngs(*test, root / "pngs" / "test")
+    config = root / "budgeted.yaml"
+    config.write_text(BUDGETED.format(train=root / "pngs" / "train", test=root / "pngs" / "test", budget=budget))
+    start = time.perf_counter()
+    reference, planned_at = _launch(config, root / "budgeted"), None
+    while reference.poll() is None:
+        if planned_at is None and (root / "budgeted" / "plan.yaml").exists():
+            planned_at = time.perf_counter() - start
+        time.sleep(0.05)
+    lifetime = time.perf_counter() - start
+    if reference.returncode != 0 or planned_at is None:
+        raise SystemExit(reference.communicate()[1])
+    clean = json.loads((root / "budgeted" / "metrics.json").read_text())["test"]["acc"]
+    runs = []
+    for trial in range(trials):
+        out = root / f"budgeted{trial}"
+        # Half the kills land while planning, half after the plan is written.
+        moment = rng.uniform(0.05, 1.0) * planned_at if trial % 2 == 0 else rng.uniform(planned_at, lifetime)
+        started = time.perf_counter()
+        run = _launch(config, out)
+        time.sleep(moment)
+        run.send_signal(signal.SIGKILL)
+        run.communicate()
+        stage = _stage(out)
+        plan_before = (out / "plan.yaml").read_bytes() if (out / "plan.yaml").exists() else None
+        final = _launch(config, out)
+        _, errors = final.communicate()
+        finished = final.returncode == 0 and (out / "model.safetensors").exists()
+        runs.append({"killed_at_s": round(moment, 1), "stage": stage, "finished": finished,
+                     "plan_kept": plan_before is None or (out / "plan.yaml").read_bytes() == plan_before,
+                     "test_acc": json.loads((out / "metrics.json").read_text())["test"]["acc"] if finished else None,
+                     "wall_s": round(time.perf_counter() - started, 1), **({} if finished else {"error": errors[-300:]})})
+        print(f"budgeted kill {trial}: {runs[-1]}", flush=True)
+    return {"trials": trials, "budget_s": budget, "uninterrupted_s": round(lifetime, 1),
+            "plan_written_at_s": round(planned_at, 1), "clean_test_acc": clean,
+            "finished": sum(r["finished"] for r in runs), "killed_while_planning": sum(
+                r["stage"] == "planning" for r in runs),
+            "plan_kept_when_made": sum(r["plan_kept"] for r in runs if r["stage"] != "planning"), "runs": runs}
 
 
 def _replay(plan: Path, train: Any, test: Any, out: Path, injected: faults.Faults | None = None) -> dict[str, Any]:
@@ -163,8 +246,10 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--episodes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--parts", default="kills,episodes,bad_input",
-                        help="comma-separated: kills, episodes, bad_input")
+    parser.add_argument("--budgeted-kills", type=int, default=8)
+    parser.add_argument("--budget", type=float, default=45.0, help="seconds, for the budgeted kills")
+    parser.add_argument("--parts", default="kills,budgeted_kills,episodes,bad_input",
+                        help="comma-separated: kills, budgeted_kills, episodes, bad_input")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -180,6 +265,9 @@ def main() -> None:
         steps = 3 * (len(train[1]) * 9 // 10 // 128)
         if "kills" in parts:
             report["kills"] = kills(args.train, plan, root, args.kills, random.Random(f"{args.seed}-kills"))
+        if "budgeted_kills" in parts:
+            report["budgeted_kills"] = budgeted_kills(train, test, root, args.budgeted_kills, args.budget,
+                                                      random.Random(f"{args.seed}-budgeted"))
         if "episodes" in parts:
             report["episodes"] = episodes(plan, train, test, root, args.episodes, steps,
                                           random.Random(f"{args.seed}-episodes"))
