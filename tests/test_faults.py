@@ -84,13 +84,49 @@ def test_rolled_back_weights_are_those_of_the_older_copy(clean, tmp_path, monkey
         older = self.kept[0]
         note = roll_back(self, epoch_steps, earlier)
         restored.append((older.step, [s.step for s in self.kept],
-                         all(torch.equal(v, self.model.state_dict()[k]) for k, v in older.model.items())))
+                         all(torch.equal(v, self.model.state_dict()[k].cpu()) for k, v in older.model.items())))
         return note
 
     monkeypatch.setattr(rollback.GoodStates, "roll_back", watched)
     with pytest.warns(UserWarning, match="rolled back"):
         _replay(clean, tmp_path, faults.Faults(nan_at={12, 13, 14}))
     assert restored == [(10, [10], True)]
+
+
+def test_host_copies_reuse_their_buffers_and_a_roll_back_leaves_them_intact() -> None:
+    """Two sets of host buffers take turns; after a roll-back the optimizer trains on its own
+    tensors, not the kept copy's (its load keeps host tensors as they are)."""
+    from visiondojo.engine.rollback import GoodStates
+    from visiondojo.optimize.schedules import WarmupCosine
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(0, 100))
+    good = GoodStates(model, optimizer, scheduler, steps_per_epoch=8)  # a copy every step
+
+    def step() -> None:
+        optimizer.zero_grad()
+        model(torch.randn(8, 4)).square().mean().backward()
+        optimizer.step()
+        scheduler.step()
+
+    step()
+    good.keep(1)
+    first = good.buffers[0].tensors[:]
+    for n in (2, 3):
+        step()
+        good.passed(n)
+    assert [s.step for s in good.kept] == [2, 3] and [s.slot for s in good.kept] == [1, 0]
+    assert all(a is b for a, b in zip(good.buffers[0].tensors, first))  # step 3 reused step 1's buffers
+    kept = {k: v.clone() for k, v in good.kept[0].optimizer["state"][0].items()}
+    weights = good.kept[0].model["weight"].clone()
+    good.roll_back(3, earlier=0)
+    assert torch.equal(model.weight.detach(), weights)
+    step()
+    step()
+    assert all(torch.equal(good.kept[0].optimizer["state"][0][k], v) for k, v in kept.items())
+    assert not torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], kept["exp_avg"])
 
 
 def test_when_roll_backs_do_not_help_the_run_stops_saying_what_to_change(clean, tmp_path) -> None:
