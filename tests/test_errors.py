@@ -262,10 +262,13 @@ def test_non_empty_folder_without_a_run_is_refused(tmp_path, tiny_net, problem, 
         quick_fit(tiny_net(), problem(40), out=tmp_path / "mine")
 
 
-def test_resume_needs_a_run(tmp_path, tiny_net, problem):
+def test_resuming_where_no_run_got_going_starts_one(tmp_path, tiny_net, problem, capsys):
+    """A preempted job relaunched with resume=True before its run wrote anything starts the run."""
     plan = visiondojo.find_params(tiny_net(), problem(40))
-    with pytest.raises(RunExistsError, match="no run to resume"):
-        visiondojo.train(tiny_net(), problem(40), plan=plan, out=tmp_path / "nothing", resume=True)
+    run = visiondojo.train(tiny_net(), problem(40), plan=plan, out=tmp_path / "nothing", resume=True, progress=True)
+    assert "has no checkpoint yet (the run stopped before its first); it starts from its first step" in \
+        capsys.readouterr().err
+    assert (run.dir / "model.safetensors").exists()
 
 
 def test_load_of_an_unfinished_run(tmp_path, tiny_net, problem):
