@@ -146,7 +146,8 @@ def _launch(config: Path, out: Path) -> subprocess.Popen:
 def _stage(out: Path) -> str:
     if not (out / "plan.yaml").exists():
         return "planning"
-    return "training, checkpointed" if any((out / "checkpoints").glob("last.safetensors*")) else \
+    last = out / "checkpoints" / "last.safetensors"
+    return "training, checkpointed" if last.exists() or last.with_name(last.name + ".prev").exists() else \
         "training, before the first checkpoint"
 
 

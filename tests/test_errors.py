@@ -266,9 +266,10 @@ def test_resuming_where_no_run_got_going_starts_one(tmp_path, tiny_net, problem,
     """A preempted job relaunched with resume=True before its run wrote anything starts the run."""
     plan = visiondojo.find_params(tiny_net(), problem(40))
     run = visiondojo.train(tiny_net(), problem(40), plan=plan, out=tmp_path / "nothing", resume=True, progress=True)
-    assert "has no checkpoint yet (the run stopped before its first); it starts from its first step" in \
-        capsys.readouterr().err
+    assert "nothing holds no run yet; it starts" in capsys.readouterr().err
     assert (run.dir / "model.safetensors").exists()
+    with pytest.raises(visiondojo.ConfigError, match="resume=True needs the run folder: pass out="):
+        visiondojo.train(tiny_net(), problem(40), plan=plan, resume=True)
 
 
 def test_load_of_an_unfinished_run(tmp_path, tiny_net, problem):

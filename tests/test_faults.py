@@ -123,10 +123,22 @@ def test_host_copies_reuse_their_buffers_and_a_roll_back_leaves_them_intact() ->
     weights = good.kept[0].model["weight"].clone()
     good.roll_back(3, earlier=0)
     assert torch.equal(model.weight.detach(), weights)
+    # The cut rate applies from the next step on (the restored groups held the copy's).
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 * WarmupCosine(0, 100)(3))
     step()
     step()
     assert all(torch.equal(good.kept[0].optimizer["state"][0][k], v) for k, v in kept.items())
     assert not torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], kept["exp_avg"])
+
+
+def test_host_copies_keep_the_memory_layout() -> None:
+    """A channels_last tensor's copy keeps its strides (restored contiguous, a foreach optimizer
+    would fall back to its per-tensor path)."""
+    from visiondojo.engine.rollback import HostBuffers
+
+    weight = torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last)
+    copy = HostBuffers().fill({"w": weight})["w"]
+    assert copy.stride() == weight.stride() and torch.equal(copy, weight)
 
 
 def test_when_roll_backs_do_not_help_the_run_stops_saying_what_to_change(clean, tmp_path) -> None:

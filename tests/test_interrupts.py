@@ -3,6 +3,7 @@ the weights of an uninterrupted run, bit for bit; SIGKILL at random moments lose
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -88,8 +89,8 @@ def test_the_cli_prints_the_command_that_continues(tmp_path, monkeypatch, capsys
     assert main(["train", "cfg.yaml", "--quiet", "--resume", "--out", "run"]) == 0
     # Stopped while planning (no plan.yaml yet): the same resume command starts the run again.
     assert main(["train", "cfg.yaml", "--quiet", "--resume", "--out", "planning"]) == 0
-    assert "resume: planning holds no plan yet (the run stopped while planning); it starts again" in \
-        capsys.readouterr().err
+    assert "resume: planning holds no run yet (none was started there, or it stopped while planning); it starts" \
+        in capsys.readouterr().err
     assert (tmp_path / "planning" / "model.safetensors").exists()
 
 
@@ -109,10 +110,39 @@ def test_resuming_a_run_stopped_before_its_first_checkpoint_starts_it_with_its_p
     assert (stopped / "notes.txt").read_text() == "the user's own file"
     for name, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+    # A folder holding another tool's files is no run to start: refused, nothing removed.
+    foreign = tmp_path / "foreign"
+    (foreign / "checkpoints").mkdir(parents=True)
+    (foreign / "checkpoints" / "epoch=3.ckpt").write_text("someone else's")
+    with pytest.raises(visiondojo.RunExistsError, match="no run to resume"):
+        visiondojo.train(TinyNet(), train, test_data=test, plan=plan, out=foreign, resume=True, progress=False)
+    assert (foreign / "checkpoints" / "epoch=3.ckpt").read_text() == "someone else's"
     # A finished run is not started again: resuming it continues from its last checkpoint, at the end.
     again = visiondojo.train(TinyNet(), train, test_data=test, plan=plan, out=stopped, resume=True, progress=True)
     assert "no checkpoint yet" not in capsys.readouterr().err
     assert again.history == resumed.history and again.metrics["test"] == resumed.metrics["test"]
+
+
+def test_a_run_that_stopped_early_and_is_resumed_trains_no_further(tmp_path, monkeypatch) -> None:
+    """Killed during its final evaluation, an early-stopped (or budget-cut) run relaunched with
+    --resume only finishes: it does not train the epochs it had decided against."""
+    from visiondojo.engine import loop
+
+    planned, train, test = _plan(tmp_path)
+    original = loop._after_validation
+    monkeypatch.setattr(loop, "_after_validation",
+                        lambda state, opt: loop.Decision.STOP if state.epoch == 2 else original(state, opt))
+    stopped = visiondojo.train(TinyNet(), train, test_data=test, plan=planned.dir / "plan.yaml", out=tmp_path / "run",
+                               progress=False)
+    reason = json.loads((stopped.dir / "metrics.json").read_text())["stop_reason"]
+    assert len(stopped.history) == 2 and reason.startswith("early stopping")
+    monkeypatch.setattr(loop, "_after_validation", original)
+    again = visiondojo.train(TinyNet(), train, test_data=test, plan=planned.dir / "plan.yaml", out=tmp_path / "run",
+                             resume=True, progress=False)
+    assert again.history == stopped.history
+    assert json.loads((again.dir / "metrics.json").read_text())["stop_reason"] == reason
+    for name, value in stopped.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[name]), name
 
 
 RUNNER = textwrap.dedent("""

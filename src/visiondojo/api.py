@@ -18,11 +18,11 @@ from .data.batches import Normalizer, make_batches
 from .data.sources import DataOptions, Source, align_classes, as_source
 from .data.inspect import check_geometry, check_targets
 from .durations import parse_duration
-from .engine.checkpoint import load_weights, save_weights
+from .engine.checkpoint import load_weights, previous, save_weights
 from .engine.distributed import broadcast_from_main, in_process_group, is_main_process
 from .launch import launched
 from .engine.evaluate import Evaluation, evaluate as evaluate_batches
-from .engine.loop import CHECKPOINT_EVERY_S, run_training
+from .engine.loop import CHECKPOINT_EVERY_S, LAST, run_training
 from .engine.progress import TrainingProgress
 from .engine.runtime import Runtime, resolve_runtime
 from .engine.step import eval_outputs
@@ -35,7 +35,7 @@ from .prepare import Prepared, options_from_plan, prepare
 from .report import ReportData, read_history, write_history, write_json, write_report
 from .run import Run
 from .rundir import (CHECKPOINTS, HISTORY, METRICS, PLAN, REPORT, WEIGHTS, check_writable, claim_run_dir,
-                     default_run_dir, has_progress)
+                     default_run_dir)
 from .ssl.choose import PRETRAIN_SHARE, choose_ssl
 from .ssl.noisy_student import noisy_student
 from .ssl.pretrain import pretrain
@@ -154,6 +154,21 @@ def train(model: nn.Module | str | None, train_data: Any, val_data: Any = None, 
                   unlabeled=extra, started=start)
 
 
+def _restart(run_dir: Path, plan: Plan) -> tuple[Plan, str] | None:
+    """For ``resume``: None when ``run_dir`` holds a run to continue; when it holds one stopped
+    before its first checkpoint, or nothing yet, the plan to start it with and what is done. A
+    folder holding anything else is left to ``claim_run_dir`` to refuse (``RunExistsError``)."""
+    checkpoints = run_dir / CHECKPOINTS / LAST
+    if (run_dir / WEIGHTS).exists() or checkpoints.exists() or previous(checkpoints).exists():
+        return None
+    if (run_dir / PLAN).is_file():
+        return Plan.load(run_dir / PLAN), (f"{run_dir} has no checkpoint yet (the run stopped before its first); "
+                                           "it starts from its first step with the plan it had made")
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return plan, f"{run_dir} holds no run yet; it starts"
+    return None
+
+
 def _unlabeled_source(unlabeled: Any, prep: Prepared) -> Source | None:
     if unlabeled is None:
         return None
@@ -221,12 +236,9 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     run_dir = Path(out) if out is not None else default_run_dir()
     restart = None
     if resume:
-        # Stopped before its first checkpoint: nothing to continue, so the run starts from its first
-        # step, with the plan it had made when it had one (a preempted job's relaunch just works).
-        saved = run_dir / PLAN
-        restart = broadcast_from_main(None if has_progress(run_dir) else
-                                      (Plan.load(saved), " with the plan it had made") if saved.is_file() else
-                                      (plan, ""))
+        if out is None:
+            raise ConfigError("resume=True needs the run folder: pass out=... (CLI: --out DIR)")
+        restart = broadcast_from_main(_restart(run_dir, plan))
         if restart is not None:
             plan, resume, overwrite = restart[0], False, True  # overwrite: only the stopped run's own files
     if runtime.is_main:  # every write of the run folder is the main process's
@@ -241,8 +253,7 @@ def _train(prep: Prepared, plan: Plan, *, out: str | Path | None, overwrite: boo
     bar = TrainingProgress(progress if runtime.is_main else False)  # one progress display, rank 0's
     bar.log(f"visiondojo: run folder {run_dir}")
     if restart is not None:
-        bar.log(f"resume: {run_dir} has no checkpoint yet (the run stopped before its first); it starts from its "
-                f"first step{restart[1]}")
+        bar.log(f"resume: {restart[1]}")
     for change in plan.model.changes:
         bar.log(f"adapt: {change}")
     model = runtime.prepare_model(prep.model)

@@ -146,7 +146,8 @@ def _train(args: argparse.Namespace) -> int:
     # stopped before its first checkpoint the same way, keeping its plan).
     resumable = args.resume and (args.plan or (Path(out) / PLAN).is_file() or config is None)
     if args.resume and not resumable:
-        print(f"resume: {out} holds no plan yet (the run stopped while planning); it starts again", file=sys.stderr)
+        print(f"resume: {out} holds no run yet (none was started there, or it stopped while planning); it starts",
+              file=sys.stderr)
     if resumable or args.plan:
         if args.regularization_params:
             raise ConfigError("--regularization-params applies to a new run; a replayed plan keeps its own policy")

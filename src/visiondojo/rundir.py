@@ -36,13 +36,6 @@ def require_run(path: Path) -> Path:
     return path
 
 
-def has_progress(path: Path) -> bool:
-    """Whether the run in ``path`` got anywhere a resume can continue from: a checkpoint (the last,
-    or the one kept before it) or its finished weights. A run stopped before its first checkpoint
-    (while planning, reading its data, or in its first minutes of training) has none."""
-    return (path / WEIGHTS).exists() or any((path / CHECKPOINTS).glob("last.safetensors*"))
-
-
 def claim_run_dir(path: Path, *, overwrite: bool, resume: bool) -> Path:
     """Create ``path`` for a new run, refusing a folder that holds anything unless told otherwise.
 

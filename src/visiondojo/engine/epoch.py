@@ -72,6 +72,8 @@ class EpochTotals:
     """Wall time of the training steps."""
     skipped: int = 0
     """Steps skipped for non-finite gradients (their images and losses are not in the sums)."""
+    streak: int = 0
+    """Of them, the last ones in a row: a checkpoint between two skipped steps does not reset it."""
 
 
 @dataclass
@@ -137,7 +139,7 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
     done = done or EpochTotals()
     loss_sum = torch.tensor(done.loss_sum, device=runtime.device)
     term_sums = {name: torch.tensor(value, device=runtime.device) for name, value in done.term_sums.items()}
-    steps, images_seen, skipped, streak = done.steps, done.images, done.skipped, 0
+    steps, images_seen, skipped, streak = done.steps, done.images, done.skipped, done.streak
     pause, signal = None, 0
     for images, targets in batches if steps < max_steps else ():
         faults.next_step()
@@ -168,7 +170,7 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
             break
     seconds = done.seconds + time.perf_counter() - start
     totals = _totals(runtime, steps, images_seen - done.images, loss_sum, term_sums, seconds, done)
-    totals.skipped = skipped
+    totals.skipped, totals.streak = skipped, streak
     if totals.images:
         _checked_mean(torch.tensor(totals.loss_sum), totals.images, epoch, steps, optimizer)
     return EpochResult(totals, pause, signal, micro_batches)

@@ -122,7 +122,10 @@ class LoopState:
     replans: int = 0
     lr_cuts: int = 0
     rollbacks: int = 0
-    """Times the weights went back to the start of an epoch after non-finite gradients."""
+    """Times the weights went back to a kept copy after non-finite gradients (``engine.rollback``)."""
+    stopped: str | None = None
+    """``Stop`` name once the loop ended early (budget cut, early stopping): a resumed run that had
+    ended trains nothing more (before this, it trained the cut epoch, or past the early stop, again)."""
     micro_batches: int = 1
     """Parts each batch trains in since an out-of-memory error (the global batch stays)."""
     world_size: int = 1
@@ -221,9 +224,9 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
     try:
         request = signals.enter_context(stop_on_signals()) if interruptible else None
         trainer, noise, unsync = _data_parallel(model, optimizer, plan, runtime, state)
-        stop = Stop.COMPLETED
+        stop = Stop[state.stopped] if state.stopped else Stop.COMPLETED  # resumed after it had ended
+        cut_off = stop is Stop.BUDGET_CUT
         reserve_s = REPORT_S + final_eval_s
-        cut_off = False
         cycle_start = time.perf_counter()
         good = GoodStates(model, optimizer, scheduler, steps_per_epoch)  # what a roll-back restores
         while True:
@@ -237,7 +240,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 ceiling = opt.epochs if plan.is_pinned("optimization.epochs") else None
                 _budget_guard(state, scheduler, steps_per_epoch, remaining_s,
                               ceiling=None if ceiling is None else ceiling * steps_per_epoch)
-            if state.epoch >= state.planned_epochs:
+            if state.stopped or state.epoch >= state.planned_epochs:
                 break
             epoch = state.epoch
             model.train()
@@ -266,7 +269,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                     warnings.warn(state.notes[-1])
                     state.micro_batches = trained.micro_batches
                 if trained.pause is Pause.ROLLBACK:
-                    done = trained.totals
+                    done = dataclasses.replace(trained.totals, streak=0)
                     state.notes.append(good.roll_back(done.steps, state.rollbacks))
                     state.rollbacks += 1
                     continue
@@ -285,6 +288,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
             if cut_off:  # no time for validation: the final evaluation comes next
                 progress.end_epoch(f"epoch {epoch + 1} cut short by the time budget", last=True)
                 stop = Stop.BUDGET_CUT
+                state.stopped = stop.name
                 state.notes.append(f"epoch {epoch + 1} was cut short by the time budget")
                 state.elapsed_s = time.perf_counter() - clock_start
                 save()
@@ -329,6 +333,8 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 state.epochs_since_best = 0
                 schedule_factor(scheduler).scale *= PLATEAU_FACTOR
                 state.notes.append(f"after epoch {epoch + 1}: validation plateau, learning rate x{PLATEAU_FACTOR:g}")
+            if decision is Decision.STOP:
+                state.stopped = Stop.EARLY_STOPPING.name
             save()
             if decision is Decision.STOP:
                 stop = Stop.EARLY_STOPPING
