@@ -65,6 +65,12 @@ def test_non_finite_steps_in_a_row_roll_back_and_cut_the_learning_rate_for_an_ep
     assert [row["lr"] for row in run.history] == pytest.approx([baseline[1], baseline[2] * 0.625, baseline[3]])
 
 
+def test_non_finite_steps_in_a_row_across_an_epoch_end_roll_back_too(clean, tmp_path) -> None:
+    with pytest.warns(UserWarning, match="epoch 2, step 1: 3 steps in a row had non-finite gradients"):
+        run = _replay(clean, tmp_path, faults.Faults(nan_at={7, 8, 9}))  # epoch 1's last two, epoch 2's first
+    assert [row.get("skipped_steps", 0) for row in run.history] == [2, 1, 0]
+
+
 def test_a_second_roll_back_keeps_the_lower_learning_rate(clean, tmp_path) -> None:
     with pytest.warns(UserWarning, match="learning rate x0.5 for the rest of the run"):
         run = _replay(clean, tmp_path, faults.Faults(nan_at={4, 5, 6, 12, 13, 14}))

@@ -123,6 +123,8 @@ class LoopState:
     lr_cuts: int = 0
     rollbacks: int = 0
     """Times the weights went back to a kept copy after non-finite gradients (``engine.rollback``)."""
+    streak: int = 0
+    """Skipped steps in a row that the last epoch ended on: three in a row roll back across epochs too."""
     stopped: str | None = None
     """``Stop`` name once the loop ended early (budget cut, early stopping): a resumed run that had
     ended trains nothing more (before this, it trained the cut epoch, or past the early stop, again)."""
@@ -244,7 +246,9 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 break
             epoch = state.epoch
             model.train()
-            done = EpochTotals(**state.partial) if state.partial else None  # checkpointed mid-epoch
+            # Checkpointed mid-epoch: its totals; else a skip streak the last epoch ended on, if any.
+            done = EpochTotals(**state.partial) if state.partial else EpochTotals(streak=state.streak) \
+                if state.streak else None
             regularize.set_epoch(epoch)
             if done is not None and resumed_draws is not None:
                 regularize.generator.set_state(resumed_draws)
@@ -281,7 +285,7 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 save()
                 if trained.pause is Pause.SIGNAL:
                     raise _interrupted(trained.signal, checkpoint_dir, epoch, done.steps, max_steps)
-            state.partial = None
+            state.partial, state.streak = None, trained.totals.streak
             state.step += trained.steps
             runtime.sync_buffers(model)  # every rank then validates, checkpoints and returns the same model
             cut_off = trained.cut_off
