@@ -215,14 +215,15 @@ def test_fit_searches_by_default_and_the_policy_replays(tmp_path, monkeypatch, p
 
     monkeypatch.setattr(search, "MIN_SUBSET", 128)  # proxies on a few hundred images, whatever the CPU speed
     monkeypatch.setattr(choose, "MAX_MIN_EFFECT", 0.1)  # 200 validation images: only large gains count
-    # The search's allowance, speeds and clock fixed: the same proxies on any host (3 of 0.6 s fit 2 s).
+    # No budget (a guard on the real clock could re-plan the run, and the replay below would differ);
+    # the search's allowance, speeds and clock fixed: the same proxies on any host (3 of 0.6 s fit 2 s).
     proxy_clock(0.6)
     real_search = choose.search_policy
     monkeypatch.setattr(choose, "search_policy", lambda plan, model, task, train, val, runtime, allowance, *speeds,
                         **kwargs: real_search(plan, model, task, train, val, runtime, 2.0, 20_000.0, 100_000.0,
                                               **kwargs))
     images, labels = make_problem(2000, size=12, seed=11)
-    run = visiondojo.fit(TinyNet(), (images, labels), out=tmp_path / "searched", budget=10, progress=False,
+    run = visiondojo.fit(TinyNet(), (images, labels), out=tmp_path / "searched", progress=False,
                          pin={"optimization.batch_size": 32, "optimization.lr": 0.01, "optimization.epochs": 3})
     search = run.plan.measurements["augment_search"]
     assert search["space"]["proxy_trainings"] == len(search["trials"]) == 3
