@@ -80,7 +80,7 @@ def test_listed_paths_outside_the_data_folder_are_reported(tmp_path) -> None:
     (data / "list.csv").write_text("path,labels\n" + "\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"list.csv:6: .*elsewhere/0.png is outside the data folder .*strict: false"):
         visiondojo.find_params("fmnist-resnet", str(data / "list.csv"))
-    with pytest.warns(UserWarning, match="outside the data folder .*allowed: strict is false"):
+    with pytest.warns(UserWarning, match="outside the data folder .*kept: strict is false"):
         from visiondojo.data.files import scan_manifest
 
         files = scan_manifest(data / "list.csv", resize=None, strict=False)

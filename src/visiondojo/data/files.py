@@ -86,12 +86,16 @@ def within_root(path: Path, root: Path, where: str, strict: bool) -> Path:
     warning: a data set from someone else must not read whatever files the user can."""
     resolved, base = path.resolve(), root.resolve()
     if resolved != base and base not in resolved.parents:
-        message = f"{where}: {path} is outside the data folder {root}"
-        if strict:
-            raise DataError(f"{message}; move the file into the folder, or set strict: false (Python: strict=False) "
-                            "to allow paths outside it")
-        warnings.warn(f"{message} (allowed: strict is false)")
+        _refuse_or_allow(f"{where}: {path} is outside the data folder {root}", strict,
+                         fix="move the file into the folder", allow="allow paths outside it")
     return path
+
+
+def _refuse_or_allow(problem: str, strict: bool, *, fix: str, allow: str) -> None:
+    """A listing problem that strict reading refuses and lenient reading keeps, with a warning."""
+    if strict:
+        raise DataError(f"{problem}; {fix}, or set strict: false (Python: strict=False) to {allow}")
+    warnings.warn(f"{problem} (kept: strict is false)")
 
 
 def scan_manifest(
@@ -117,11 +121,9 @@ def scan_manifest(
             path = path if path.is_absolute() else csv_path.parent / path
             key = path.resolve()
             if key in first_line:
-                message = f"{csv_path}:{line_no}: {row[0].strip()} is listed again (first on line {first_line[key]})"
-                if strict:
-                    raise DataError(f"{message}; list each image once (merge its labels on one row), or set strict: "
-                                    "false to keep every row")
-                warnings.warn(f"{message}; kept (strict is false)")
+                _refuse_or_allow(f"{csv_path}:{line_no}: {row[0].strip()} is listed again (first on line "
+                                 f"{first_line[key]})", strict, fix="list each image once (merge its labels on one "
+                                 "row)", allow="keep every row")
             first_line.setdefault(key, line_no)
             rows.append((within_root(path, csv_path.parent, f"{csv_path}:{line_no}", strict), names))
     if not rows:

@@ -176,9 +176,6 @@ def train_one_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimiz
     return EpochResult(totals, pause, signal, micro_batches)
 
 
-
-
-
 def _pause(runtime: Runtime, stop_time: float | None, checkpoint_time: float | None,
            stop: StopRequest | None) -> tuple[Pause | None, int]:
     """Whether to pause after this step, the same answer on every rank (see the module docstring)."""

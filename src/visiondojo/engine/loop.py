@@ -246,20 +246,20 @@ def run_training(model: nn.Module, task: Task, plan: Plan, train_batches: Any, v
                 break
             epoch = state.epoch
             model.train()
-            # Checkpointed mid-epoch: its totals; else a skip streak the last epoch ended on, if any.
-            done = EpochTotals(**state.partial) if state.partial else EpochTotals(streak=state.streak) \
-                if state.streak else None
+            # Checkpointed mid-epoch: its totals so far; else a fresh epoch (with the skip streak the
+            # last one ended on).
+            done = EpochTotals(**state.partial) if state.partial else EpochTotals(streak=state.streak)
             regularize.set_epoch(epoch)
-            if done is not None and resumed_draws is not None:
+            if state.partial and resumed_draws is not None:
                 regularize.generator.set_state(resumed_draws)
             resumed_draws = None
             max_steps = min(steps_per_epoch, state.planned_steps - state.step)
             progress.start_epoch(epoch, state.planned_epochs, max_steps)
             good.start_epoch(epoch, state.step)
             if not good.kept:  # the run's (or the resumed run's) first state; later ones every good.every steps
-                good.keep(done.steps if done is not None else 0)
+                good.keep(done.steps)
             while True:  # the epoch, in pieces when it pauses for a checkpoint or a roll-back
-                train_batches.set_epoch(epoch, done.steps if done is not None else 0)
+                train_batches.set_epoch(epoch, done.steps)
                 trained = train_one_epoch(
                     trainer, task, optimizer, scheduler, train_batches, regularize, runtime, epoch=epoch,
                     max_steps=max_steps, grad_clip_norm=opt.grad_clip_norm, loss_settings=settings,

@@ -121,8 +121,6 @@ class GoodStates:
         if buffers.gpu is not None:
             copied = torch.cuda.Event()
             copied.record(torch.cuda.current_stream(buffers.gpu))
-        if len(self.kept) == 2:
-            self.kept.popleft()
         self.kept.append(GoodState(step, self.epoch, epoch_steps, slot, state["model"], state["optimizer"], copied))
 
     def passed(self, epoch_steps: int) -> None:
